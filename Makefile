@@ -1,0 +1,40 @@
+# The two commands of the quick start: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test ui clean
+
+setup: $(BIN)/finetune
+
+$(BIN)/finetune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+run: setup
+	@test -d .git || (git init -q && git add -A && git commit -qm "initial import" || true)
+	@test -d .dvc || dvc init -q
+	dvc repro
+	@echo
+	@echo "Metrics:      metrics/sentiment.json   (dvc metrics show)"
+	@echo "Plots:        dvc plots show           (then open dvc_plots/index.html)"
+	@echo "Promotion:    reports/sentiment/promotion.json"
+	@echo "Data checks:  reports/sentiment/data_docs/index.html, quarantine in data/quarantine/"
+	@echo "MLflow UI:    make ui                  (then open http://127.0.0.1:5000)"
+	@echo "Predict:      .venv/bin/finetune predict \"Operating profit rose to EUR 13.1 mn\""
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data/raw data/clean data/quarantine data/split data/augmented models metrics reports .checkpoints dvc_plots

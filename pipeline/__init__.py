@@ -1,0 +1,1 @@
+"""finetune-pipeline: DVC stages, MLflow tracking and registry, Prefect flows for fine-tuning transformers."""

@@ -1,0 +1,111 @@
+"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls) and `finetune predict`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+STAGES = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
+
+
+def run_stage(stage: str, task_name: str, params_file: Path) -> None:
+    """Run one stage of one task with the settings in params.yaml."""
+    import importlib
+
+    from pipeline.config import load_params
+    from pipeline.paths import TaskPaths
+    from pipeline.tasks import get_task
+
+    params = load_params(params_file)
+    config = params.task(task_name)
+    task = get_task(task_name, config)
+    paths = TaskPaths(task_name)
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    experiment = params.tracking.experiment
+    arguments = {
+        "collect": (task, config.data, paths),
+        "validate": (task, config.validate, paths),
+        "split": (task, config.split, paths),
+        "augment": (task, config.augment, paths),
+        "train": (task, config, paths, experiment),
+        "evaluate": (task, paths, experiment),
+        "register": (task, config, paths, experiment),
+    }[stage]
+    module.run(*arguments)
+
+
+def predict(texts: list[str], task_name: str, model_uri: str | None, params_file: Path) -> None:
+    """Print label and score (or the task's own output) per text, from the champion by default."""
+    from pipeline.config import load_params
+    from pipeline.models import use_all_cores
+    from pipeline.stages.register import CHAMPION, load_registered
+    from pipeline.tasks import get_task
+    from pipeline import tracking
+
+    params = load_params(params_file)
+    config = params.task(task_name)
+    task = get_task(task_name, config)
+    use_all_cores()
+    uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
+    if Path(uri).is_dir():
+        model, tokenizer = task.load_model(uri)
+    else:
+        tracking.configure(params.tracking.experiment)
+        model, tokenizer = load_registered(task, uri)
+    examples = [{"text": text} for text in texts]
+    for text, prediction in zip(texts, task.predict(model, tokenizer, examples)):
+        print(task.format_prediction(text, prediction))
+
+
+def read_texts(args: argparse.Namespace) -> list[str]:
+    if args.file:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+    elif args.texts:
+        lines = args.texts
+    else:
+        lines = sys.stdin.read().splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("--task", default="sentiment")
+
+    pred = commands.add_parser("predict", help="label texts with a registered or local model")
+    pred.add_argument("texts", nargs="*", help="texts to label (default: read stdin, one a line)")
+    pred.add_argument("--file", help="a file with one text a line")
+    pred.add_argument("--task", default="sentiment")
+    pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.readers import DataError
+    from pipeline.stages.validate import ValidationError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "stage":
+            run_stage(args.name, args.task, args.params)
+        else:
+            texts = read_texts(args)
+            if not texts:
+                raise DataError("no texts given (pass them as arguments, with --file, or on stdin)")
+            predict(texts, args.task, args.model, args.params)
+    except (ConfigError, DataError, ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

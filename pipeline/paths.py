@@ -1,0 +1,74 @@
+"""Where each stage of a task reads and writes; dvc.yaml names the same paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    task: str
+
+    @property
+    def raw(self) -> Path:
+        return Path("data/raw") / f"{self.task}.jsonl"
+
+    @property
+    def provenance(self) -> Path:
+        return Path("data/raw") / f"{self.task}.provenance.json"
+
+    @property
+    def clean(self) -> Path:
+        return Path("data/clean") / f"{self.task}.jsonl"
+
+    @property
+    def quarantine(self) -> Path:
+        return Path("data/quarantine") / f"{self.task}.jsonl"
+
+    @property
+    def split_dir(self) -> Path:
+        return Path("data/split") / self.task
+
+    def split(self, name: str) -> Path:
+        return self.split_dir / f"{name}.jsonl"
+
+    @property
+    def augmented_train(self) -> Path:
+        return Path("data/augmented") / f"{self.task}.jsonl"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path("models") / self.task
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(".checkpoints") / self.task
+
+    @property
+    def metrics(self) -> Path:
+        return Path("metrics") / f"{self.task}.json"
+
+    @property
+    def reports(self) -> Path:
+        return Path("reports") / self.task
+
+    @property
+    def validation_report(self) -> Path:
+        return self.reports / "validation.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.reports / "data_docs"
+
+    @property
+    def history(self) -> Path:
+        return self.reports / "history.json"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.reports / "train_summary.json"
+
+    @property
+    def promotion(self) -> Path:
+        return self.reports / "promotion.json"

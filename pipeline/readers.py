@@ -1,0 +1,149 @@
+"""Read labelled records from files, drop folders and pre-split sources.
+
+Every record keeps where it came from (`source` file and `row` number) so that any later
+error or quarantine entry can point at the exact line of the original file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline.records import Record
+
+SPLIT_NAMES = ("train", "val", "test")
+EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+FORMAT_ENCODINGS = {"phrasebank": "latin-1"}  # the published PhraseBank files are not UTF-8
+
+
+class DataError(ValueError):
+    """Input data cannot be read: the message names the file, the row and the problem."""
+
+
+def read_source(source: str | dict[str, str], fmt: str, encoding: str | None = None) -> list[Record]:
+    """Read a file, a drop folder of batches, or a {train, val, test} mapping of files."""
+    encoding = encoding or FORMAT_ENCODINGS.get(fmt, "utf-8")
+    if isinstance(source, dict):
+        unknown = set(source) - set(SPLIT_NAMES)
+        if unknown:
+            raise DataError(f"data.source: unknown split(s) {sorted(unknown)}; use {list(SPLIT_NAMES)}")
+        records = []
+        for split, path in source.items():
+            for record in read_path(Path(path), fmt, encoding):
+                record["given_split"] = split
+                records.append(record)
+        return records
+    return read_path(Path(source), fmt, encoding)
+
+
+def read_path(path: Path, fmt: str, encoding: str) -> list[Record]:
+    """Read one file, or every batch file of a drop folder (format taken from each extension)."""
+    if path.is_dir():
+        records = []
+        for batch in sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p)):
+            batch_format = EXTENSION_FORMATS.get(batch.suffix.lower())
+            if batch_format is None:
+                raise DataError(
+                    f"{batch}: unknown batch file type '{batch.suffix}' in drop folder {path} "
+                    f"(expected one of {', '.join(EXTENSION_FORMATS)})"
+                )
+            for record in read_file(batch, batch_format, encoding):
+                record["batch"] = batch.name
+                records.append(record)
+        return records
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (data.source in params.yaml)")
+    return read_file(path, fmt, encoding)
+
+
+def read_file(path: Path, fmt: str, encoding: str) -> list[Record]:
+    """Read one file into records tagged with `source` and 1-based `row` numbers."""
+    readers: dict[str, Callable[[Path, str], Iterator[tuple[int, Record]]]] = {
+        "csv": lambda p, e: _read_delimited(p, e, ","),
+        "tsv": lambda p, e: _read_delimited(p, e, "\t"),
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "phrasebank": _read_phrasebank,
+    }
+    if fmt not in readers:
+        raise DataError(f"{path}: unknown format '{fmt}' (known: {', '.join(readers)})")
+    records = [{**record, "source": str(path), "row": row} for row, record in readers[fmt](path, encoding)]
+    if not records:
+        raise DataError(f"{path}: the file holds no records")
+    return records
+
+
+def decode(path: Path, encoding: str) -> str:
+    """Decode a whole file, naming the line and byte of the first undecodable character."""
+    data = path.read_bytes()
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not valid {encoding} "
+            f"(set data.encoding in params.yaml, e.g. latin-1, if the file uses another encoding)"
+        ) from None
+    except LookupError:
+        raise DataError(f"{path}: unknown encoding '{encoding}' (data.encoding in params.yaml)") from None
+
+
+def _ignored(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.lower().startswith("readme")
+
+
+def _read_delimited(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, Record]]:
+    reader = csv.reader(io.StringIO(decode(path, encoding), newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{path}: the file is empty (expected a header line)")
+    header = [h.strip() for h in header]
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise DataError(
+                f"{path}: line {reader.line_num}: {len(values)} fields where the header has {len(header)} "
+                f"({', '.join(header)}); check the delimiter and quoting"
+            )
+        yield reader.line_num, dict(zip(header, values))
+
+
+def _read_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
+    for number, line in enumerate(decode(path, encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def _read_parquet(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    for number, record in enumerate(frame.to_dict(orient="records"), start=1):
+        yield number, record
+
+
+def _read_phrasebank(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
+    """Financial PhraseBank: one `sentence@label` a line (latin-1 in the published files)."""
+    for number, line in enumerate(decode(path, encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        text, sep, label = line.rpartition("@")
+        if not sep:
+            raise DataError(f"{path}: line {number}: expected 'sentence@label', found no '@'")
+        yield number, {"text": text, "label": label.strip()}

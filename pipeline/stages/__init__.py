@@ -1,0 +1,1 @@
+"""The seven DVC stages; each module's `run` reads files and writes files."""

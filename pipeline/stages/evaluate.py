@@ -1,0 +1,55 @@
+"""evaluate: score the trained model on val and test; metrics for DVC and MLflow, plots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.models import use_all_cores
+from pipeline.paths import TaskPaths
+from pipeline.records import Record, load_records, save_json
+from pipeline.tasks.base import Task
+from pipeline import tracking
+
+EVAL_SPLITS = ("val", "test")
+
+
+def score(task: Task, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[dict, list[Record]]:
+    """Metrics and predictions of a model on examples; the champion is re-scored with this too."""
+    predictions = task.predict(model, tokenizer, examples)
+    return task.metrics(examples, predictions), predictions
+
+
+def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
+    """Write metrics/<task>.json ({val: ..., test: ...}) and the plots, and log both to the model's run."""
+    import mlflow
+
+    use_all_cores()
+    model, tokenizer = task.load_model(str(paths.model_dir))
+    metrics, images = {}, []
+    for split in EVAL_SPLITS:
+        examples = load_records(paths.split(split))
+        metrics[split], predictions = score(task, model, tokenizer, examples)
+        images += task.write_plots(examples, predictions, paths.reports, split)
+    save_json(paths.metrics, metrics)
+    with tracking.resume_run(paths.model_dir, experiment):
+        for split, values in metrics.items():
+            mlflow.log_metrics({f"{split}_{k}": v for k, v in _numbers(values).items()})
+        mlflow.log_dict(metrics, "metrics.json")
+        for image in images:
+            mlflow.log_artifact(str(image), artifact_path="plots")
+    print(f"evaluate[{task.name}]: " + ", ".join(
+        f"{split} {task.primary_metric}={values[task.primary_metric]:.4f}" for split, values in metrics.items()
+    ))
+    return metrics
+
+
+def _numbers(values: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten nested metrics into MLflow-friendly names, e.g. per_class.negative.f1."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

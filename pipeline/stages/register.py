@@ -1,0 +1,110 @@
+"""register: log the model to MLflow, re-score the champion on the same validation split,
+and move the `champion` alias only when the new version is better by `min_delta`.
+
+The alias is the last thing written: a run that fails anywhere leaves the aliases as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import TaskConfig
+from pipeline.models import use_all_cores
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json, load_records, save_json
+from pipeline.stages.evaluate import score
+from pipeline.tasks.base import Task
+from pipeline import tracking
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def decide(challenger: float, champion: float | None, min_delta: float, metric: str) -> tuple[bool, str]:
+    """Promote when there is no champion, or the challenger beats it by more than min_delta."""
+    if champion is None:
+        return True, "first registered model: it becomes champion"
+    delta = challenger - champion
+    if delta > min_delta:
+        return True, f"validation {metric} {challenger:.4f} beats the champion's {champion:.4f} by {delta:+.4f} (> {min_delta})"
+    return False, f"validation {metric} {challenger:.4f} vs the champion's {champion:.4f}: {delta:+.4f} is not more than min_delta {min_delta}"
+
+
+def champion_version(client: Any, name: str) -> Any | None:
+    """The version that holds the champion alias, or None when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion."""
+    import mlflow
+
+    components = mlflow.transformers.load_model(uri, return_type="components")
+    return components["model"], components["tokenizer"]
+
+
+def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
+    """Register the trained model and decide on promotion; writes reports/<task>/promotion.json."""
+    import mlflow
+
+    use_all_cores()
+    tracking.configure(experiment)
+    tracking.check_reachable()
+    client = mlflow.MlflowClient()
+    name, metric = config.registry.name, task.primary_metric
+    val = load_records(paths.split("val"))
+    challenger_score = load_json(paths.metrics)["val"][metric]
+
+    champion = champion_version(client, name)
+    champion_score = None
+    if champion is not None:
+        model, tokenizer = load_registered(task, f"models:/{name}@{CHAMPION}")
+        champion_score = score(task, model, tokenizer, val)[0][metric]
+        print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={champion_score:.4f}")
+    promote, reason = decide(challenger_score, champion_score, config.promotion.min_delta, metric)
+
+    with tracking.resume_run(paths.model_dir, experiment) as run:
+        version = log_model(task, paths, name)
+        tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id, f"val_{metric}": f"{challenger_score:.4f}"}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        decision = {
+            "model_name": name,
+            "metric": f"val_{metric}",
+            "challenger": {"version": version, "score": challenger_score},
+            "champion": None if champion is None else {"version": champion.version, "score": champion_score},
+            "delta": None if champion_score is None else challenger_score - champion_score,
+            "min_delta": config.promotion.min_delta,
+            "promoted": promote,
+            "alias": CHAMPION if promote else CHALLENGER,
+            "reason": reason,
+        }
+        client.update_model_version(name, version, description=("Promoted to champion: " if promote else "Not promoted: ") + reason)
+        mlflow.log_dict(decision, "promotion.json")
+        mlflow.set_tag("promotion", decision["alias"])
+    client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
+    save_json(paths.promotion, decision)
+    print(f"register[{task.name}]: {name} v{version} -> @{decision['alias']}: {reason}")
+    return decision
+
+
+def log_model(task: Task, paths: TaskPaths, name: str) -> str:
+    """Log the model with MLflow's transformers flavour and register it; returns the version."""
+    import mlflow
+    import torch
+    import transformers
+
+    model, tokenizer = task.load_model(str(paths.model_dir))
+    info = mlflow.transformers.log_model(
+        {"model": model, "tokenizer": tokenizer},
+        name="model",
+        task=task.pipeline_task,
+        # Explicit, because MLflow's inference of requirements fails looking up torchvision.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
+        registered_model_name=name,
+    )
+    return str(info.registered_model_version)

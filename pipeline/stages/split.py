@@ -1,0 +1,43 @@
+"""split: train / val / test as a deterministic function of each example's normalised content.
+
+An example's split never changes as data grows, and identical texts never straddle splits.
+Hashing is uniform, so each class lands in the splits in roughly the configured ratio.
+A source that comes with its own splits (`given_split`) keeps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pipeline.config import SplitConfig
+from pipeline.paths import TaskPaths
+from pipeline.readers import SPLIT_NAMES
+from pipeline.records import load_records, save_records
+from pipeline.tasks.base import Task
+
+
+def assign_split(key: str, ratios: SplitConfig) -> str:
+    """Map a content key to a split through a stable hash (the same on every machine and run)."""
+    fraction = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    if fraction < ratios.test:
+        return "test"
+    if fraction < ratios.test + ratios.val:
+        return "val"
+    return "train"
+
+
+def run(task: Task, ratios: SplitConfig, paths: TaskPaths) -> dict[str, int]:
+    """Write the train, val and test tables; returns their sizes."""
+    if not (0 < ratios.val < 1 and 0 < ratios.test < 1 and ratios.val + ratios.test < 1):
+        raise ValueError(f"split.val={ratios.val} and split.test={ratios.test} must be in (0, 1) with a sum below 1")
+    splits: dict[str, list] = {name: [] for name in SPLIT_NAMES}
+    for example in load_records(paths.clean):
+        name = example.get("given_split") or assign_split(task.content_key(example), ratios)
+        splits[name].append(example)
+    for name, examples in splits.items():
+        if not examples:
+            raise ValueError(f"split '{name}' of {paths.clean} is empty: too little data for the configured ratios")
+        save_records(paths.split(name), examples)
+    sizes = {name: len(examples) for name, examples in splits.items()}
+    print(f"split[{task.name}]: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
+    return sizes

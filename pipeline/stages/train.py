@@ -1,0 +1,140 @@
+"""train: fine-tune with the Hugging Face Trainer; dynamic padding, length-grouped batches,
+early stopping on the validation metric, a checkpoint each epoch, resume after a kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from pipeline.config import TaskConfig
+from pipeline.models import resolve_model, use_all_cores
+from pipeline.paths import TaskPaths
+from pipeline.plots import learning_curves_png
+from pipeline.records import load_json, load_records, save_json
+from pipeline.tasks.base import Task
+from pipeline import tracking
+
+
+def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
+    """Train on the augmented training split, validate each epoch, save the best model."""
+    import mlflow
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    use_all_cores()
+    settings = config.train
+    set_seed(settings.seed)  # before the new head is initialised, so a rerun gives the same model
+    train_examples = load_records(paths.augmented_train)
+    val_examples = load_records(paths.split("val"))
+    model, tokenizer = task.load_model(resolve_model(config.model.name))
+
+    # Checkpoints are keyed by everything that shapes training, so a resume never mixes runs.
+    checkpoints = paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=2 * settings.batch_size,
+        warmup_steps=settings.warmup,  # a float in [0, 1) is a share of all steps
+        weight_decay=settings.weight_decay,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=task.primary_metric,
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length",
+        seed=settings.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=task.encode(tokenizer, train_examples),
+        eval_dataset=task.encode(tokenizer, val_examples),
+        data_collator=task.data_collator(tokenizer),
+        compute_metrics=task.compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+    )
+
+    experiment_id = tracking.configure(experiment)
+    tags = tracking.lineage_tags(task.name, config, paths)
+    run_id_file = checkpoints / tracking.RUN_FILE
+    resumed_run = load_json(run_id_file)["run_id"] if last_checkpoint and run_id_file.exists() else None
+    with mlflow.start_run(run_id=resumed_run, experiment_id=experiment_id, run_name=f"{task.name}-{tags['data_hash'][:8]}") as run:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        save_json(run_id_file, {"run_id": run.info.run_id})
+        if not resumed_run:
+            mlflow.set_tags(tags)
+            mlflow.log_params(_flat_params(config))
+            mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples)})
+            for report in (paths.provenance, paths.validation_report):
+                if report.exists():
+                    mlflow.log_artifact(str(report), artifact_path="data")
+        if last_checkpoint:
+            print(f"train[{task.name}]: resuming from {last_checkpoint}")
+        result = trainer.train(resume_from_checkpoint=last_checkpoint)
+
+        shutil.rmtree(paths.model_dir, ignore_errors=True)
+        trainer.save_model(str(paths.model_dir))
+        tokenizer.save_pretrained(str(paths.model_dir))
+        tracking.record_run(paths.model_dir, run.info.run_id, tags)
+
+        history = epoch_history(trainer.state.log_history)
+        save_json(paths.history, history)
+        for record in history:
+            step = int(round(record["epoch"] * 1000))  # MLflow steps are integers; epochs can be fractions
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+        curves = paths.reports / "learning_curves.png"
+        learning_curves_png(history, task.primary_metric, curves, title=f"{task.name}: training")
+        mlflow.log_artifact(str(curves), artifact_path="plots")
+        summary = {
+            "train_seconds": round(result.metrics["train_runtime"], 1),
+            "train_samples_per_second": round(result.metrics["train_samples_per_second"], 2),
+            "best_val_" + task.primary_metric: trainer.state.best_metric,
+            "epochs_run": round(trainer.state.epoch, 2),
+        }
+        mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
+        save_json(paths.train_summary, summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"train[{task.name}]: {json.dumps(summary)}")
+    return summary
+
+
+def epoch_history(log_history: list[dict]) -> list[dict]:
+    """Merge the Trainer's training and evaluation logs into one record per epoch."""
+    merged: dict[float, dict] = {}
+    for entry in log_history:
+        if "epoch" not in entry or not ({"loss", "eval_loss"} & entry.keys()):
+            continue
+        record = merged.setdefault(round(entry["epoch"], 4), {"epoch": round(entry["epoch"], 4)})
+        if "loss" in entry:
+            record["train_loss"] = entry["loss"]
+        record.update({k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))})
+    return [merged[epoch] for epoch in sorted(merged)]
+
+
+def _fingerprint(config: TaskConfig, inputs: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _flat_params(config: TaskConfig) -> dict[str, object]:
+    """Model, train and augment settings as flat MLflow params (e.g. train.learning_rate)."""
+    flat = {}
+    for section in ("model", "train", "augment", "split", "promotion"):
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            flat[f"{section}.{key}"] = value
+    flat["data.source"] = json.dumps(config.data.source) if isinstance(config.data.source, dict) else config.data.source
+    return flat

@@ -1,0 +1,87 @@
+"""What differs between tasks: reading rows, checking them, tokenising, the model head, metrics.
+
+The stages are written against this interface only; a new task is one module implementing it.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TaskConfig
+from pipeline.records import Record
+
+
+class Task(ABC):
+    name: str
+    primary_metric: str  # the validation metric that early stopping and promotion use
+    pipeline_task: str  # the transformers pipeline task, for MLflow's transformers flavour
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    # data -----------------------------------------------------------------------------------
+    @abstractmethod
+    def to_example(self, record: Record) -> Record:
+        """Map a raw input record to the task's fields; raise DataError naming file and row."""
+
+    @abstractmethod
+    def normalise(self, example: Record) -> Record:
+        """Clean an example (unicode, whitespace) without changing what it means."""
+
+    @abstractmethod
+    def content_key(self, example: Record) -> str:
+        """The normalised content that identifies an example (duplicates, split assignment)."""
+
+    @abstractmethod
+    def expectations(self) -> list[Any]:
+        """Row-level Great Expectations checks; a row failing any of them is quarantined."""
+
+    def check_columns(self, example: Record) -> Record:
+        """Extra columns, derived from an example, that the expectations look at."""
+        return {}
+
+    @abstractmethod
+    def dataset_problems(self, examples: list[Record]) -> list[str]:
+        """Problems with the clean data as a whole that must stop the run."""
+
+    @abstractmethod
+    def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
+        """One synthetic variant of a training example."""
+
+    # model ----------------------------------------------------------------------------------
+    @abstractmethod
+    def load_model(self, path: str) -> tuple[Any, Any]:
+        """(model, tokenizer) from a pretrained or fine-tuned folder, with this task's head."""
+
+    @abstractmethod
+    def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
+        """Tokenised features (with labels) for training."""
+
+    @abstractmethod
+    def data_collator(self, tokenizer: Any) -> Any:
+        """Pads each batch to its own longest member (dynamic padding)."""
+
+    @abstractmethod
+    def compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
+        """Metrics from a Trainer EvalPrediction, keyed without prefix; includes primary_metric."""
+
+    @abstractmethod
+    def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+        """Predictions for examples, in their order."""
+
+    @abstractmethod
+    def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
+        """The evaluation metrics of predictions against the examples' gold labels."""
+
+    @abstractmethod
+    def write_plots(
+        self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
+    ) -> list[Path]:
+        """Evaluation plots of one split (DVC data files and images); returns the images."""
+
+    @abstractmethod
+    def format_prediction(self, text: str, prediction: Record) -> str:
+        """One line of `finetune predict` output."""

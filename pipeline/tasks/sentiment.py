@@ -1,0 +1,192 @@
+"""Financial sentiment: one label (negative / neutral / positive) per text."""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from pipeline.augmentation import augment_words
+from pipeline.models import batched_by_length, pretrained_kwargs
+from pipeline.readers import DataError
+from pipeline.records import Record
+from pipeline.tasks.base import Task
+
+WHITESPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC unicode, single spaces, no leading or trailing space."""
+    return WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+class SentimentTask(Task):
+    name = "sentiment"
+    primary_metric = "f1_macro"
+    pipeline_task = "text-classification"
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.validate.labels
+
+    # data -----------------------------------------------------------------------------------
+    def to_example(self, record: Record) -> Record:
+        data = self.config.data
+        missing = [c for c in (data.text_column, data.label_column) if c not in record]
+        if missing:
+            found = [k for k in record if k not in ("source", "row", "batch", "given_split")]
+            raise DataError(
+                f"{record['source']}: row {record['row']}: missing column(s) {', '.join(missing)} "
+                f"(found: {', '.join(found)}; set data.text_column / data.label_column in params.yaml)"
+            )
+        text, label = record[data.text_column], record[data.label_column]
+        provenance = {k: record[k] for k in ("source", "row", "batch", "given_split") if k in record}
+        return {
+            "text": None if text is None else str(text),
+            "label": None if label is None else str(label).strip(),
+            **provenance,
+        }
+
+    def normalise(self, example: Record) -> Record:
+        if isinstance(example["text"], str):
+            return {**example, "text": normalise_text(example["text"])}
+        return example
+
+    def content_key(self, example: Record) -> str:
+        return str(example["text"]).casefold()
+
+    def expectations(self) -> list[Any]:
+        import great_expectations as gx
+
+        rules = self.config.validate
+        return [
+            gx.expectations.ExpectColumnValuesToNotBeNull(column="text"),
+            gx.expectations.ExpectColumnValueLengthsToBeBetween(
+                column="text", min_value=rules.min_chars, max_value=rules.max_chars
+            ),
+            gx.expectations.ExpectColumnValuesToNotBeNull(column="label"),
+            gx.expectations.ExpectColumnValuesToBeInSet(column="label", value_set=rules.labels),
+        ]
+
+    def dataset_problems(self, examples: list[Record]) -> list[str]:
+        counts = {label: 0 for label in self.labels}
+        for example in examples:
+            counts[example["label"]] += 1
+        minimum = self.config.validate.min_rows_per_class
+        return [
+            f"label '{label}' has {count} clean rows, fewer than min_rows_per_class={minimum}"
+            for label, count in counts.items()
+            if count < minimum
+        ]
+
+    def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
+        words = augment_words(example["text"].split(), method, rate, rng)
+        return {**example, "text": " ".join(words)}
+
+    # model ----------------------------------------------------------------------------------
+    def load_model(self, path: str) -> tuple[Any, Any]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={label: i for i, label in enumerate(self.labels)},
+            **pretrained_kwargs(),
+        )
+        return model, AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+
+    def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+        encoded = tokenizer(
+            [e["text"] for e in examples], truncation=True, max_length=self.config.train.max_length
+        )
+        return [
+            {**{key: values[i] for key, values in encoded.items()}, "labels": label_ids[e["label"]]}
+            for i, e in enumerate(examples)
+        ]
+
+    def data_collator(self, tokenizer: Any) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        predicted = eval_prediction.predictions.argmax(axis=-1)
+        gold = eval_prediction.label_ids  # in the Trainer's order, which length grouping may change
+        return {
+            "accuracy": float(accuracy_score(gold, predicted)),
+            "f1_macro": float(f1_score(gold, predicted, average="macro", labels=range(len(self.labels)))),
+        }
+
+    def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+        import torch
+
+        texts = [e["text"] for e in examples]
+        id2label = model.config.id2label
+        model.eval()
+
+        def run_batch(indices: list[int]) -> list[Record]:
+            batch = tokenizer(
+                [texts[i] for i in indices],
+                truncation=True,
+                max_length=self.config.train.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                probs = model(**batch).logits.softmax(dim=-1)
+            scores, ids = probs.max(dim=-1)
+            return [
+                {"label": id2label[int(i)], "score": float(s)} for i, s in zip(ids.tolist(), scores.tolist())
+            ]
+
+        return batched_by_length([len(t) for t in texts], 64, run_batch)
+
+    def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
+        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+        gold = [e["label"] for e in examples]
+        predicted = [p["label"] for p in predictions]
+        precision, recall, f1, support = precision_recall_fscore_support(
+            gold, predicted, labels=self.labels, zero_division=0
+        )
+        return {
+            "accuracy": float(accuracy_score(gold, predicted)),
+            "f1_macro": float(f1_score(gold, predicted, labels=self.labels, average="macro", zero_division=0)),
+            "n": len(gold),
+            "per_class": {
+                label: {
+                    "precision": float(precision[i]),
+                    "recall": float(recall[i]),
+                    "f1": float(f1[i]),
+                    "support": int(support[i]),
+                }
+                for i, label in enumerate(self.labels)
+            },
+        }
+
+    def write_plots(
+        self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
+    ) -> list[Path]:
+        from pipeline.plots import confusion_matrix_png
+        from pipeline.records import save_json
+
+        pairs = [{"actual": e["label"], "predicted": p["label"]} for e, p in zip(examples, predictions)]
+        save_json(out_dir / f"confusion_{split}.json", pairs)  # DVC's confusion template reads this
+        image = out_dir / f"confusion_{split}.png"
+        confusion_matrix_png(
+            [p["actual"] for p in pairs], [p["predicted"] for p in pairs], self.labels, image,
+            title=f"{self.name}: confusion matrix ({split})",
+        )
+        return [image]
+
+    def format_prediction(self, text: str, prediction: Record) -> str:
+        return f"{prediction['label']}\t{prediction['score']:.3f}\t{text}"
+
+
+TASK_CLASS = SentimentTask

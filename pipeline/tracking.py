@@ -1,0 +1,97 @@
+"""MLflow: the embedded store by default, one run per pipeline execution, lineage tags.
+
+The train stage opens the run and records its id next to the model; evaluate and register
+log into the same run, so one run holds params, curves, metrics, reports, plots and model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.config import TaskConfig, section_hash
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json, save_json
+
+STORE_DIR = Path("mlflow")
+RUN_FILE = "mlflow_run.json"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set (a team server), else SQLite under mlflow/."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the store and return the experiment id, creating it on first use."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    # With the embedded store, artifacts go beside the database instead of ./mlruns.
+    location = None if "MLFLOW_TRACKING_URI" in os.environ else (STORE_DIR / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def check_reachable() -> None:
+    """Fail early and clearly when a configured tracking server does not answer."""
+    import mlflow
+
+    try:
+        mlflow.search_experiments(max_results=1)
+    except Exception as exc:
+        raise RuntimeError(f"MLflow tracking store {tracking_uri()} is not reachable: {exc}") from None
+
+
+@contextmanager
+def resume_run(model_dir: Path, experiment: str) -> Iterator[object]:
+    """Continue the MLflow run that trained the model in `model_dir`."""
+    import mlflow
+
+    configure(experiment)
+    run_id = load_json(model_dir / RUN_FILE)["run_id"]
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def record_run(model_dir: Path, run_id: str, tags: dict[str, str]) -> None:
+    save_json(model_dir / RUN_FILE, {"run_id": run_id, "tags": tags})
+
+
+def run_tags(model_dir: Path) -> dict[str, str]:
+    return load_json(model_dir / RUN_FILE)["tags"]
+
+
+def lineage_tags(task_name: str, config: TaskConfig, paths: TaskPaths) -> dict[str, str]:
+    """What a registered model can be traced back to: code, data and configuration."""
+    return {
+        "task": task_name,
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "data_hash": files_hash([paths.augmented_train, paths.split("val"), paths.split("test")]),
+        "params_hash": section_hash(config),
+        "base_model": config.model.name,
+    }
+
+
+def files_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""

