@@ -10,6 +10,10 @@ from pathlib import Path
 STAGES = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
 
 
+class UsageError(ValueError):
+    """The command cannot do what was asked (no texts, no such model)."""
+
+
 def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     """Run one stage of one task with the settings in params.yaml."""
     import importlib
@@ -52,8 +56,16 @@ def predict(texts: list[str], task_name: str, model_uri: str | None, params_file
     if Path(uri).is_dir():
         model, tokenizer = task.load_model(uri)
     else:
+        from mlflow.exceptions import MlflowException
+
         tracking.configure(params.tracking.experiment)
-        model, tokenizer = load_registered(task, uri)
+        try:
+            model, tokenizer = load_registered(task, uri)
+        except MlflowException as exc:
+            raise UsageError(
+                f"cannot load model '{uri}' from {tracking.tracking_uri()}: {exc.message} "
+                "(run `dvc repro` first, or pass --model models:/NAME/VERSION or a model folder)"
+            ) from None
     examples = [{"text": text} for text in texts]
     for text, prediction in zip(texts, task.predict(model, tokenizer, examples)):
         print(task.format_prediction(text, prediction))
@@ -99,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             texts = read_texts(args)
             if not texts:
-                raise DataError("no texts given (pass them as arguments, with --file, or on stdin)")
+                raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
             predict(texts, args.task, args.model, args.params)
-    except (ConfigError, DataError, ValidationError) as exc:
+    except (ConfigError, DataError, ValidationError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -19,11 +19,14 @@ from pipeline.records import load_json, save_json
 
 STORE_DIR = Path("mlflow")
 RUN_FILE = "mlflow_run.json"
+# Read once: mlflow.set_tracking_uri() writes this variable, so reading it later would only
+# echo our own earlier choice back instead of the user's.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set (a team server), else SQLite under mlflow/."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI when the user set it (a team server), else SQLite under mlflow/."""
+    return USER_TRACKING_URI or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
 def configure(experiment: str) -> str:
@@ -37,7 +40,7 @@ def configure(experiment: str) -> str:
     if found is not None:
         return found.experiment_id
     # With the embedded store, artifacts go beside the database instead of ./mlruns.
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else (STORE_DIR / "artifacts").resolve().as_uri()
+    location = None if USER_TRACKING_URI else (STORE_DIR / "artifacts").resolve().as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 

@@ -54,6 +54,13 @@ def write_csv(path: Path, rows: list[dict], fieldnames: tuple[str, ...] = ("text
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; keep it from reaching the next test."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with the bundled tokenizer, saved like a pretrained base model."""

@@ -76,7 +76,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
             "model_name": name,
             "metric": f"val_{metric}",
             "challenger": {"version": version, "score": challenger_score},
-            "champion": None if champion is None else {"version": champion.version, "score": champion_score},
+            "champion": None if champion is None else {"version": str(champion.version), "score": champion_score},
             "delta": None if champion_score is None else challenger_score - champion_score,
             "min_delta": config.promotion.min_delta,
             "promoted": promote,

@@ -1,0 +1,75 @@
+"""`dvc repro` end to end in a temp git + DVC repo: metrics, MLflow run, registered champion,
+nothing re-run when nothing changed, and only the dependent stages re-run after a param edit."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture
+def repo(tmp_path, tiny_model) -> Path:
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
+    write_params(tmp_path, tiny_params(tiny_model))
+    (tmp_path / ".gitignore").write_text("/mlflow/\n")
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("dvc", "init", "-q", cwd=tmp_path)
+    sh("git", "add", "-A", cwd=tmp_path)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
+    import mlflow
+
+    first = sh("dvc", "repro", cwd=repo)
+    assert stages_run(first) == {f"{s}@sentiment" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    metrics = yaml.safe_load((repo / "metrics" / "sentiment.json").read_text())
+    assert metrics["val"]["f1_macro"] > 0.5 and "per_class" in metrics["test"]
+    assert (repo / "reports/sentiment/promotion.json").exists()
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("fin-sentiment", "champion")
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).strip()
+    assert str(champion.version) == "1" and champion.tags["git_commit"] == head
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["data_hash"] == champion.tags["data_hash"]
+    assert "val_f1_macro" in run.data.metrics and "train.learning_rate" in run.data.params
+
+    unchanged = sh("dvc", "repro", cwd=repo)
+    assert stages_run(unchanged) == {"collect@sentiment"}  # collect always looks at the source
+    assert "Stage 'train@sentiment' didn't change, skipping" in unchanged
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sentiment"]["promotion"]["min_delta"] = 0.05
+    write_params(repo, params)
+    edited = sh("dvc", "repro", cwd=repo)
+    assert stages_run(edited) == {"collect@sentiment", "register@sentiment"}
+
+    write_csv(repo / "data" / "sample.csv", make_rows(330))  # new data: everything downstream re-runs
+    assert "train@sentiment" in stages_run(sh("dvc", "repro", cwd=repo))
+    assert "metrics/sentiment.json" in sh("dvc", "metrics", "show", cwd=repo)
+    sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
+    assert (repo / "plots_out" / "index.html").exists()

@@ -1,0 +1,105 @@
+"""Fair champion/challenger promotion against a real MLflow store (SQLite in a temp dir)."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json, load_records
+from pipeline.stages import register
+from pipeline.stages.evaluate import score
+from pipeline.tasks import get_task
+from tests.conftest import make_rows, tiny_params, write_csv, write_params
+
+PATHS = TaskPaths("sentiment")
+PARAMS = Path("params.yaml")
+NAME = "fin-sentiment"
+
+
+def train_and_register(tiny_model: Path, learning_rate: float, **overrides) -> dict:
+    """Train a tiny model (learning_rate 0 gives a useless one) and run the register stage."""
+    write_params(Path("."), tiny_params(tiny_model, sentiment__train__learning_rate=learning_rate, **overrides))
+    for stage in ("collect", "validate", "split", "augment", "train", "evaluate", "register"):
+        run_stage(stage, "sentiment", PARAMS)
+    return load_json(PATHS.promotion)
+
+
+def aliases() -> dict[str, str]:
+    import mlflow
+
+    return {alias: str(version) for alias, version in mlflow.MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+@pytest.mark.parametrize(
+    "challenger, champion, min_delta, promoted",
+    [(0.80, None, 0.0, True), (0.81, 0.80, 0.0, True), (0.80, 0.80, 0.0, False),
+     (0.79, 0.80, 0.0, False), (0.805, 0.80, 0.01, False), (0.82, 0.80, 0.01, True)],
+)
+def test_decision_rule(challenger, champion, min_delta, promoted):
+    assert register.decide(challenger, champion, min_delta, "f1_macro")[0] is promoted
+
+
+def test_first_better_and_worse_models(workspace, tiny_model):
+    import mlflow
+
+    first = train_and_register(tiny_model, 0.0)
+    assert first["promoted"] and first["champion"] is None and first["challenger"]["version"] == "1"
+    assert aliases() == {"champion": "1"}
+
+    better = train_and_register(tiny_model, 1.0e-3)
+    assert better["promoted"] and better["delta"] > 0
+    assert better["champion"] == {"version": "1", "score": pytest.approx(first["challenger"]["score"])}
+    assert aliases() == {"champion": "2"}
+
+    worse = train_and_register(tiny_model, 0.0, sentiment__train__seed=7)
+    assert not worse["promoted"] and worse["alias"] == "challenger"
+    assert aliases() == {"champion": "2", "challenger": "3"}
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(NAME, "3")
+    assert version.description.startswith("Not promoted: validation f1_macro")
+    assert {"git_commit", "data_hash", "params_hash", "run_id", "val_f1_macro"} <= version.tags.keys()
+    run = client.get_run(version.tags["run_id"])
+    assert {"val_f1_macro", "test_f1_macro", "train_seconds"} <= run.data.metrics.keys()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for folder in ("plots", "data") for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"plots/confusion_test.png", "plots/learning_curves.png", "data/validation.json", "promotion.json"} <= artifacts
+
+
+def test_equal_score_is_not_promoted(workspace, tiny_model):
+    train_and_register(tiny_model, 1.0e-3)
+    run_stage("register", "sentiment", PARAMS)  # the same model again: identical score
+    decision = load_json(PATHS.promotion)
+    assert decision["delta"] == 0 and not decision["promoted"]
+    assert aliases() == {"champion": "1", "challenger": "2"}
+
+
+def test_a_failing_register_leaves_the_aliases_alone(workspace, tiny_model, monkeypatch):
+    train_and_register(tiny_model, 0.0)
+    write_params(Path("."), tiny_params(tiny_model))
+    for stage in ("train", "evaluate"):
+        run_stage(stage, "sentiment", PARAMS)
+
+    def broken_upload(*args, **kwargs):
+        raise OSError("artifact store full")
+
+    monkeypatch.setattr(register, "log_model", broken_upload)
+    with pytest.raises(OSError):
+        run_stage("register", "sentiment", PARAMS)
+    assert aliases() == {"champion": "1"}
+
+
+def test_the_champion_is_rescored_on_todays_validation_split(workspace, tiny_model):
+    write_csv(Path("data/sample.csv"), make_rows(120))
+    train_and_register(tiny_model, 1.0e-3)
+    write_csv(Path("data/sample.csv"), make_rows(400))  # more data: a larger validation split
+    decision = train_and_register(tiny_model, 1.0e-3, sentiment__train__seed=3)
+
+    task = get_task("sentiment", load_params().task("sentiment"))
+    model, tokenizer = register.load_registered(task, f"models:/{NAME}/1")
+    val = load_records(PATHS.split("val"))
+    assert decision["champion"]["score"] == pytest.approx(score(task, model, tokenizer, val)[0]["f1_macro"])
+    assert decision["challenger"]["score"] == pytest.approx(load_json(PATHS.metrics)["val"]["f1_macro"])
