@@ -19,8 +19,6 @@ $(BIN)/finetune: pyproject.toml
 	@touch $@
 
 run: setup
-	@test -d .git || (git init -q && git add -A && git commit -qm "initial import" || true)
-	@test -d .dvc || dvc init -q
 	dvc repro
 	@echo
 	@echo "Metrics:      metrics/sentiment.json   (dvc metrics show)"

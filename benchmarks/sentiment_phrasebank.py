@@ -4,7 +4,10 @@ Runs collect, validate, split (the same 60/20/20 content-hash split), augment, t
 evaluate with the settings of the project's params.yaml, only the source pointed at the
 PhraseBank file, in a scratch workspace, and writes benchmarks/results/sentiment_phrasebank.json.
 
-    python benchmarks/sentiment_phrasebank.py [--file Sentences_50Agree.txt]
+    python benchmarks/sentiment_phrasebank.py [--file Sentences_50Agree.txt] [--set train.epochs=6 ...]
+
+`--set` overrides a key of the `sentiment:` section for an experiment; results of runs with
+overrides go to benchmarks/results/sentiment_phrasebank-<overrides>.json.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_minutes": 15}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", default="Sentences_50Agree.txt", help="PhraseBank file under shared/data")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override sentiment.KEY")
     args = parser.parse_args()
     source = DATA / args.file
     if not source.exists():
@@ -41,6 +45,14 @@ def main() -> None:
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["sentiment"]["data"].update(source=str(source), format="phrasebank")
+    for override in args.set:
+        key, value = override.split("=", 1)
+        *sections, last = key.split(".")
+        node = params["sentiment"]
+        for section in sections:
+            node = node[section]
+        node[last] = yaml.safe_load(value)
+    result_file = RESULT.with_name(f"{RESULT.stem}-{'_'.join(args.set)}.json") if args.set else RESULT
     workspace = Path(tempfile.mkdtemp(prefix="bench-fpb-"))
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     os.chdir(workspace)
@@ -70,13 +82,14 @@ def main() -> None:
         "model": params["sentiment"]["model"]["name"],
         "train_params": params["sentiment"]["train"],
         "augment_params": params["sentiment"]["augment"],
+        "overrides": args.set,
         "cpu_threads": len(os.sched_getaffinity(0)),
         "target": TARGET,
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    print(f"wrote {RESULT}")
+    print(f"wrote {result_file}")
 
 
 if __name__ == "__main__":
