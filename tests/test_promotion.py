@@ -66,7 +66,7 @@ def test_first_better_and_worse_models(workspace, tiny_model):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for folder in ("plots", "data") for a in client.list_artifacts(run.info.run_id, folder)
     }
-    assert {"plots/confusion_test.png", "plots/learning_curves.png", "data/validation.json", "promotion.json"} <= artifacts
+    assert {"plots/confusion_test.png", "plots/learning_curves.png", "data/validation.json", "data/data_docs", "promotion.json"} <= artifacts
 
 
 def test_equal_score_is_not_promoted(workspace, tiny_model):

@@ -80,6 +80,8 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
             for report in (paths.provenance, paths.validation_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
+            if paths.data_docs.is_dir():
+                mlflow.log_artifacts(str(paths.data_docs), artifact_path="data/data_docs")
         if last_checkpoint:
             print(f"train[{task.name}]: resuming from {last_checkpoint}")
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
