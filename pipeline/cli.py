@@ -1,4 +1,5 @@
-"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls) and `finetune predict`."""
+"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`
+and `finetune serve`."""
 
 from __future__ import annotations
 
@@ -71,6 +72,37 @@ def predict(texts: list[str], task_name: str, model_uri: str | None, params_file
         print(task.format_prediction(text, prediction))
 
 
+def serve(host: str | None, port: int | None, model_uri: str | None, params_file: Path) -> None:
+    """Serve a registered model over HTTP until interrupted (see pipeline/serve.py); the champion by default."""
+    import dataclasses
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import serve as serving, tracking
+    from pipeline.config import load_params
+    from pipeline.models import use_all_cores
+    from pipeline.stages.register import CHAMPION
+    from pipeline.tasks import get_task
+
+    params = load_params(params_file)
+    settings = dataclasses.replace(
+        params.serving, host=host or params.serving.host, port=params.serving.port if port is None else port
+    )
+    config = params.task(settings.task)
+    task = get_task(settings.task, config)
+    use_all_cores()
+    tracking.configure(params.tracking.experiment)
+    uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
+    try:
+        served = serving.load_served(task, uri)
+    except (MlflowException, ValueError) as exc:
+        raise UsageError(
+            f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
+            "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
+        ) from None
+    serving.run(serving.Service(task, uri, settings, served))
+
+
 def read_texts(args: argparse.Namespace) -> list[str]:
     if args.file:
         lines = Path(args.file).read_text(encoding="utf-8").splitlines()
@@ -95,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--file", help="a file with one text a line")
     pred.add_argument("--task", default="sentiment")
     pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
+
+    srv = commands.add_parser("serve", help="serve a registered model over HTTP (settings: serving in params.yaml)")
+    srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
+    srv.add_argument("--model", help="models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION (default: the champion)")
     return parser
 
 
@@ -108,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stage":
             run_stage(args.name, args.task, args.params)
+        elif args.command == "serve":
+            serve(args.host, args.port, args.model, args.params)
         else:
             texts = read_texts(args)
             if not texts:

@@ -97,10 +97,23 @@ class TrackingConfig:
 
 
 @dataclass
+class ServingConfig:
+    host: str = "127.0.0.1"  # loopback: exposing the service is a deliberate choice
+    port: int = 8000
+    task: str = "sentiment"
+    max_batch_size: int = 32  # texts per model call
+    batch_wait_ms: float = 10.0  # how long a batch waits for more requests
+    max_texts_per_request: int = 64
+    max_text_chars: int = 2000
+    reload_seconds: float = 30.0  # how often the registry alias is checked for a new version
+
+
+@dataclass
 class Params:
     tasks: list[str]
     tracking: TrackingConfig
     task_configs: dict[str, TaskConfig]
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def task(self, name: str) -> TaskConfig:
         if name not in self.task_configs:
@@ -123,17 +136,18 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     raw = dict(raw)
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
     tracking = _build(TrackingConfig, raw.pop("tracking", {}), "tracking")
+    serving = _build(ServingConfig, raw.pop("serving", {}), "serving")
     task_configs = {}
     for key, section in raw.items():
         if key not in TASKS:
-            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, {', '.join(TASKS)})")
+            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, serving, {', '.join(TASKS)})")
         task_configs[key] = _build(TaskConfig, section, key)
     for name in tasks:
         if name not in TASKS:
             raise ConfigError(f"{path}: tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
         if name not in task_configs:
             raise ConfigError(f"{path}: tasks lists '{name}' but there is no '{name}:' section")
-    return Params(tasks=tasks, tracking=tracking, task_configs=task_configs)
+    return Params(tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving)
 
 
 def section_hash(config: Any) -> str:

@@ -126,7 +126,7 @@ class SentimentTask(Task):
     def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
         import torch
 
-        texts = [e["text"] for e in examples]
+        texts = [normalise_text(e["text"]) for e in examples]  # as in training, whatever the caller sent
         id2label = model.config.id2label
         model.eval()
 

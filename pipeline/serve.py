@@ -1,0 +1,257 @@
+"""`finetune serve`: a registered model (the champion by default) behind HTTP.
+
+- POST /predict scores texts. Requests that arrive together share one model call: they wait in
+  an asyncio queue that a single worker drains into batches of up to `max_batch_size` texts.
+- A watcher checks the registry alias every `reload_seconds` (POST /reload checks at once). A
+  new version is loaded in the background and swapped in by replacing one reference: batches
+  already running finish on the old model, and no request waits for the load or is dropped.
+
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
+time, and the request model is built inside `create_app` from the configured limits.
+"""
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from pipeline.config import ServingConfig
+from pipeline.stages.register import load_registered
+from pipeline.tasks.base import Task
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so messages show beside its own
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
+
+
+# the served model -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Served:
+    """A loaded model version and where it came from; swapped whole, never changed in place."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str
+    model: Any
+    tokenizer: Any
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    match = MODEL_URI.fullmatch(uri)
+    if match is None:
+        raise ValueError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got '{uri}'")
+    return match["name"], match["alias"], match["version"]
+
+
+def registered_version(uri: str) -> Any:
+    """The registry's ModelVersion that `uri` points at right now (an alias moves on promotion)."""
+    import mlflow
+
+    name, alias, version = parse_model_uri(uri)
+    client = mlflow.MlflowClient()
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+
+
+def load_version(task: Task, uri: str, found: Any) -> Served:
+    """Load the version found, by number: the alias may move again while this loads."""
+    model, tokenizer = load_registered(task, f"models:/{found.name}/{found.version}")
+    return Served(found.name, str(found.version), parse_model_uri(uri)[1], found.run_id, model, tokenizer)
+
+
+def load_served(task: Task, uri: str) -> Served:
+    """Load the version `uri` points at now."""
+    return load_version(task, uri, registered_version(uri))
+
+
+# request and response bodies --------------------------------------------------------------------
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str
+
+
+class Version(BaseModel):
+    name: str
+    version: str
+    alias: str | None
+    run_id: str
+
+
+class Reload(BaseModel):
+    reloaded: bool
+    version: str
+
+
+def request_model(settings: ServingConfig) -> type[BaseModel]:
+    """The /predict body with this deployment's limits, so they are enforced and shown in /docs."""
+    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_text_chars)]
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        texts=(list[text], Field(min_length=1, max_length=settings.max_texts_per_request,
+                                 examples=[["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."]])),
+    )
+
+
+# batching and hot-swap --------------------------------------------------------------------------
+@dataclass
+class Pending:
+    """One request's texts, and the future its predictions are delivered to."""
+
+    texts: list[str]
+    result: asyncio.Future
+
+
+class Service:
+    """The served model, the queue that batches requests for it, and the reloads that replace it."""
+
+    def __init__(self, task: Task, uri: str, settings: ServingConfig, served: Served):
+        self.task, self.uri, self.settings, self.served = task, uri, settings, served
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.held: Pending | None = None  # a request that did not fit the last batch: first in the next
+        self.reload_lock = asyncio.Lock()
+
+    async def predict(self, texts: list[str]) -> tuple[str, list[dict]]:
+        """(model version, predictions) for texts, scored together with whatever else is queued."""
+        pending = Pending(texts, asyncio.get_running_loop().create_future())
+        await self.queue.put(pending)
+        return await pending.result
+
+    async def next_batch(self) -> list[Pending]:
+        """Wait for a request, then take more for up to batch_wait_ms or max_batch_size texts.
+
+        A request is never split, so all its predictions come from one model version; one larger
+        than max_batch_size is scored alone.
+        """
+        first = self.held or await self.queue.get()
+        self.held = None
+        batch, size = [first], len(first.texts)
+        deadline = asyncio.get_running_loop().time() + self.settings.batch_wait_ms / 1000
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):  # a cancelled get() leaves the item queued
+                while size < self.settings.max_batch_size:
+                    pending = await self.queue.get()
+                    if size + len(pending.texts) > self.settings.max_batch_size:
+                        self.held = pending
+                        break
+                    batch.append(pending)
+                    size += len(pending.texts)
+        return batch
+
+    async def run_batches(self) -> None:
+        """The batch worker: one model call per batch, in a thread so the server keeps accepting."""
+        while True:
+            batch = await self.next_batch()
+            served = self.served  # this batch finishes on this model even if a swap happens meanwhile
+            examples = [{"text": text} for pending in batch for text in pending.texts]
+            try:
+                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples)
+            except Exception as exc:  # fail these requests, keep serving the next ones
+                log.exception("prediction failed")
+                for pending in batch:
+                    if not pending.result.done():
+                        pending.result.set_exception(exc)
+                continue
+            start = 0
+            for pending in batch:
+                if not pending.result.done():  # done already: the client went away
+                    pending.result.set_result((served.version, predictions[start : start + len(pending.texts)]))
+                start += len(pending.texts)
+
+    async def reload(self) -> bool:
+        """Serve the version the URI points at now, loading it first; True when it changed."""
+        async with self.reload_lock:  # the watcher and POST /reload never load the same version twice
+            found = await asyncio.to_thread(registered_version, self.uri)
+            if str(found.version) == self.served.version:
+                return False
+            served = await asyncio.to_thread(load_version, self.task, self.uri, found)
+            previous, self.served = self.served.version, served  # one assignment: the swap
+            log.info("now serving %s v%s (was v%s)", served.name, served.version, previous)
+            return True
+
+    async def watch(self) -> None:
+        """Check the registry every reload_seconds; a failed check keeps the current model."""
+        while True:
+            await asyncio.sleep(self.settings.reload_seconds)
+            try:
+                await self.reload()
+            except Exception as exc:  # a registry hiccup must not take serving down
+                log.warning("checking %s failed, still serving v%s: %s", self.uri, self.served.version, exc)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the batch worker and the watcher while the app runs."""
+        workers = [asyncio.create_task(self.run_batches()), asyncio.create_task(self.watch())]
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+# the app ----------------------------------------------------------------------------------------
+async def json_only(request: Request) -> None:
+    """415 unless the body is declared JSON: `curl -d` sends a form, which would fail less clearly."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "send the body as JSON, with the header content-type: application/json")
+
+
+def create_app(service: Service) -> FastAPI:
+    """The HTTP API of `service`; its worker and watcher run for the app's lifetime."""
+    PredictRequest = request_model(service.settings)
+    app = FastAPI(
+        title="finetune-pipeline serving",
+        summary=f"Scores texts with {service.uri}, batching concurrent requests.",
+        lifespan=lambda app: service.running(),
+    )
+
+    @app.post("/predict", dependencies=[Depends(json_only)])
+    async def predict(request: PredictRequest) -> PredictResponse:
+        """Label each text; predictions are in the order of `texts`."""
+        version, predictions = await service.predict(request.texts)
+        return PredictResponse(model_version=version, predictions=predictions)
+
+    @app.get("/health")
+    async def health() -> Health:
+        """Up and serving a model (the app only starts once one is loaded)."""
+        return Health(status="ok", model_version=service.served.version)
+
+    @app.get("/version")
+    async def version() -> Version:
+        """The model version being served and where it came from."""
+        served = service.served
+        return Version(name=served.name, version=served.version, alias=served.alias, run_id=served.run_id)
+
+    @app.post("/reload")
+    async def reload() -> Reload:
+        """Check the registry now and swap in a new version if the alias moved."""
+        try:
+            reloaded = await service.reload()
+        except Exception as exc:
+            raise HTTPException(503, f"checking {service.uri} failed, still serving v{service.served.version}: {exc}")
+        return Reload(reloaded=reloaded, version=service.served.version)
+
+    return app
+
+
+def run(service: Service) -> None:
+    """Serve until interrupted; on Ctrl-C requests in flight are answered before it stops."""
+    import uvicorn
+
+    uvicorn.run(create_app(service), host=service.settings.host, port=service.settings.port)

@@ -1,0 +1,225 @@
+"""`finetune serve`: a real uvicorn server on 127.0.0.1 serving from a real MLflow registry.
+
+The tests share one registry and one server (training is the slow part); the hot-swap test
+rolls the champion back to v1, so it leaves them as it found them.
+"""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+
+from pipeline import tracking
+from pipeline.cli import main
+from pipeline.config import ConfigError, ServingConfig, load_params
+from pipeline.serve import Service, create_app, load_served
+from pipeline.tasks import get_task
+from pipeline.tasks.sentiment import SentimentTask
+from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
+from tests.test_promotion import NAME, train_and_register
+
+FINETUNE = Path(sys.executable).parent / "finetune"
+CHAMPION_URI = f"models:/{NAME}@champion"
+POSITIVE, NEUTRAL = "The company said profit rose in quarter.", "Its group shares listed on held year."
+# Small limits, so the tests can exceed them cheaply; a 20-text request is larger than a batch.
+# A longer batch wait than the default keeps batching visible on a busy 2-core machine.
+LIMITS = {"max_batch_size": 8, "batch_wait_ms": 50, "max_texts_per_request": 20, "max_text_chars": 200,
+          "reload_seconds": 0.5}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, tiny_model) -> Iterator[Path]:
+    """A workspace (the cwd) whose registry holds one trained champion, v1; shared by the module."""
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("serve")
+        patch.chdir(root)
+        write_csv(root / "data" / "sample.csv", make_rows(300))
+        train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=6)  # as in test_cli: learns the tiny data
+        yield root
+
+
+@pytest.fixture(scope="module")
+def url(registry) -> Iterator[str]:
+    """A real uvicorn server for the champion on 127.0.0.1, an ephemeral port, in a thread."""
+    import uvicorn
+
+    params = load_params()
+    tracking.configure(params.tracking.experiment)
+    task = get_task("sentiment", params.task("sentiment"))
+    service = Service(task, CHAMPION_URI, ServingConfig(**LIMITS), load_served(task, CHAMPION_URI))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive())
+    assert server.started, "the server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_predict_health_version_and_docs(url):
+    import mlflow
+
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/health").json() == {"status": "ok", "model_version": "1"}
+        run_id = mlflow.MlflowClient().get_model_version(NAME, "1").run_id
+        assert client.get("/version").json() == {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id}
+
+        response = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["model_version"] == "1"
+        assert [p["label"] for p in body["predictions"]] == ["positive", "neutral"]
+        assert all(0.0 < p["score"] <= 1.0 for p in body["predictions"])
+
+        assert client.post("/reload").json() == {"reloaded": False, "version": "1"}
+        assert {"/predict", "/health", "/version", "/reload"} <= client.get("/openapi.json").json()["paths"].keys()
+        assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, where, problem",
+    [
+        ('{"texts": ["Profit rose"', ["body", 24], "JSON decode error"),
+        ('{"texts": "Profit rose"}', ["body", "texts"], "Input should be a valid list"),
+        ('{"texts": ["Profit rose", 7]}', ["body", "texts", 1], "Input should be a valid string"),
+        ('{"text": ["Profit rose"]}', ["body", "texts"], "Field required"),
+        ('{"texts": []}', ["body", "texts"], "List should have at least 1 item"),
+        (json.dumps({"texts": ["Profit rose"] * 21}), ["body", "texts"], "List should have at most 20 items"),
+        (json.dumps({"texts": ["Profit rose", "x" * 201]}), ["body", "texts", 1], "String should have at most 200 characters"),
+        ('{"texts": ["Profit rose", " "]}', ["body", "texts", 1], "String should have at least 1 character"),
+    ],
+    ids=["malformed-json", "not-a-list", "not-a-string", "no-texts-key", "empty-list", "too-many-texts",
+         "text-too-long", "empty-text"],
+)
+def test_bad_requests_get_a_4xx_naming_the_problem(url, body, where, problem):
+    response = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert any(error["loc"] == where and problem in error["msg"] for error in response.json()["detail"])
+
+
+def test_a_body_not_sent_as_json_gets_a_415(url):
+    response = httpx.post(f"{url}/predict", data={"texts": "Profit rose"})  # a form, as `curl -d` sends
+    assert response.status_code == 415 and "content-type: application/json" in response.json()["detail"]
+
+
+def test_concurrent_requests_share_model_calls(url, monkeypatch):
+    calls = []
+    real_predict = SentimentTask.predict
+
+    def counted_predict(self, model, tokenizer, examples):
+        calls.append(len(examples))
+        return real_predict(self, model, tokenizer, examples)
+
+    monkeypatch.setattr(SentimentTask, "predict", counted_predict)
+    texts = [row["text"] for row in make_rows(20, seed=5)]
+    with httpx.Client(base_url=url) as client, ThreadPoolExecutor(len(texts)) as pool:
+        alone = client.post("/predict", json={"texts": texts}).json()["predictions"]
+        assert calls == [20]  # larger than max_batch_size: scored alone, never split
+        calls.clear()
+        start = threading.Barrier(len(texts))
+
+        def one(text: str) -> httpx.Response:
+            start.wait()
+            return client.post("/predict", json={"texts": [text]})
+
+        responses = list(pool.map(one, texts))
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    together = [r.json()["predictions"][0] for r in responses]
+    assert [p["label"] for p in together] == [p["label"] for p in alone]  # each answer went to its request
+    assert [p["score"] for p in together] == pytest.approx([p["score"] for p in alone], abs=1e-4)
+    assert sum(calls) == len(texts) and len(calls) < len(texts) and max(calls) <= LIMITS["max_batch_size"]
+
+
+def test_a_new_champion_is_swapped_in_without_failed_requests(url, tiny_model):
+    import mlflow
+
+    results: list[tuple[int | None, str]] = []  # (status, model version or error) per request
+    stop = threading.Event()
+
+    def keep_predicting() -> None:
+        with httpx.Client(base_url=url) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]})
+                    answer = response.json()["model_version"] if response.is_success else response.text
+                    results.append((response.status_code, answer))
+                except httpx.HTTPError as exc:
+                    results.append((None, repr(exc)))
+                time.sleep(0.02)
+
+    client_thread = threading.Thread(target=keep_predicting)
+    client_thread.start()
+    try:
+        # min_delta -1 promotes whatever is trained; the watcher (every 0.5 s) notices the alias move.
+        decision = train_and_register(
+            tiny_model, 1.0e-3, sentiment__train__epochs=0.5, sentiment__train__seed=7, sentiment__promotion__min_delta=-1.0
+        )
+        assert decision["promoted"] and decision["challenger"]["version"] == "2"
+        wait_until(lambda: bool(results) and results[-1][1] == "2")
+
+        # A rollback is a promotion too; POST /reload switches without waiting for the watcher.
+        mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
+        assert httpx.post(f"{url}/reload").json()["version"] == "1"
+        wait_until(lambda: bool(results) and results[-1][1] == "1")
+    finally:
+        stop.set()
+        client_thread.join()
+    assert [status for status, _ in results] == [200] * len(results)
+    switches = [version for i, (_, version) in enumerate(results) if i == 0 or results[i - 1][1] != version]
+    assert switches == ["1", "2", "1"]
+    assert httpx.get(f"{url}/version").json()["version"] == "1"
+
+
+def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
+    assert load_params(ROOT / "params.yaml").serving == ServingConfig()  # the file spells out the defaults
+    params = tiny_params(tiny_model)
+    assert load_params(write_params(tmp_path, params)).serving == ServingConfig()  # the section is optional
+    params["serving"] = {"port": 9000, "reload_seconds": 5}
+    assert load_params(write_params(tmp_path, params)).serving == ServingConfig(port=9000, reload_seconds=5.0)
+    params["serving"] = {"prot": 9000}
+    with pytest.raises(ConfigError, match="unknown key 'serving.prot'"):
+        load_params(write_params(tmp_path, params))
+
+
+def test_serve_command_explains_a_missing_model(registry, capsys):
+    assert main(["serve", "--model", f"models:/{NAME}/99"]) == 1
+    assert f"cannot serve 'models:/{NAME}/99'" in capsys.readouterr().err
+    assert main(["serve", "--model", NAME]) == 1
+    assert "must be models:/NAME@ALIAS or models:/NAME/VERSION" in capsys.readouterr().err
+
+
+def test_finetune_serve_command(registry):
+    server = subprocess.Popen([str(FINETUNE), "serve", "--port", "0"], cwd=registry, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, server.kill)
+    watchdog.start()
+    found = None
+    try:
+        for line in server.stderr:
+            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        assert found, "the server exited before listening"
+        response = httpx.post(f"{found[1]}/predict", json={"texts": [POSITIVE]})
+        assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "positive"
+    finally:
+        server.terminate()
+        server.wait()
+        watchdog.cancel()
