@@ -1,5 +1,5 @@
 """The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`
-and `finetune serve`."""
+`finetune serve` and `finetune deploy`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,14 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     serving.run(serving.Service(task, uri, settings, served))
 
 
+def deploy(params_file: Path) -> None:
+    """Serve the Prefect deployments (retrain: cron + new-batch and drift triggers; monitor: cron) until interrupted."""
+    from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
+    from pipeline.config import load_params
+
+    serve_deployments(load_params(params_file))
+
+
 def read_texts(args: argparse.Namespace) -> list[str]:
     if args.file:
         lines = Path(args.file).read_text(encoding="utf-8").splitlines()
@@ -132,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
     srv.add_argument("--model", help="models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION (default: the champion)")
+
+    commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
     return parser
 
 
@@ -147,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             run_stage(args.name, args.task, args.params)
         elif args.command == "serve":
             serve(args.host, args.port, args.model, args.params)
+        elif args.command == "deploy":
+            deploy(args.params)
         else:
             texts = read_texts(args)
             if not texts:

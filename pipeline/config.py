@@ -27,6 +27,7 @@ class DataConfig:
     encoding: str | None = None  # None: the format's own (latin-1 for phrasebank, else utf-8)
     text_column: str = "text"
     label_column: str = "label"
+    incoming: str = "data/incoming"  # drop folder of new labelled batches, read as well as `source` when it exists
 
 
 @dataclass
@@ -109,11 +110,33 @@ class ServingConfig:
 
 
 @dataclass
+class OrchestrationConfig:
+    schedule: str = "0 2 * * *"  # cron for the retrain deployment (nightly)
+    drop_folder: str = "data/incoming"  # watched by `finetune deploy`: a new batch triggers a retrain
+    poll_seconds: float = 30.0  # how often the drop folder is looked at
+    retries: int = 2  # per DVC stage, for transient failures (a lock, a busy tracking server)
+
+
+@dataclass
+class MonitoringConfig:
+    task: str = "sentiment"
+    input: str = "monitoring/incoming"  # drop folder of csv batches (timestamp,text) for the scheduled monitor
+    schedule: str = "0 * * * *"  # cron for the monitor deployment (hourly)
+    db: str = "monitoring/predictions.db"  # every prediction, with its model version
+    label_shift_pvalue: float = 0.01  # chi-square p-value below this: predicted labels drifted
+    confidence_drop: float = 0.1  # mean max-probability this much below the reference: drift
+    oov_increase: float = 0.15  # out-of-vocabulary word rate this much above the reference: drift
+    queue_size: int = 50  # least certain texts written to data/to_label/ when drift is detected
+
+
+@dataclass
 class Params:
     tasks: list[str]
     tracking: TrackingConfig
     task_configs: dict[str, TaskConfig]
     serving: ServingConfig = field(default_factory=ServingConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     def task(self, name: str) -> TaskConfig:
         if name not in self.task_configs:
@@ -137,17 +160,22 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
     tracking = _build(TrackingConfig, raw.pop("tracking", {}), "tracking")
     serving = _build(ServingConfig, raw.pop("serving", {}), "serving")
+    orchestration = _build(OrchestrationConfig, raw.pop("orchestration", {}), "orchestration")
+    monitoring = _build(MonitoringConfig, raw.pop("monitoring", {}), "monitoring")
     task_configs = {}
     for key, section in raw.items():
         if key not in TASKS:
-            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, serving, {', '.join(TASKS)})")
+            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
         task_configs[key] = _build(TaskConfig, section, key)
     for name in tasks:
         if name not in TASKS:
             raise ConfigError(f"{path}: tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
         if name not in task_configs:
             raise ConfigError(f"{path}: tasks lists '{name}' but there is no '{name}:' section")
-    return Params(tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving)
+    return Params(
+        tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving,
+        orchestration=orchestration, monitoring=monitoring,
+    )
 
 
 def section_hash(config: Any) -> str:

@@ -1,4 +1,4 @@
-"""Images of the results people look at: confusion matrices and learning curves."""
+"""Images of the results people look at: confusion matrices, learning curves, the sentiment index."""
 
 from __future__ import annotations
 
@@ -48,6 +48,44 @@ def learning_curves_png(history: list[dict], metric: str, path: Path, title: str
     metric_ax.set_ylabel(f"validation {metric}")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def sentiment_index_png(days: list[str], index: list[float], path: Path, title: str) -> None:
+    """The daily sentiment index (share positive minus share negative), from -1 to 1."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(days, index, marker="o")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set(ylim=(-1.05, 1.05), ylabel="positive - negative share", title=title)
+    ax.tick_params(axis="x", labelrotation=45)
+    _save(fig, path)
+
+
+def sentiment_index_html(days: list[str], index: list[float], counts: list[int], path: Path, title: str) -> None:
+    """The same plot as a self-contained HTML page: an inline SVG whose points show their values on hover."""
+    from html import escape
+
+    width, height, pad = 720, 300, 40
+    step = (width - 2 * pad) / max(len(days) - 1, 1)
+    points = [(pad + i * step, pad + (1 - value) / 2 * (height - 2 * pad)) for i, value in enumerate(index)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(day)}: index {value:+.3f} ({n} texts)</title></circle>'
+        for (x, y), day, value, n in zip(points, days, index, counts)
+    )
+    labels = "".join(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">{escape(day)}</text>' for (x, _), day in zip(points, days))
+    zero = pad + (height - 2 * pad) / 2
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" font-family="sans-serif">'
+        f'<line x1="{pad}" x2="{width - pad}" y1="{zero}" y2="{zero}" stroke="grey"/>'
+        f'<text x="4" y="{pad + 4}">+1</text><text x="4" y="{zero + 4}">0</text><text x="4" y="{height - pad + 4}">-1</text>'
+        f'<polyline points="{line}" fill="none" stroke="steelblue" stroke-width="2"/><g fill="steelblue">{dots}</g>{labels}</svg>'
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title><h3>{escape(title)}</h3>"
+        f"<p>Share of positive minus share of negative predictions per day; hover a point for its value.</p>{svg}\n",
+        encoding="utf-8",
+    )
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from pipeline.config import DataConfig
 from pipeline.paths import TaskPaths
@@ -13,8 +14,11 @@ from pipeline.tasks.base import Task
 
 
 def run(task: Task, data: DataConfig, paths: TaskPaths) -> dict:
-    """Read `data.source`, drop exact duplicates (a drop folder only grows), write the raw table."""
-    records = [task.to_example(record) for record in read_source(data.source, data.format, data.encoding)]
+    """Read `data.source` and the `data.incoming` drop folder, drop exact duplicates, write the raw table."""
+    rows = read_source(data.source, data.format, data.encoding)
+    if Path(data.incoming).is_dir():  # optional: batches arrive there over time
+        rows += read_source(data.incoming, data.format, data.encoding)
+    records = [task.to_example(record) for record in rows]
     unique, duplicates = drop_exact_duplicates(records)
     save_records(paths.raw, unique)
     provenance = {

@@ -1,0 +1,133 @@
+"""Retrain flow: `dvc repro -s STAGE@TASK` for each stage of each task, one Prefect task per stage.
+
+DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
+retries, logs, a run history and a markdown artifact per task. Two DVC runs in one workspace
+would collide on DVC's lock, so runs are serialised twice: a Prefect global concurrency limit
+(one slot, across every process talking to the server) and a file lock in the workspace (the
+backstop for `dvc repro` started by hand or runs against another Prefect server).
+
+    python -m flows.retrain            # runs it once, now
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+
+from pipeline.cli import STAGES
+from pipeline.config import load_params
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json
+
+CONCURRENCY_LIMIT = "finetune-dvc-workspace"
+LOCK_FILE = Path(".dvc/tmp/finetune-retrain.lock")  # inside .dvc/tmp: never tracked, always there in a DVC repo
+
+
+@contextmanager
+def workspace_lock(path: Path = LOCK_FILE) -> Iterator[None]:
+    """Wait for, then hold, an exclusive lock on the workspace (released when the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def command_env() -> dict[str, str]:
+    """The environment for `dvc`: this interpreter's bin first, so dvc and `finetune` resolve to the venv."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="{stage}@{task_name}")
+def repro_stage(stage: str, task_name: str) -> str:
+    """Run one DVC stage (DVC skips it when up to date); its output goes to the Prefect logs."""
+    logger = get_run_logger()
+    done = subprocess.run(
+        ["dvc", "repro", "--single-item", f"{stage}@{task_name}"],
+        capture_output=True, text=True, env=command_env(),
+    )
+    output = (done.stdout + done.stderr).strip()
+    logger.info("%s@%s:\n%s", stage, task_name, output)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc repro -s {stage}@{task_name} failed (exit {done.returncode}):\n{output[-2000:]}")
+    return output
+
+
+def mlflow_run_link(run_id: str, experiment: str) -> str:
+    """A link to the run in the MLflow UI (`make ui` for the embedded store), and its tracking URI."""
+    import mlflow
+
+    from pipeline import tracking
+
+    tracking.configure(experiment)
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    uri = tracking.tracking_uri()
+    ui = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"  # `make ui` serves the local store there
+    return f"[{run_id}]({ui}/#/experiments/{experiment_id}/runs/{run_id}) (tracking URI `{uri}`)"
+
+
+def summary_markdown(task_name: str, experiment: str) -> str:
+    """Metrics, promotion decision and MLflow run of a task, as markdown."""
+    paths = TaskPaths(task_name)
+    metrics, decision = load_json(paths.metrics), load_json(paths.promotion)
+    run_id = load_json(paths.model_dir / "mlflow_run.json")["run_id"]
+    rows = "\n".join(
+        f"| {split} | {name} | {value:.4f} |"
+        for split in ("val", "test")
+        for name, value in metrics[split].items()
+        if isinstance(value, (int, float))
+    )
+    champion = decision["champion"] or {"version": "-", "score": None}
+    champion_score = "-" if champion["score"] is None else f"{champion['score']:.4f}"
+    return (
+        f"# Retrain: {task_name}\n\n"
+        f"**{decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}**: {decision['reason']}\n\n"
+        f"| | challenger | champion |\n|---|---|---|\n"
+        f"| version | {decision['challenger']['version']} | {champion['version']} |\n"
+        f"| {decision['metric']} | {decision['challenger']['score']:.4f} | {champion_score} |\n\n"
+        f"## Metrics (`{paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n"
+        f"## MLflow run\n\n{mlflow_run_link(run_id, experiment)}\n"
+    )
+
+
+def ensure_concurrency_limit(limit: int = 1) -> None:
+    """Create (or reset to one slot) the global concurrency limit that serialises DVC runs."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain() -> dict:
+    """Bring every task's pipeline up to date with DVC, one run at a time; returns the promotion decisions."""
+    params = load_params()  # params.yaml, the file dvc.yaml reads
+    ensure_concurrency_limit()
+    with concurrency(CONCURRENCY_LIMIT, occupy=1), workspace_lock():
+        for task_name in params.tasks:
+            for stage in STAGES:
+                repro_stage.with_options(retries=params.orchestration.retries)(stage, task_name)
+    decisions = {}
+    for task_name in params.tasks:
+        create_markdown_artifact(
+            key=f"retrain-{task_name}",
+            markdown=summary_markdown(task_name, params.tracking.experiment),
+            description=f"metrics, promotion decision and MLflow run of {task_name}",
+        )
+        decisions[task_name] = load_json(TaskPaths(task_name).promotion)
+    return decisions
+
+
+if __name__ == "__main__":
+    retrain()
