@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from pipeline import tracking
 from pipeline.cli import STAGES
 from pipeline.config import load_params
 from pipeline.paths import TaskPaths
@@ -70,8 +71,6 @@ def mlflow_run_link(run_id: str, experiment: str) -> str:
     """A link to the run in the MLflow UI (`make ui` for the embedded store), and its tracking URI."""
     import mlflow
 
-    from pipeline import tracking
-
     tracking.configure(experiment)
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     uri = tracking.tracking_uri()
@@ -83,7 +82,7 @@ def summary_markdown(task_name: str, experiment: str) -> str:
     """Metrics, promotion decision and MLflow run of a task, as markdown."""
     paths = TaskPaths(task_name)
     metrics, decision = load_json(paths.metrics), load_json(paths.promotion)
-    run_id = load_json(paths.model_dir / "mlflow_run.json")["run_id"]
+    run_id = load_json(paths.model_dir / tracking.RUN_FILE)["run_id"]
     rows = "\n".join(
         f"| {split} | {name} | {value:.4f} |"
         for split in ("val", "test")
