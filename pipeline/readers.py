@@ -7,6 +7,7 @@ error or quarantine entry can point at the exact line of the original file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Callable, Iterator
 from pipeline.records import Record
 
 SPLIT_NAMES = ("train", "val", "test")
-EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".conll": "conll"}
+DOCUMENT_START = "-DOCSTART-"
 FORMAT_ENCODINGS = {"phrasebank": "latin-1"}  # the published PhraseBank files are not UTF-8
 
 
@@ -67,6 +69,7 @@ def read_file(path: Path, fmt: str, encoding: str) -> list[Record]:
         "jsonl": _read_jsonl,
         "parquet": _read_parquet,
         "phrasebank": _read_phrasebank,
+        "conll": _read_conll,
     }
     if fmt not in readers:
         raise DataError(f"{path}: unknown format '{fmt}' (known: {', '.join(readers)})")
@@ -147,3 +150,42 @@ def _read_phrasebank(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
         if not sep:
             raise DataError(f"{path}: line {number}: expected 'sentence@label', found no '@'")
         yield number, {"text": text, "label": label.strip()}
+
+
+def _read_conll(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
+    """CoNLL columns: a token a line, token first and tag last, a blank line after each sentence.
+
+    `-DOCSTART-` lines separate documents; each sentence then carries its document's content
+    hash, so a document is split as a whole. `row` is the line of a sentence's first token.
+    """
+    documents: list[list[tuple[int, Record]]] = [[]]
+    tokens: list[str] = []
+    tags: list[str] = []
+    first_line, has_documents = 0, False
+    for number, line in enumerate(decode(path, encoding).splitlines() + [""], start=1):
+        fields = line.split()
+        if fields and fields[0] != DOCUMENT_START:
+            if len(fields) < 2:
+                raise DataError(f"{path}: line {number}: expected 'TOKEN ... TAG' columns, found only {fields[0]!r}")
+            first_line = first_line or number
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+            continue
+        if tokens:  # a blank line or a new document ends the sentence
+            documents[-1].append((first_line, {"tokens": tokens, "tags": tags}))
+            tokens, tags, first_line = [], [], 0
+        if fields:
+            has_documents = True
+            if documents[-1]:
+                documents.append([])
+    for sentences in documents:
+        document = _document_hash(sentences) if has_documents else None
+        for number, record in sentences:
+            yield number, record if document is None else {**record, "document": document}
+
+
+def _document_hash(sentences: list[tuple[int, Record]]) -> str:
+    digest = hashlib.sha256()
+    for _, record in sentences:
+        digest.update(" ".join(record["tokens"]).encode("utf-8") + b"\n")
+    return digest.hexdigest()[:12]

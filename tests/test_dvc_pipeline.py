@@ -73,3 +73,28 @@ def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
     assert "metrics/sentiment.json" in sh("dvc", "metrics", "show", cwd=repo)
     sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
     assert (repo / "plots_out" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model):
+    import mlflow
+
+    from tests.ner_data import make_sentences, ner_params, write_conll
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    write_conll(tmp_path / "data" / "ner.conll", make_sentences(250))
+    write_params(tmp_path, ner_params(tiny_model, model={"crf": True}))
+    (tmp_path / ".gitignore").write_text("/mlflow/\n")
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("dvc", "init", "-q", cwd=tmp_path)
+
+    output = sh("dvc", "repro", cwd=tmp_path)
+    assert stages_run(output) == {f"{s}@ner" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    metrics = yaml.safe_load((tmp_path / "metrics" / "ner.json").read_text())
+    assert {"f1", "precision", "recall", "per_type"} <= metrics["val"].keys() and metrics["val"]["f1"] > 0.8
+    promotion = yaml.safe_load((tmp_path / "reports" / "ner" / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["metric"] == "val_f1"
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("ner", "champion")
+    assert str(champion.version) == "1" and champion.tags["val_f1"] == f"{metrics['val']['f1']:.4f}"

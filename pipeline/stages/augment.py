@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-from pipeline.augmentation import METHODS
 from pipeline.config import AugmentConfig
 from pipeline.paths import TaskPaths
 from pipeline.records import load_records, save_records
@@ -13,11 +12,12 @@ from pipeline.tasks.base import Task
 
 def run(task: Task, settings: AugmentConfig, paths: TaskPaths) -> int:
     """Write the training split plus `copies` marked synthetic rows per example; returns the count added."""
-    unknown = [m for m in settings.methods if m not in METHODS]
+    unknown = [m for m in settings.methods if m not in task.augment_methods]
     if unknown:
-        raise ValueError(f"augment.methods: unknown {unknown} (known: {', '.join(METHODS)})")
+        raise ValueError(f"{task.name}.augment.methods: unknown {unknown} (known: {', '.join(task.augment_methods)})")
     rng = random.Random(settings.seed)
     train = load_records(paths.split("train"))
+    task.prepare_augmentation(train)
     synthetic = []
     for example in train:
         for _ in range(settings.copies if settings.methods else 0):

@@ -32,7 +32,7 @@ def run(task: Task, ratios: SplitConfig, paths: TaskPaths) -> dict[str, int]:
         raise ValueError(f"split.val={ratios.val} and split.test={ratios.test} must be in (0, 1) with a sum below 1")
     splits: dict[str, list] = {name: [] for name in SPLIT_NAMES}
     for example in load_records(paths.clean):
-        name = example.get("given_split") or assign_split(task.content_key(example), ratios)
+        name = example.get("given_split") or assign_split(task.split_key(example), ratios)
         splits[name].append(example)
     for name, examples in splits.items():
         if not examples:

@@ -57,7 +57,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(
-        model=model,
+        model=task.training_model(model),
         args=args,
         train_dataset=task.encode(tokenizer, train_examples),
         eval_dataset=task.encode(tokenizer, val_examples),
@@ -87,7 +87,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
         shutil.rmtree(paths.model_dir, ignore_errors=True)
-        trainer.save_model(str(paths.model_dir))
+        task.export_model(trainer.model).save_pretrained(str(paths.model_dir))
         tokenizer.save_pretrained(str(paths.model_dir))
         tracking.record_run(paths.model_dir, run.info.run_id, tags)
 

@@ -103,16 +103,20 @@ def run_expectations(task: Task, examples: list[Record], docs_dir: Path) -> tupl
     failures: dict[int, list[str]] = {}
     (validation,) = result.run_results.values()
     for outcome in validation.results:
-        for index in outcome.result.get("unexpected_index_list") or []:
-            failures.setdefault(int(index), []).append(describe(outcome.expectation_config))
+        indices = outcome.result.get("unexpected_index_list") or []
+        values = outcome.result.get("unexpected_list") or [None] * len(indices)
+        for index, value in zip(indices, values):
+            failures.setdefault(int(index), []).append(describe(outcome.expectation_config, value))
     return failures, validation.describe_dict()
 
 
-def describe(expectation) -> str:
+def describe(expectation, value: object) -> str:
     """A short reason for a failed expectation, e.g. 'label not in [negative, neutral, positive]'."""
     kwargs = expectation.kwargs
     column = kwargs.get("column", "")
     kind = expectation.type
+    if kind == "expect_column_values_to_be_null":  # a check column that holds the row's problem
+        return str(value)
     if kind == "expect_column_values_to_not_be_null":
         return f"{column} is missing"
     if kind == "expect_column_values_to_be_in_set":
@@ -122,18 +126,21 @@ def describe(expectation) -> str:
     if kind == "expect_column_values_to_be_in_type_list":
         return f"{column} has the wrong type"
     if kind == "expect_column_values_to_be_between":
-        return f"{column} outside {kwargs.get('min_value')}..{kwargs.get('max_value')}"
+        return f"{column} {value:g} outside {kwargs.get('min_value'):g}..{kwargs.get('max_value'):g}"
     return f"{kind} failed on {column}"
 
 
 def find_duplicates(task: Task, examples: list[Record], skip: set[int]) -> dict[int, str]:
-    """Later copies of an already seen (normalised) example, with the row they repeat."""
-    first: dict[str, int] = {}
+    """Later copies of an already seen (normalised) example, with the row they repeat.
+
+    A source that brings its own splits keeps them as published: copies are looked for within a split.
+    """
+    first: dict[tuple[str | None, str], int] = {}
     reasons = {}
     for index, example in enumerate(examples):
         if index in skip:
             continue
-        key = task.content_key(example)
+        key = (example.get("given_split"), task.content_key(example))
         if key in first:
             original = examples[first[key]]
             where = f"{original['source']} row {original['row']}"

@@ -9,10 +9,15 @@ from pipeline.tasks.base import Task
 
 TASKS = {
     "sentiment": "pipeline.tasks.sentiment",
+    "ner": "pipeline.tasks.ner",
 }
 
 
+def task_class(name: str) -> type[Task]:
+    """The class of the task called `name` (its module defines `TASK_CLASS`)."""
+    return importlib.import_module(TASKS[name]).TASK_CLASS
+
+
 def get_task(name: str, config: TaskConfig) -> Task:
-    """Instantiate the task called `name` (its module defines `TASK_CLASS`)."""
-    module = importlib.import_module(TASKS[name])
-    return module.TASK_CLASS(config)
+    """Instantiate the task called `name` with its params section."""
+    return task_class(name)(config)

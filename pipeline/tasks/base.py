@@ -11,18 +11,36 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TaskConfig
+from pipeline.readers import DataError
 from pipeline.records import Record
+
+PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages
 
 
 class Task(ABC):
     name: str
     primary_metric: str  # the validation metric that early stopping and promotion use
     pipeline_task: str  # the transformers pipeline task, for MLflow's transformers flavour
+    config_class: type[TaskConfig] = TaskConfig  # the dataclass its params.yaml section is read into
+    augment_methods: tuple[str, ...]  # what `augment.methods` may name
 
     def __init__(self, config: TaskConfig):
         self.config = config
 
     # data -----------------------------------------------------------------------------------
+    def read_fields(self, record: Record) -> tuple[Any, Any, Record]:
+        """(input, target, provenance) of a raw record, from the columns named in data."""
+        data = self.config.data
+        missing = [c for c in (data.text_column, data.label_column) if c not in record]
+        if missing:
+            found = [k for k in record if k not in PROVENANCE]
+            raise DataError(
+                f"{record['source']}: row {record['row']}: missing column(s) {', '.join(missing)} "
+                f"(found: {', '.join(found)}; set {self.name}.data.text_column / label_column in params.yaml)"
+            )
+        provenance = {k: record[k] for k in PROVENANCE if k in record}
+        return record[data.text_column], record[data.label_column], provenance
+
     @abstractmethod
     def to_example(self, record: Record) -> Record:
         """Map a raw input record to the task's fields; raise DataError naming file and row."""
@@ -34,6 +52,10 @@ class Task(ABC):
     @abstractmethod
     def content_key(self, example: Record) -> str:
         """The normalised content that identifies an example (duplicates, split assignment)."""
+
+    def split_key(self, example: Record) -> str:
+        """What decides an example's split; examples with the same key always share a split."""
+        return self.content_key(example)
 
     @abstractmethod
     def expectations(self) -> list[Any]:
@@ -47,6 +69,9 @@ class Task(ABC):
     def dataset_problems(self, examples: list[Record]) -> list[str]:
         """Problems with the clean data as a whole that must stop the run."""
 
+    def prepare_augmentation(self, train: list[Record]) -> None:
+        """Learn what augmentation draws on from the training split (e.g. entity mentions)."""
+
     @abstractmethod
     def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
         """One synthetic variant of a training example."""
@@ -55,6 +80,14 @@ class Task(ABC):
     @abstractmethod
     def load_model(self, path: str) -> tuple[Any, Any]:
         """(model, tokenizer) from a pretrained or fine-tuned folder, with this task's head."""
+
+    def training_model(self, model: Any) -> Any:
+        """The module the Trainer optimises (the model itself, or the model inside extra layers)."""
+        return model
+
+    def export_model(self, trained: Any) -> Any:
+        """The plain Hugging Face model to save from what `training_model` returned."""
+        return trained
 
     @abstractmethod
     def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:

@@ -8,9 +8,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from pipeline.augmentation import augment_words
+from pipeline.augmentation import METHODS, augment_words
 from pipeline.models import batched_by_length, pretrained_kwargs
-from pipeline.readers import DataError
 from pipeline.records import Record
 from pipeline.tasks.base import Task
 
@@ -26,6 +25,7 @@ class SentimentTask(Task):
     name = "sentiment"
     primary_metric = "f1_macro"
     pipeline_task = "text-classification"
+    augment_methods = METHODS
 
     @property
     def labels(self) -> list[str]:
@@ -33,16 +33,7 @@ class SentimentTask(Task):
 
     # data -----------------------------------------------------------------------------------
     def to_example(self, record: Record) -> Record:
-        data = self.config.data
-        missing = [c for c in (data.text_column, data.label_column) if c not in record]
-        if missing:
-            found = [k for k in record if k not in ("source", "row", "batch", "given_split")]
-            raise DataError(
-                f"{record['source']}: row {record['row']}: missing column(s) {', '.join(missing)} "
-                f"(found: {', '.join(found)}; set data.text_column / data.label_column in params.yaml)"
-            )
-        text, label = record[data.text_column], record[data.label_column]
-        provenance = {k: record[k] for k in ("source", "row", "batch", "given_split") if k in record}
+        text, label, provenance = self.read_fields(record)
         return {
             "text": None if text is None else str(text),
             "label": None if label is None else str(label).strip(),
