@@ -13,19 +13,13 @@ overrides go to benchmarks/results/sentiment_phrasebank-<overrides>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from common import SHARED_DATA, run_facts, run_in_scratch, task_params, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "financial_phrasebank"
-RESULT = ROOT / "benchmarks" / "results" / "sentiment_phrasebank.json"
+DATA = SHARED_DATA / "financial_phrasebank"
 TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_minutes": 15}
 
 
@@ -37,59 +31,25 @@ def main() -> None:
     source = DATA / args.file
     if not source.exists():
         sys.exit(f"{source} not found: this benchmark needs ../shared/data beside the project")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(ROOT))
-    from pipeline.cli import run_stage
+    params = task_params("sentiment", args.set)
+    params["sentiment"]["data"].update(source=str(source), format="phrasebank")
+    started = time.time()
+    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment", "train", "evaluate"), "bench-fpb-")
     from pipeline.paths import TaskPaths
     from pipeline.records import load_json
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["sentiment"]["data"].update(source=str(source), format="phrasebank")
-    for override in args.set:
-        key, value = override.split("=", 1)
-        *sections, last = key.split(".")
-        node = params["sentiment"]
-        for section in sections:
-            node = node[section]
-        node[last] = yaml.safe_load(value)
-    result_file = RESULT.with_name(f"{RESULT.stem}-{'_'.join(args.set)}.json") if args.set else RESULT
-    workspace = Path(tempfile.mkdtemp(prefix="bench-fpb-"))
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    os.chdir(workspace)
-
-    started = time.time()
-    for stage in ("collect", "validate", "split", "augment", "train", "evaluate"):
-        run_stage(stage, "sentiment", Path("params.yaml"))
-    paths = TaskPaths("sentiment")
-    metrics = load_json(paths.metrics)
-    train_log = load_json(paths.history)
-    run_info = load_json(paths.train_summary)
+    metrics = load_json(TaskPaths("sentiment").metrics)
     result = {
         "data": f"financial_phrasebank/{args.file}",
-        "split_sizes": {s: sum(1 for _ in open(paths.split(s))) for s in ("train", "val", "test")},
-        "augmented_train_rows": sum(1 for _ in open(paths.augmented_train)),
         "test_accuracy": round(metrics["test"]["accuracy"], 4),
         "test_f1_macro": round(metrics["test"]["f1_macro"], 4),
         "val_accuracy": round(metrics["val"]["accuracy"], 4),
         "val_f1_macro": round(metrics["val"]["f1_macro"], 4),
         "test_per_class_f1": {k: round(v["f1"], 4) for k, v in metrics["test"]["per_class"].items()},
-        "train_seconds": run_info["train_seconds"],
-        "train_samples_per_second": run_info["train_samples_per_second"],
-        "epochs_run": run_info["epochs_run"],
-        "pipeline_seconds": round(time.time() - started, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "history": train_log,
-        "model": params["sentiment"]["model"]["name"],
-        "train_params": params["sentiment"]["train"],
-        "augment_params": params["sentiment"]["augment"],
-        "overrides": args.set,
-        "cpu_threads": len(os.sched_getaffinity(0)),
+        **run_facts(params, "sentiment", args.set, started),
         "target": TARGET,
     }
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    print(f"wrote {result_file}")
+    write_result("sentiment_phrasebank", args.set, result)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,12 @@ def ner_params(base_model: Path, source: str = "data/ner.conll", **sections) -> 
     section = {
         "data": {"source": source, "format": "conll", "text_column": "tokens", "label_column": "tags"},
         "validate": {"labels": ["PER", "ORG", "LOC", "MISC"], "min_mentions_per_type": 3, "max_reject_fraction": 0.3},
+        "split": {"val": 0.2, "test": 0.2},
         "augment": {"copies": 1, "rate": 0.1, "methods": ["mention", "synonym"], "seed": 1},
         "model": {"name": str(base_model), "crf": False},
         "train": {"epochs": 4, "learning_rate": 1.0e-3, "batch_size": 16, "max_length": 32,
                   "warmup": 0.0, "early_stopping_patience": 2, "seed": 1},
+        "promotion": {"min_delta": 0.0},
         "registry": {"name": "ner"},
     }
     for name, values in sections.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TaskConfig
+from pipeline.models import pretrained_kwargs
 from pipeline.readers import DataError
 from pipeline.records import Record
 
@@ -80,6 +81,20 @@ class Task(ABC):
     @abstractmethod
     def load_model(self, path: str) -> tuple[Any, Any]:
         """(model, tokenizer) from a pretrained or fine-tuned folder, with this task's head."""
+
+    @staticmethod
+    def load_with_head(auto_class: Any, path: str, labels: list[str]) -> tuple[Any, Any]:
+        """(model, tokenizer) with a classification head over `labels` (new, or the fine-tuned one)."""
+        from transformers import AutoTokenizer
+
+        model = auto_class.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            **pretrained_kwargs(),
+        )
+        return model, AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
 
     def training_model(self, model: Any) -> Any:
         """The module the Trainer optimises (the model itself, or the model inside extra layers)."""

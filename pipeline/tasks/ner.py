@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.augmentation import augment_words
 from pipeline.config import NerConfig
 from pipeline.crf import IGNORED, CrfTagger, decode_words
-from pipeline.models import batched_by_length, pretrained_kwargs
+from pipeline.models import batched_by_length
 from pipeline.records import Record
 from pipeline.tasks.base import Task
 from pipeline.tasks.sentiment import normalise_text
@@ -180,16 +180,9 @@ class NerTask(Task):
 
     # model ----------------------------------------------------------------------------------
     def load_model(self, path: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification
 
-        model = AutoModelForTokenClassification.from_pretrained(
-            path,
-            num_labels=len(self.tags),
-            id2label=dict(enumerate(self.tags)),
-            label2id={tag: i for i, tag in enumerate(self.tags)},
-            **pretrained_kwargs(),
-        )
-        return model, AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        return self.load_with_head(AutoModelForTokenClassification, path, self.tags)
 
     def training_model(self, model: Any) -> Any:
         return CrfTagger(model, self.tags) if self.config.model.crf else model

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.augmentation import METHODS, augment_words
-from pipeline.models import batched_by_length, pretrained_kwargs
+from pipeline.models import batched_by_length
 from pipeline.records import Record
 from pipeline.tasks.base import Task
 
@@ -78,16 +78,9 @@ class SentimentTask(Task):
 
     # model ----------------------------------------------------------------------------------
     def load_model(self, path: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={label: i for i, label in enumerate(self.labels)},
-            **pretrained_kwargs(),
-        )
-        return model, AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        return self.load_with_head(AutoModelForSequenceClassification, path, self.labels)
 
     def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
         label_ids = {label: i for i, label in enumerate(self.labels)}

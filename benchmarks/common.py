@@ -1,0 +1,86 @@
+"""What the benchmark scripts share: params overrides, a scratch workspace, running the stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def task_params(task: str, overrides: list[str]) -> dict:
+    """The project's params.yaml for one task, with `KEY=VALUE` overrides of its section applied."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = [task]
+    for override in overrides:
+        key, value = override.split("=", 1)
+        *sections, last = key.split(".")
+        node = params[task]
+        for section in sections:
+            node = node[section]
+        if last not in node:
+            sys.exit(f"--set {override}: {task} has no key '{key}'")
+        node[last] = yaml.safe_load(value)
+    return params
+
+
+def result_file(name: str, overrides: list[str]) -> Path:
+    """benchmarks/results/NAME.json, or NAME-<overrides>.json for an experiment."""
+    return RESULTS / (f"{name}-{'_'.join(overrides)}.json" if overrides else f"{name}.json")
+
+
+def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str) -> Path:
+    """Run stages of one task in a new temp workspace holding `params`; returns the workspace (now cwd)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    from pipeline.cli import run_stage
+
+    workspace = Path(tempfile.mkdtemp(prefix=prefix))
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    os.chdir(workspace)
+    for stage in stages:
+        run_stage(stage, task, Path("params.yaml"))
+    return workspace
+
+
+def run_facts(params: dict, task: str, overrides: list[str], started: float) -> dict:
+    """What every result records besides its scores: time, memory, data sizes and settings."""
+    from pipeline.paths import TaskPaths
+    from pipeline.records import load_json
+
+    paths = TaskPaths(task)
+    summary = load_json(paths.train_summary)
+    return {
+        "train_seconds": summary["train_seconds"],
+        "train_samples_per_second": summary["train_samples_per_second"],
+        "epochs_run": summary["epochs_run"],
+        "split_sizes": {s: sum(1 for _ in open(paths.split(s))) for s in ("train", "val", "test")},
+        "augmented_train_rows": sum(1 for _ in open(paths.augmented_train)),
+        "quarantined_rows": sum(1 for _ in open(paths.quarantine)),
+        "pipeline_seconds": round(time.time() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "history": load_json(paths.history),
+        "model": params[task]["model"]["name"],
+        "train_params": params[task]["train"],
+        "augment_params": params[task]["augment"],
+        "overrides": overrides,
+        "cpu_threads": len(os.sched_getaffinity(0)),
+    }
+
+
+def write_result(name: str, overrides: list[str], result: dict) -> None:
+    """Write benchmarks/results/NAME[-overrides].json and print the figures (without the history)."""
+    output = result_file(name, overrides)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    print(f"wrote {output}")
