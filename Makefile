@@ -21,12 +21,13 @@ $(BIN)/finetune: pyproject.toml
 run: setup
 	dvc repro
 	@echo
-	@echo "Metrics:      metrics/sentiment.json   (dvc metrics show)"
+	@echo "Metrics:      metrics/sentiment.json, metrics/ner.json   (dvc metrics show)"
 	@echo "Plots:        dvc plots show           (then open dvc_plots/index.html)"
 	@echo "Promotion:    reports/sentiment/promotion.json"
 	@echo "Data checks:  reports/sentiment/data_docs/index.html, quarantine in data/quarantine/"
 	@echo "MLflow UI:    make ui                  (then open http://127.0.0.1:5000)"
 	@echo "Predict:      .venv/bin/finetune predict \"Operating profit rose to EUR 13.1 mn\""
+	@echo "NER:          .venv/bin/finetune predict --task ner \"Siemens said in Munich ...\"   (metrics/ner.json)"
 
 test: setup
 	$(BIN)/python -m pytest -q
