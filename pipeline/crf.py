@@ -55,9 +55,9 @@ def viterbi(
 
 
 def constrained_viterbi(emissions: torch.Tensor, mask: torch.Tensor, crf: dict, tags: list[str]) -> list[list[int]]:
-    """Viterbi with the learned transitions in `crf` (as saved in a config) and IOB2 constraints."""
+    """Viterbi with the learned transitions in `crf` (lists as saved in a config, or tensors) and IOB2 constraints."""
     forbidden, forbidden_start = forbidden_transitions(tags)
-    as_tensor = lambda values: torch.tensor(values, dtype=emissions.dtype, device=emissions.device)  # noqa: E731
+    as_tensor = lambda values: torch.as_tensor(values, dtype=emissions.dtype, device=emissions.device)  # noqa: E731
     transitions = as_tensor(crf["transitions"]).masked_fill(forbidden.to(emissions.device), FORBIDDEN)
     start = as_tensor(crf["start"]).masked_fill(forbidden_start.to(emissions.device), FORBIDDEN)
     return viterbi(emissions, mask, transitions, start, as_tensor(crf["end"]))
@@ -110,14 +110,14 @@ class CrfTagger(torch.nn.Module):
 
     def export(self) -> Any:
         """The classifier with the learned transitions stored in its config (saved in config.json)."""
-        self.classifier.config.crf = self._crf_params()
+        self.classifier.config.crf = {name: values.cpu().tolist() for name, values in self._crf_params().items()}
         return self.classifier
 
-    def _crf_params(self) -> dict:
+    def _crf_params(self) -> dict[str, torch.Tensor]:
         return {
-            "transitions": self.crf.transitions.detach().cpu().tolist(),
-            "start": self.crf.start_transitions.detach().cpu().tolist(),
-            "end": self.crf.end_transitions.detach().cpu().tolist(),
+            "transitions": self.crf.transitions.detach(),
+            "start": self.crf.start_transitions.detach(),
+            "end": self.crf.end_transitions.detach(),
         }
 
     def _paths_as_logits(self, logits, positions, emissions, mask) -> torch.Tensor:

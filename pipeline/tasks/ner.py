@@ -85,12 +85,9 @@ class NerTask(Task):
 
     def __init__(self, config: NerConfig):
         super().__init__(config)
+        # The tag set: O, then B- and I- of each entity type (looked up per token, so built once).
+        self.tags = ["O"] + [f"{prefix}-{kind}" for kind in config.validate.labels for prefix in "BI"]
         self.mentions: dict[str, list[tuple[str, ...]]] = {}
-
-    @property
-    def tags(self) -> list[str]:
-        """The tag set: O, then B- and I- of each entity type."""
-        return ["O"] + [f"{prefix}-{kind}" for kind in self.config.validate.labels for prefix in "BI"]
 
     # data -----------------------------------------------------------------------------------
     def to_example(self, record: Record) -> Record:
