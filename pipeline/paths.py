@@ -54,6 +54,11 @@ class TaskPaths:
         return Path("reports") / self.task
 
     @property
+    def evaluation(self) -> Path:
+        """Evaluation plots (images and the data DVC draws), one folder per task."""
+        return self.reports / "evaluation"
+
+    @property
     def validation_report(self) -> Path:
         return self.reports / "validation.json"
 

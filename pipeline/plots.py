@@ -1,4 +1,4 @@
-"""Images of the results people look at: confusion matrices, learning curves, the sentiment index."""
+"""Images of the results people look at: confusion matrices, learning curves, BLEU by length, the sentiment index."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def learning_curves_png(history: list[dict], metric: str, path: Path, title: str
     metric_ax.set_xlabel("epoch")
     metric_ax.set_ylabel(f"validation {metric}")
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def bars_png(labels: list[str], values: list[float], path: Path, title: str, ylabel: str) -> None:
+    """A bar chart with each bar's value written on it."""
+    fig, ax = plt.subplots(figsize=(1.3 * len(labels) + 2.5, 4))
+    bars = ax.bar(labels, values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set(ylabel=ylabel, title=title)
     _save(fig, path)
 
 

@@ -245,7 +245,7 @@ def test_ner_stages_with_crf_train_register_and_predict_spans(ner_workspace, tin
     assert {"f1", "precision", "recall", "per_type"} <= metrics["test"].keys()
     assert metrics["val"]["f1"] > 0.8, "the tiny data is easy: the model should learn it"
     assert load_json(PATHS.promotion)["promoted"]
-    assert {p["actual"] for p in load_json(PATHS.reports / "confusion_val.json")} <= {"PER", "ORG", "LOC", "MISC", "none"}
+    assert {p["actual"] for p in load_json(PATHS.evaluation / "confusion_val.json")} <= {"PER", "ORG", "LOC", "MISC", "none"}
     synthetic = [r for r in load_records(PATHS.augmented_train) if r.get("synthetic")]
     assert {r["augmentation"] for r in synthetic} == {"mention", "synonym"}
 

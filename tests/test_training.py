@@ -33,7 +33,7 @@ def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
         assert set(metrics[split]["per_class"]) == {"negative", "neutral", "positive"}
         assert set(metrics[split]["per_class"]["neutral"]) == {"precision", "recall", "f1", "support"}
     assert metrics["val"]["f1_macro"] > 0.9, "the tiny data is easy: the model should learn it"
-    assert (PATHS.reports / "confusion_test.png").exists() and (PATHS.reports / "learning_curves.png").exists()
+    assert (PATHS.evaluation / "confusion_test.png").exists() and (PATHS.reports / "learning_curves.png").exists()
     assert not PATHS.checkpoints.exists() or not any(PATHS.checkpoints.iterdir()), "checkpoints are removed after success"
 
 

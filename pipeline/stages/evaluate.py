@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from pipeline.models import use_all_cores
@@ -25,11 +26,14 @@ def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
 
     use_all_cores()
     model, tokenizer = task.load_model(str(paths.model_dir))
-    metrics, images = {}, []
+    metrics, images, tables = {}, [], {}
+    shutil.rmtree(paths.evaluation, ignore_errors=True)
+    paths.evaluation.mkdir(parents=True)
     for split in EVAL_SPLITS:
         examples = load_records(paths.split(split))
         metrics[split], predictions = score(task, model, tokenizer, examples)
-        images += task.write_plots(examples, predictions, paths.reports, split)
+        images += task.write_plots(examples, predictions, paths.evaluation, split)
+        tables[split] = task.sample_table(examples, predictions)
     save_json(paths.metrics, metrics)
     with tracking.resume_run(paths.model_dir, experiment):
         for split, values in metrics.items():
@@ -37,6 +41,9 @@ def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
         mlflow.log_dict(metrics, "metrics.json")
         for image in images:
             mlflow.log_artifact(str(image), artifact_path="plots")
+        for split, table in tables.items():
+            if table is not None:
+                mlflow.log_table(table, artifact_file=f"samples_{split}.json")
     print(f"evaluate[{task.name}]: " + ", ".join(
         f"{split} {task.primary_metric}={values[task.primary_metric]:.4f}" for split, values in metrics.items()
     ))
