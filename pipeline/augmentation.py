@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 METHODS = ("synonym", "swap", "delete")
+BACK_TRANSLATION = "back_translation"  # model-based, done by the augment stage for tasks whose examples have a "text"
 
 
 @lru_cache(maxsize=1)

@@ -21,13 +21,17 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DataConfig:
+class SourceConfig:
     source: str | dict[str, str]
     format: str = "csv"
     encoding: str | None = None  # None: the format's own (latin-1 for phrasebank, else utf-8)
+    incoming: str = "data/incoming"  # drop folder of new labelled batches, read as well as `source` when it exists
+
+
+@dataclass
+class DataConfig(SourceConfig):
     text_column: str = "text"
     label_column: str = "label"
-    incoming: str = "data/incoming"  # drop folder of new labelled batches, read as well as `source` when it exists
 
 
 @dataclass
@@ -49,9 +53,25 @@ class NerValidateConfig:
 
 
 @dataclass
+class TranslationValidateConfig:
+    max_chars: int = 500  # per side; longer pairs are quarantined
+    max_length_ratio: float = 3.0  # words of the longer side per word of the shorter; beyond it a pair is quarantined
+    min_pairs: int = 20
+    max_reject_fraction: float = 0.2
+
+
+@dataclass
 class SplitConfig:
     val: float = 0.2
     test: float = 0.2
+
+
+@dataclass
+class BackTranslationConfig:
+    # Each: models:/NAME@ALIAS or models:/NAME/VERSION (a registered translation model), a hub id or a folder.
+    to_pivot: str  # translates the task's texts into the pivot language
+    from_pivot: str  # translates them back
+    batch_size: int = 32
 
 
 @dataclass
@@ -60,6 +80,7 @@ class AugmentConfig:
     rate: float = 0.1
     methods: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
     seed: int = 13
+    back_translation: BackTranslationConfig | None = None  # used by the back_translation method
 
 
 @dataclass
@@ -74,6 +95,21 @@ class NerModelConfig(ModelConfig):
 
 
 @dataclass
+class TranslationModelConfig(ModelConfig):
+    decoder_layers: int | None = None  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
+    num_beams: int = 4
+    max_new_tokens: int = 64
+    length_penalty: float = 1.0
+    lowercase_bleu: bool = True  # score BLEU and chrF case-insensitively (the default model's vocabulary is uncased)
+
+
+@dataclass
+class LanguagesConfig:
+    source: str = "de"  # also the file suffix of the parallel format and the column name in tsv/jsonl
+    target: str = "en"
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 3.0
     learning_rate: float = 5e-5
@@ -83,6 +119,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     early_stopping_patience: int = 2
     seed: int = 42
+    max_minutes: float | None = None  # stop, evaluate and keep the best model once training has run this long
 
 
 @dataclass
@@ -111,6 +148,14 @@ class TaskConfig:
 class NerConfig(TaskConfig):
     validate: NerValidateConfig
     model: NerModelConfig = field(default_factory=NerModelConfig)
+
+
+@dataclass
+class TranslationConfig(TaskConfig):
+    data: SourceConfig
+    validate: TranslationValidateConfig
+    model: TranslationModelConfig = field(default_factory=TranslationModelConfig)
+    languages: LanguagesConfig = field(default_factory=LanguagesConfig)
 
 
 @dataclass

@@ -10,6 +10,8 @@ import csv
 import hashlib
 import io
 import json
+import math
+import statistics
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,8 +27,13 @@ class DataError(ValueError):
     """Input data cannot be read: the message names the file, the row and the problem."""
 
 
-def read_source(source: str | dict[str, str], fmt: str, encoding: str | None = None) -> list[Record]:
-    """Read a file, a drop folder of batches, or a {train, val, test} mapping of files."""
+def read_source(
+    source: str | dict[str, str], fmt: str, encoding: str | None = None, languages: tuple[str, str] | None = None
+) -> list[Record]:
+    """Read a file, a drop folder of batches, or a {train, val, test} mapping of files.
+
+    `languages` names the two files of the `parallel` format: PREFIX.<source> and PREFIX.<target>.
+    """
     encoding = encoding or FORMAT_ENCODINGS.get(fmt, "utf-8")
     if isinstance(source, dict):
         unknown = set(source) - set(SPLIT_NAMES)
@@ -34,15 +41,19 @@ def read_source(source: str | dict[str, str], fmt: str, encoding: str | None = N
             raise DataError(f"data.source: unknown split(s) {sorted(unknown)}; use {list(SPLIT_NAMES)}")
         records = []
         for split, path in source.items():
-            for record in read_path(Path(path), fmt, encoding):
+            for record in read_path(Path(path), fmt, encoding, languages):
                 record["given_split"] = split
                 records.append(record)
         return records
-    return read_path(Path(source), fmt, encoding)
+    return read_path(Path(source), fmt, encoding, languages)
 
 
-def read_path(path: Path, fmt: str, encoding: str) -> list[Record]:
+def read_path(path: Path, fmt: str, encoding: str, languages: tuple[str, str] | None = None) -> list[Record]:
     """Read one file, or every batch file of a drop folder (format taken from each extension)."""
+    if fmt == "parallel" and not path.is_dir():
+        if languages is None:
+            raise DataError(f"{path}: the parallel format needs a language pair (translation.languages)")
+        return read_parallel(path, languages, encoding)
     if path.is_dir():
         records = []
         for batch in sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p)):
@@ -182,6 +193,66 @@ def _read_conll(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
         document = _document_hash(sentences) if has_documents else None
         for number, record in sentences:
             yield number, record if document is None else {**record, "document": document}
+
+
+def read_parallel(prefix: Path, languages: tuple[str, str], encoding: str) -> list[Record]:
+    """Two aligned files, PREFIX.<source> and PREFIX.<target>, one sentence a line, line n translating line n.
+
+    Blank lines are kept (validation quarantines them); files of different lengths stop the run.
+    """
+    files = [prefix.with_name(f"{prefix.name}.{language}") for language in languages]
+    for path in files:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (format parallel reads {prefix}.{languages[0]} and {prefix}.{languages[1]})")
+    sides = [_lines(path, encoding) for path in files]
+    if len(sides[0]) != len(sides[1]):
+        raise DataError(misalignment(files, sides))
+    if not sides[0]:
+        raise DataError(f"{files[0]}: the file holds no records")
+    return [
+        {languages[0]: left, languages[1]: right, "source": str(files[0]), "row": number}
+        for number, (left, right) in enumerate(zip(*sides), start=1)
+    ]
+
+
+def misalignment(files: list[Path], sides: list[list[str]]) -> str:
+    """Say that two parallel files differ in length, and from which line they most likely diverge.
+
+    The guess: lines before it pair up one to one, lines after it pair up shifted by the
+    difference in length; of all such cut points, the one where the paired sentence lengths
+    agree best (relative to the usual length ratio between the languages).
+    """
+    (short_file, short), (long_file, long) = sorted(zip(files, sides), key=lambda side: len(side[1]))
+    shift = len(long) - len(short)
+    usual = statistics.median(
+        math.log1p(len(a)) - math.log1p(len(b)) for a, b in zip(short, long)
+    ) if short else 0.0
+
+    def cost(a: str, b: str) -> float:
+        return abs(math.log1p(len(a)) - math.log1p(len(b)) - usual)
+
+    aligned = [0.0]  # aligned[p]: cost of pairing the first p lines one to one
+    for a, b in zip(short, long):
+        aligned.append(aligned[-1] + cost(a, b))
+    shifted = [0.0] * (len(short) + 1)  # shifted[p]: cost of pairing short[p:] with long[p + shift:]
+    for i in range(len(short) - 1, -1, -1):
+        shifted[i] = shifted[i + 1] + cost(short[i], long[i + shift])
+    cut = min(range(len(short) + 1), key=lambda p: aligned[p] + shifted[p])
+    line = cut + 1
+    return (
+        f"{files[0]} has {len(sides[0])} lines but {files[1]} has {len(sides[1])}: the files are not aligned. "
+        f"They most likely diverge at line {line}: {long_file} has {shift} line(s) there that {short_file} lacks "
+        f"({long_file} line {line}: {long[cut]!r}; {short_file} line {line}: {short[cut] if cut < len(short) else '(end of file)'!r}). "
+        "Line n of one file must translate line n of the other."
+    )
+
+
+def _lines(path: Path, encoding: str) -> list[str]:
+    """The lines of a text file, without the blank lines that may trail its end."""
+    lines = decode(path, encoding).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def _document_hash(sentences: list[tuple[int, Record]]) -> str:

@@ -98,3 +98,43 @@ def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     champion = mlflow.MlflowClient().get_model_version_by_alias("ner", "champion")
     assert str(champion.version) == "1" and champion.tags["val_f1"] == f"{metrics['val']['f1']:.4f}"
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, tiny_model, monkeypatch):
+    import mlflow
+
+    from pipeline.tasks.translation import load_translator
+    from tests.test_translation import SAMPLE, translation_section
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "data").mkdir()
+    for suffix in (".de", ".en"):
+        shutil.copy(SAMPLE.with_suffix(suffix), tmp_path / "data" / f"pairs{suffix}")
+    write_params(tmp_path, {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": translation_section(tiny_model)})
+    (tmp_path / ".gitignore").write_text("/mlflow/\n")
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("dvc", "init", "-q", cwd=tmp_path)
+
+    output = sh("dvc", "repro", cwd=tmp_path)
+    assert stages_run(output) == {f"{s}@translation" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    metrics = yaml.safe_load((tmp_path / "metrics" / "translation.json").read_text())
+    for split in ("val", "test"):
+        assert {"bleu", "chrf", "signature"} <= metrics[split].keys() and metrics[split]["direction"] == "de-en"
+        assert "case:lc" in metrics[split]["signature"]["bleu"]
+    assert metrics["val"]["chrf"] > 0
+    assert (tmp_path / "reports" / "translation" / "evaluation" / "bleu_by_length_test.png").exists()
+    promotion = yaml.safe_load((tmp_path / "reports" / "translation" / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["metric"] == "val_bleu"
+
+    monkeypatch.chdir(tmp_path)  # the project's default store: mlflow/ in the working directory
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("translation", "champion")
+    assert str(champion.version) == "1"
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
+    assert {"samples_val.json", "samples_test.json", "plots"} <= artifacts
+    model, tokenizer = load_translator("models:/translation@champion")  # what back-translation may name
+    assert type(model).__name__ == "EncoderDecoderModel"
+    printed = sh("finetune", "predict", "--task", "translation", "Die Bank meldete einen Verlust.", cwd=tmp_path)
+    assert printed.strip()

@@ -6,18 +6,17 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.config import DataConfig
+from pipeline.config import SourceConfig
 from pipeline.paths import TaskPaths
-from pipeline.readers import read_source
 from pipeline.records import Record, save_json, save_records
 from pipeline.tasks.base import Task
 
 
-def run(task: Task, data: DataConfig, paths: TaskPaths) -> dict:
+def run(task: Task, data: SourceConfig, paths: TaskPaths) -> dict:
     """Read `data.source` and the `data.incoming` drop folder, drop exact duplicates, write the raw table."""
-    rows = read_source(data.source, data.format, data.encoding)
+    rows = task.read_source(data.source)
     if Path(data.incoming).is_dir():  # optional: batches arrive there over time
-        rows += read_source(data.incoming, data.format, data.encoding)
+        rows += task.read_source(data.incoming)
     records = [task.to_example(record) for record in rows]
     unique, duplicates = drop_exact_duplicates(records)
     save_records(paths.raw, unique)

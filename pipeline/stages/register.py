@@ -6,6 +6,7 @@ The alias is the last thing written: a run that fails anywhere leaves the aliase
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import TaskConfig
@@ -43,8 +44,18 @@ def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
     """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion."""
     import mlflow
 
+    if task.pipeline_task is None:
+        return load_pyfunc_components(uri)
     components = mlflow.transformers.load_model(uri, return_type="components")
     return components["model"], components["tokenizer"]
+
+
+def load_pyfunc_components(uri: str) -> tuple[Any, Any]:
+    """(model, tokenizer) inside a model registered as a pyfunc (pipeline.task_model.TaskModel)."""
+    import mlflow
+
+    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return wrapper.model, wrapper.tokenizer
 
 
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
@@ -93,18 +104,31 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
 
 
 def log_model(task: Task, paths: TaskPaths, name: str) -> str:
-    """Log the model with MLflow's transformers flavour and register it; returns the version."""
+    """Log the model (transformers flavour, or a pyfunc for tasks without a pipeline) and register it; returns the version."""
     import mlflow
     import torch
     import transformers
 
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+    if task.pipeline_task is None:
+        import pipeline
+        from pipeline.task_model import TaskModel
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TaskModel(task.name, task.config),
+            artifacts={"model": str(paths.model_dir)},
+            code_paths=[str(Path(pipeline.__file__).parent)],  # the task code travels with the model
+            pip_requirements=requirements + ["sacrebleu", "pyyaml"],
+            registered_model_name=name,
+        )
+        return str(info.registered_model_version)
     model, tokenizer = task.load_model(str(paths.model_dir))
     info = mlflow.transformers.log_model(
         {"model": model, "tokenizer": tokenizer},
         name="model",
         task=task.pipeline_task,
-        # Explicit, because MLflow's inference of requirements fails looking up torchvision.
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
+        pip_requirements=requirements,  # explicit: MLflow's inference of requirements fails looking up torchvision
         registered_model_name=name,
     )
     return str(info.registered_model_version)

@@ -7,7 +7,10 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from pipeline.config import TaskConfig
 from pipeline.models import resolve_model, use_all_cores
@@ -22,7 +25,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     """Train on the augmented training split, validate each epoch, save the best model."""
     import mlflow
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     use_all_cores()
@@ -35,7 +38,8 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     # Checkpoints are keyed by everything that shapes training, so a resume never mixes runs.
     checkpoints = paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
     last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    args = TrainingArguments(
+    arguments_class, trainer_class = task.trainer_classes()
+    args = arguments_class(
         output_dir=str(checkpoints),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
@@ -55,15 +59,19 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **task.training_arguments(),
     )
-    trainer = Trainer(
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
+    if settings.max_minutes is not None:
+        callbacks.append(TimeBudget(settings.max_minutes))
+    trainer = trainer_class(
         model=task.training_model(model),
         args=args,
         train_dataset=task.encode(tokenizer, train_examples),
         eval_dataset=task.encode(tokenizer, val_examples),
         data_collator=task.data_collator(tokenizer),
         compute_metrics=task.compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+        callbacks=callbacks,
     )
 
     experiment_id = tracking.configure(experiment)
@@ -110,6 +118,24 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"train[{task.name}]: {json.dumps(summary)}")
     return summary
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training once `minutes` have passed, with a last evaluation and checkpoint."""
+
+    def __init__(self, minutes: float):
+        self.minutes = minutes
+        self.deadline = float("inf")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.deadline = time.monotonic() + 60 * self.minutes
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.deadline:
+            print(f"train: the {self.minutes:g}-minute budget is spent at step {state.global_step}; evaluating and stopping")
+            control.should_training_stop = True
+            control.should_evaluate = control.should_save = True
+        return control
 
 
 def epoch_history(log_history: list[dict]) -> list[dict]:

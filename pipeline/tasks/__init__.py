@@ -10,6 +10,7 @@ from pipeline.tasks.base import Task
 TASKS = {
     "sentiment": "pipeline.tasks.sentiment",
     "ner": "pipeline.tasks.ner",
+    "translation": "pipeline.tasks.translation",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.config import TaskConfig
 from pipeline.models import pretrained_kwargs
-from pipeline.readers import DataError
+from pipeline.readers import DataError, read_source
 from pipeline.records import Record
 
 PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages
@@ -21,7 +21,7 @@ PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came fr
 class Task(ABC):
     name: str
     primary_metric: str  # the validation metric that early stopping and promotion use
-    pipeline_task: str  # the transformers pipeline task, for MLflow's transformers flavour
+    pipeline_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
     config_class: type[TaskConfig] = TaskConfig  # the dataclass its params.yaml section is read into
     augment_methods: tuple[str, ...]  # what `augment.methods` may name
 
@@ -29,18 +29,30 @@ class Task(ABC):
         self.config = config
 
     # data -----------------------------------------------------------------------------------
+    def read_source(self, source: str | dict[str, str]) -> list[Record]:
+        """Raw records from a file, a drop folder or a {train, val, test} mapping (data.format)."""
+        return read_source(source, self.config.data.format, self.config.data.encoding)
+
+    def input_columns(self) -> tuple[str, str]:
+        """The (input, target) column names of raw records."""
+        return self.config.data.text_column, self.config.data.label_column
+
     def read_fields(self, record: Record) -> tuple[Any, Any, Record]:
-        """(input, target, provenance) of a raw record, from the columns named in data."""
-        data = self.config.data
-        missing = [c for c in (data.text_column, data.label_column) if c not in record]
+        """(input, target, provenance) of a raw record, from the columns of `input_columns`."""
+        columns = self.input_columns()
+        missing = [c for c in columns if c not in record]
         if missing:
             found = [k for k in record if k not in PROVENANCE]
             raise DataError(
                 f"{record['source']}: row {record['row']}: missing column(s) {', '.join(missing)} "
-                f"(found: {', '.join(found)}; set {self.name}.data.text_column / label_column in params.yaml)"
+                f"(found: {', '.join(found)}; {self.column_hint})"
             )
         provenance = {k: record[k] for k in PROVENANCE if k in record}
-        return record[data.text_column], record[data.label_column], provenance
+        return record[columns[0]], record[columns[1]], provenance
+
+    @property
+    def column_hint(self) -> str:
+        return f"set {self.name}.data.text_column / label_column in params.yaml"
 
     @abstractmethod
     def to_example(self, record: Record) -> Record:
@@ -104,6 +116,16 @@ class Task(ABC):
         """The plain Hugging Face model to save from what `training_model` returned."""
         return trained
 
+    def trainer_classes(self) -> tuple[Any, Any]:
+        """(TrainingArguments class, Trainer class) this task trains with."""
+        from transformers import Trainer, TrainingArguments
+
+        return TrainingArguments, Trainer
+
+    def training_arguments(self) -> dict[str, Any]:
+        """Task-specific TrainingArguments (e.g. generation settings for sequence-to-sequence)."""
+        return {}
+
     @abstractmethod
     def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
         """Tokenised features (with labels) for training."""
@@ -129,6 +151,10 @@ class Task(ABC):
         self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
     ) -> list[Path]:
         """Evaluation plots of one split (DVC data files and images); returns the images."""
+
+    def sample_table(self, examples: list[Record], predictions: list[Record]) -> dict[str, list] | None:
+        """A table of example predictions to log to MLflow next to the metrics (None: no table)."""
+        return None
 
     @abstractmethod
     def format_prediction(self, text: str, prediction: Record) -> str:

@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from pipeline.augmentation import METHODS, augment_words
+from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
 from pipeline.records import Record
 from pipeline.tasks.base import Task
@@ -25,7 +25,7 @@ class SentimentTask(Task):
     name = "sentiment"
     primary_metric = "f1_macro"
     pipeline_task = "text-classification"
-    augment_methods = METHODS
+    augment_methods = (*METHODS, BACK_TRANSLATION)
 
     @property
     def labels(self) -> list[str]:

@@ -1,0 +1,284 @@
+"""Machine translation: a sentence in, its translation out; judged by sacreBLEU (BLEU and chrF).
+
+Examples are {"text": source sentence, "translation": reference}. The default base model is
+the bundled MiniLM, an encoder only: it is warm-started as both encoder and decoder of an
+`EncoderDecoderModel` (Rothe et al. 2020), with new cross-attention. Any
+`AutoModelForSeq2SeqLM` (Marian, T5, mBART) works as well for users who can download one.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.augmentation import BACK_TRANSLATION, augment_words
+from pipeline.config import TranslationConfig
+from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
+from pipeline.readers import read_source
+from pipeline.records import Record
+from pipeline.tasks.base import Task
+from pipeline.tasks.sentiment import normalise_text
+
+SAMPLE_ROWS = 25  # translations per split in the MLflow table
+LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 10_000))  # source words, for the BLEU-by-length plot
+
+# WordPiece decoding puts spaces around every punctuation mark: "a woman ' s t - shirt".
+_CLITIC = re.compile(r"(\w) ' (s|t|re|ve|ll|d|m)\b")
+_HYPHEN = re.compile(r"(\w) - (?=\w)")
+
+
+def detokenize(text: str) -> str:
+    """Undo the spaces WordPiece decoding puts inside words ("woman ' s" -> "woman's", "t - shirt" -> "t-shirt")."""
+    return _HYPHEN.sub(r"\1-", _CLITIC.sub(r"\1'\2", text))
+
+
+def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU (13a tokenisation) and chrF, each with the signature that makes it reproducible."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    return {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+    }
+
+
+def translate(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> list[str]:
+    """Translate texts with the model's generation settings, batched by length; in input order."""
+    import torch
+
+    model.eval()
+    batches_done = 0
+
+    def run_batch(indices: list[int]) -> list[str]:
+        nonlocal batches_done
+        batch = tokenizer(
+            [texts[i] for i in indices], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        batches_done += 1
+        if batches_done % 10 == 0:  # long jobs (evaluation, back-translation) show progress
+            print(f"  translated {min(batches_done * batch_size, len(texts))}/{len(texts)}", flush=True)
+        return [detokenize(t.strip()) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    return batched_by_length([len(t) for t in texts], batch_size, run_batch)
+
+
+def load_translator(reference: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a translation model: models:/NAME@ALIAS or models:/NAME/VERSION, a hub id or a folder."""
+    if reference.startswith("models:/"):
+        import mlflow
+
+        from pipeline import tracking
+        from pipeline.stages.register import load_pyfunc_components
+
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        return load_pyfunc_components(reference)
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = resolve_model(reference)
+    return AutoModelForSeq2SeqLM.from_pretrained(path, **pretrained_kwargs()), AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+
+
+class TranslationTask(Task):
+    name = "translation"
+    primary_metric = "bleu"
+    pipeline_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
+    config_class = TranslationConfig
+    augment_methods = ("swap", "delete", BACK_TRANSLATION)  # source-side noise, or a paraphrase of the source
+    config: TranslationConfig
+
+    @property
+    def direction(self) -> str:
+        return f"{self.config.languages.source}-{self.config.languages.target}"
+
+    # data -----------------------------------------------------------------------------------
+    def read_source(self, source: str | dict[str, str]) -> list[Record]:
+        languages = self.config.languages
+        data = self.config.data
+        return read_source(source, data.format, data.encoding, (languages.source, languages.target))
+
+    def input_columns(self) -> tuple[str, str]:
+        return self.config.languages.source, self.config.languages.target
+
+    column_hint = "tsv and jsonl sources name their columns by the language codes of translation.languages"
+
+    def to_example(self, record: Record) -> Record:
+        source, target, provenance = self.read_fields(record)
+        return {
+            "text": None if source is None else str(source),
+            "translation": None if target is None else str(target),
+            **provenance,
+        }
+
+    def normalise(self, example: Record) -> Record:
+        return {
+            **example,
+            **{k: normalise_text(example[k]) for k in ("text", "translation") if isinstance(example[k], str)},
+        }
+
+    def content_key(self, example: Record) -> str:
+        return f"{example['text']}\t{example['translation']}".casefold()
+
+    def split_key(self, example: Record) -> str:
+        return str(example["text"]).casefold()  # one source sentence never lands in two splits
+
+    def check_columns(self, example: Record) -> Record:
+        words = [len(str(example[k] or "").split()) for k in ("text", "translation")]
+        return {"length_ratio": max(words) / min(words) if min(words) else None}
+
+    def expectations(self) -> list[Any]:
+        import great_expectations as gx
+
+        rules = self.config.validate
+        languages = self.config.languages
+        return [
+            *(
+                gx.expectations.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1, max_value=rules.max_chars)
+                for column in ("text", "translation")
+            ),
+            gx.expectations.ExpectColumnValuesToBeBetween(
+                column="length_ratio", min_value=1.0, max_value=rules.max_length_ratio,
+                meta={"notes": f"words of the longer side ({languages.source} or {languages.target}) per word of the shorter"},
+            ),
+        ]
+
+    def dataset_problems(self, examples: list[Record]) -> list[str]:
+        minimum = self.config.validate.min_pairs
+        return [] if len(examples) >= minimum else [f"{len(examples)} clean sentence pairs, fewer than min_pairs={minimum}"]
+
+    def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
+        words = augment_words(example["text"].split(), method, rate, rng)  # the reference stays as it is
+        return {**example, "text": " ".join(words)}
+
+    # model ----------------------------------------------------------------------------------
+    def load_model(self, path: str) -> tuple[Any, Any]:
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        kwargs = pretrained_kwargs()
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if AutoConfig.from_pretrained(path, **kwargs).is_encoder_decoder:
+            model = AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
+        else:
+            from transformers import EncoderDecoderModel
+
+            layers = self.config.model.decoder_layers
+            decoder = AutoModelForCausalLM.from_pretrained(
+                path, is_decoder=True, add_cross_attention=True,
+                **({"num_hidden_layers": layers} if layers else {}), **kwargs,
+            )
+            model = EncoderDecoderModel(encoder=AutoModel.from_pretrained(path, **kwargs), decoder=decoder)
+        self._configure_generation(model, tokenizer)
+        return model, tokenizer
+
+    def _configure_generation(self, model: Any, tokenizer: Any) -> None:
+        """Special tokens a warm-started model lacks, and the generation settings of params.yaml."""
+        settings = self.config.model
+        special = {  # BERT-style vocabularies: start from [CLS], stop at [SEP]
+            "decoder_start_token_id": tokenizer.cls_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id,
+        }
+        for config in (model.config, model.generation_config):
+            for key, value in special.items():
+                if getattr(config, key, None) is None:
+                    setattr(config, key, value)
+        model.generation_config.num_beams = settings.num_beams
+        model.generation_config.max_new_tokens = settings.max_new_tokens
+        model.generation_config.length_penalty = settings.length_penalty
+        model.generation_config.max_length = None  # max_new_tokens decides
+
+    def trainer_classes(self) -> tuple[Any, Any]:
+        from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+        return Seq2SeqTrainingArguments, Seq2SeqTrainer
+
+    def training_arguments(self) -> dict[str, Any]:
+        # Validation each epoch decodes greedily (cheaper); evaluate uses the configured beams.
+        return {"predict_with_generate": True, "generation_num_beams": 1, "generation_max_length": None}
+
+    def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
+        self.tokenizer = tokenizer  # compute_metrics decodes generated ids with it
+        limit = self.config.train.max_length
+        sources = tokenizer([e["text"] for e in examples], truncation=True, max_length=limit)
+        targets = tokenizer(text_target=[e["translation"] for e in examples], truncation=True, max_length=limit)
+        features = []
+        for i in range(len(examples)):
+            labels = targets["input_ids"][i]
+            if tokenizer.cls_token_id is not None and labels[:1] == [tokenizer.cls_token_id]:
+                labels = labels[1:]  # generation starts from [CLS], so it is input, not a target
+            features.append(
+                {"input_ids": sources["input_ids"][i], "attention_mask": sources["attention_mask"][i], "labels": labels}
+            )
+        return features
+
+    def data_collator(self, tokenizer: Any) -> Any:
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+    def compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
+        import numpy as np
+
+        pad = self.tokenizer.pad_token_id
+
+        def texts(ids: Any) -> list[str]:
+            ids = np.where(ids < 0, pad, ids)  # -100 marks label padding
+            return [detokenize(t.strip()) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+        # predictions and label_ids share the Trainer's order, whatever length grouping did
+        scores = corpus_scores(texts(eval_prediction.predictions), texts(eval_prediction.label_ids), self.config.model.lowercase_bleu)
+        return {"bleu": scores["bleu"], "chrf": scores["chrf"]}
+
+    def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+        texts = [normalise_text(e["text"]) for e in examples]
+        return [{"translation": t} for t in translate(model, tokenizer, texts, self.config.train.max_length)]
+
+    def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
+        scores = corpus_scores(
+            [p["translation"] for p in predictions], [e["translation"] for e in examples], self.config.model.lowercase_bleu
+        )
+        return {**scores, "n": len(examples), "direction": self.direction}
+
+    def write_plots(
+        self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
+    ) -> list[Path]:
+        """BLEU by source sentence length: where the model breaks down."""
+        from pipeline.plots import bars_png
+        from pipeline.records import save_json
+
+        rows = []
+        for low, high in LENGTH_BUCKETS:
+            chosen = [i for i, e in enumerate(examples) if low <= len(e["text"].split()) <= high]
+            if chosen:
+                scores = corpus_scores(
+                    [predictions[i]["translation"] for i in chosen], [examples[i]["translation"] for i in chosen],
+                    self.config.model.lowercase_bleu,
+                )
+                label = f"{low}-{high}" if high < 10_000 else f"{low}+"
+                rows.append({"source_words": label, "bleu": round(scores["bleu"], 2), "sentences": len(chosen)})
+        save_json(out_dir / f"bleu_by_length_{split}.json", rows)
+        image = out_dir / f"bleu_by_length_{split}.png"
+        bars_png(
+            [f"{r['source_words']}\n(n={r['sentences']})" for r in rows], [r["bleu"] for r in rows], image,
+            title=f"{self.name} {self.direction}: BLEU by source length ({split})", ylabel="BLEU",
+        )
+        return [image]
+
+    def sample_table(self, examples: list[Record], predictions: list[Record]) -> dict[str, list]:
+        chosen = range(min(SAMPLE_ROWS, len(examples)))
+        return {
+            "source": [examples[i]["text"] for i in chosen],
+            "reference": [examples[i]["translation"] for i in chosen],
+            "hypothesis": [predictions[i]["translation"] for i in chosen],
+        }
+
+    def format_prediction(self, text: str, prediction: Record) -> str:
+        return prediction["translation"]
+
+
+TASK_CLASS = TranslationTask
