@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import main, run_stage
-from tests.conftest import tiny_params, write_csv, write_params
+from tests.conftest import tiny_params, write_params
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 

@@ -26,14 +26,23 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+ALL_STAGES = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
+
+
+def init_repo(path: Path, params: dict) -> Path:
+    """A git + DVC repo at `path` with the project's dvc.yaml and `params` (data written by the caller)."""
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    write_params(path, params)
+    (path / ".gitignore").write_text("/mlflow/\n")
+    sh("git", "init", "-q", cwd=path)
+    sh("dvc", "init", "-q", cwd=path)
+    return path
+
+
 @pytest.fixture
 def repo(tmp_path, tiny_model) -> Path:
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
-    write_params(tmp_path, tiny_params(tiny_model))
-    (tmp_path / ".gitignore").write_text("/mlflow/\n")
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
+    init_repo(tmp_path, tiny_params(tiny_model))
     sh("git", "add", "-A", cwd=tmp_path)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
     return tmp_path
@@ -44,7 +53,7 @@ def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
     import mlflow
 
     first = sh("dvc", "repro", cwd=repo)
-    assert stages_run(first) == {f"{s}@sentiment" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    assert stages_run(first) == {f"{s}@sentiment" for s in ALL_STAGES}
     metrics = yaml.safe_load((repo / "metrics" / "sentiment.json").read_text())
     assert metrics["val"]["f1_macro"] > 0.5 and "per_class" in metrics["test"]
     assert (repo / "reports/sentiment/promotion.json").exists()
@@ -81,15 +90,11 @@ def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model
 
     from tests.ner_data import make_sentences, ner_params, write_conll
 
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     write_conll(tmp_path / "data" / "ner.conll", make_sentences(250))
-    write_params(tmp_path, ner_params(tiny_model, model={"crf": True}))
-    (tmp_path / ".gitignore").write_text("/mlflow/\n")
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
+    init_repo(tmp_path, ner_params(tiny_model, model={"crf": True}))
 
     output = sh("dvc", "repro", cwd=tmp_path)
-    assert stages_run(output) == {f"{s}@ner" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    assert stages_run(output) == {f"{s}@ner" for s in ALL_STAGES}
     metrics = yaml.safe_load((tmp_path / "metrics" / "ner.json").read_text())
     assert {"f1", "precision", "recall", "per_type"} <= metrics["val"].keys() and metrics["val"]["f1"] > 0.8
     promotion = yaml.safe_load((tmp_path / "reports" / "ner" / "promotion.json").read_text())
@@ -107,17 +112,13 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     from pipeline.tasks.translation import load_translator
     from tests.test_translation import SAMPLE, translation_section
 
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "data").mkdir()
     for suffix in (".de", ".en"):
         shutil.copy(SAMPLE.with_suffix(suffix), tmp_path / "data" / f"pairs{suffix}")
-    write_params(tmp_path, {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": translation_section(tiny_model)})
-    (tmp_path / ".gitignore").write_text("/mlflow/\n")
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
+    init_repo(tmp_path, {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": translation_section(tiny_model)})
 
     output = sh("dvc", "repro", cwd=tmp_path)
-    assert stages_run(output) == {f"{s}@translation" for s in ("collect", "validate", "split", "augment", "train", "evaluate", "register")}
+    assert stages_run(output) == {f"{s}@translation" for s in ALL_STAGES}
     metrics = yaml.safe_load((tmp_path / "metrics" / "translation.json").read_text())
     for split in ("val", "test"):
         assert {"bleu", "chrf", "signature"} <= metrics[split].keys() and metrics[split]["direction"] == "de-en"
