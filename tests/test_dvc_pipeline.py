@@ -139,3 +139,11 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     assert type(model).__name__ == "EncoderDecoderModel"
     printed = sh("finetune", "predict", "--task", "translation", "Die Bank meldete einen Verlust.", cwd=tmp_path)
     assert printed.strip()
+
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["translation"]["promotion"]["min_delta"] = 100.0  # no BLEU gain can be that large
+    write_params(tmp_path, params)
+    assert "register@translation" in stages_run(sh("dvc", "repro", cwd=tmp_path))
+    decision = yaml.safe_load((tmp_path / "reports" / "translation" / "promotion.json").read_text())
+    assert not decision["promoted"] and decision["champion"]["version"] == "1"
+    assert decision["champion"]["score"] == pytest.approx(metrics["val"]["bleu"])  # re-scored from the registry
