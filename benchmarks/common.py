@@ -35,7 +35,8 @@ def task_params(task: str, overrides: list[str]) -> dict:
 
 def result_file(name: str, overrides: list[str]) -> Path:
     """benchmarks/results/NAME.json, or NAME-<overrides>.json for an experiment."""
-    return RESULTS / (f"{name}-{'_'.join(overrides)}.json" if overrides else f"{name}.json")
+    tag = "_".join(overrides).replace("/", "_")  # a model path may be overridden too
+    return RESULTS / (f"{name}-{tag}.json" if overrides else f"{name}.json")
 
 
 def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str) -> Path:
