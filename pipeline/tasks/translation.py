@@ -34,6 +34,11 @@ def detokenize(text: str) -> str:
     return _HYPHEN.sub(r"\1-", _CLITIC.sub(r"\1'\2", text))
 
 
+def decode(tokenizer: Any, ids: Any) -> list[str]:
+    """Texts of generated (or label) ids, special tokens dropped and WordPiece spacing undone."""
+    return [detokenize(t.strip()) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
 def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool) -> dict[str, Any]:
     """sacreBLEU corpus BLEU (13a tokenisation) and chrF, each with the signature that makes it reproducible."""
     from sacrebleu.metrics import BLEU, CHRF
@@ -63,7 +68,7 @@ def translate(model: Any, tokenizer: Any, texts: list[str], max_length: int, bat
         batches_done += 1
         if batches_done % 10 == 0:  # long jobs (evaluation, back-translation) show progress
             print(f"  translated {min(batches_done * batch_size, len(texts))}/{len(texts)}", flush=True)
-        return [detokenize(t.strip()) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+        return decode(tokenizer, output)
 
     return batched_by_length([len(t) for t in texts], batch_size, run_batch)
 
@@ -224,11 +229,8 @@ class TranslationTask(Task):
     def compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
         import numpy as np
 
-        pad = self.tokenizer.pad_token_id
-
         def texts(ids: Any) -> list[str]:
-            ids = np.where(ids < 0, pad, ids)  # -100 marks label padding
-            return [detokenize(t.strip()) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+            return decode(self.tokenizer, np.where(ids < 0, self.tokenizer.pad_token_id, ids))  # -100 marks label padding
 
         # predictions and label_ids share the Trainer's order, whatever length grouping did
         scores = corpus_scores(texts(eval_prediction.predictions), texts(eval_prediction.label_ids), self.config.model.lowercase_bleu)
