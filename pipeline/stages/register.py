@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline import adapters
 from pipeline.config import TaskConfig
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths
@@ -44,7 +45,7 @@ def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
     """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion."""
     import mlflow
 
-    if task.pipeline_task is None:
+    if "transformers" not in mlflow.models.get_model_info(uri).flavors:
         return load_pyfunc_components(uri)
     components = mlflow.transformers.load_model(uri, return_type="components")
     return components["model"], components["tokenizer"]
@@ -104,13 +105,15 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
 
 
 def log_model(task: Task, paths: TaskPaths, name: str) -> str:
-    """Log the model (transformers flavour, or a pyfunc for tasks without a pipeline) and register it; returns the version."""
+    """Log the model and register it; returns the version. The transformers flavour where a
+    pipeline exists; a pyfunc for tasks without one and for models with a prompt adapter."""
     import mlflow
+    import peft
     import torch
     import transformers
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    if task.pipeline_task is None:
+    if task.pipeline_task is None or adapters.has_adapter(paths.model_dir):
         import pipeline
         from pipeline.task_model import TaskModel
 
@@ -119,7 +122,7 @@ def log_model(task: Task, paths: TaskPaths, name: str) -> str:
             python_model=TaskModel(task.name, task.config),
             artifacts={"model": str(paths.model_dir)},
             code_paths=[str(Path(pipeline.__file__).parent)],  # the task code travels with the model
-            pip_requirements=requirements + ["sacrebleu", "pyyaml"],
+            pip_requirements=requirements + [f"peft=={peft.__version__}", "sacrebleu", "pyyaml"],
             registered_model_name=name,
         )
         return str(info.registered_model_version)

@@ -6,41 +6,114 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
+from pipeline import adapters, tracking
 from pipeline.config import TaskConfig
-from pipeline.models import resolve_model, use_all_cores
+from pipeline.distillation import check_vocabularies, distilling
+from pipeline.models import keep_layers, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths
 from pipeline.plots import learning_curves_png
-from pipeline.records import load_json, load_records, save_json
+from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
-from pipeline import tracking
 
 
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
     """Train on the augmented training split, validate each epoch, save the best model."""
     import mlflow
-    import torch
-    from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     use_all_cores()
-    settings = config.train
-    set_seed(settings.seed)  # before the new head is initialised, so a rerun gives the same model
+    experiment_id = tracking.configure(experiment)  # before a registered teacher is loaded
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
-    model, tokenizer = task.load_model(resolve_model(config.model.name))
-
+    base = base_model_path(config, paths)
     # Checkpoints are keyed by everything that shapes training, so a resume never mixes runs.
     checkpoints = paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
     last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
+    size = adapters.trainable_parameters(trainer.model)
+
+    tags = tracking.lineage_tags(task.name, config, paths)
+    run_id_file = checkpoints / tracking.RUN_FILE
+    resumed_run = load_json(run_id_file)["run_id"] if last_checkpoint and run_id_file.exists() else None
+    with mlflow.start_run(run_id=resumed_run, experiment_id=experiment_id, run_name=f"{task.name}-{tags['data_hash'][:8]}") as run:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        save_json(run_id_file, {"run_id": run.info.run_id})
+        if not resumed_run:
+            mlflow.set_tags(tags)
+            mlflow.log_params(_flat_params(config))
+            mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size})
+            for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
+                if report.exists():
+                    mlflow.log_artifact(str(report), artifact_path="data")
+            if paths.data_docs.is_dir():
+                mlflow.log_artifacts(str(paths.data_docs), artifact_path="data/data_docs")
+        if last_checkpoint:
+            print(f"train[{task.name}]: resuming from {last_checkpoint}")
+        result = trainer.train(resume_from_checkpoint=last_checkpoint)
+
+        shutil.rmtree(paths.model_dir, ignore_errors=True)
+        adapters.save(task.export_model(trainer.model), paths.model_dir, lambda: load_base(task, config, base)[0])
+        tokenizer.save_pretrained(str(paths.model_dir))
+        tracking.record_run(paths.model_dir, run.info.run_id, tags)
+
+        history = epoch_history(trainer.state.log_history)
+        save_json(paths.history, history)
+        for record in history:
+            step = int(round(record["epoch"] * 1000))  # MLflow steps are integers; epochs can be fractions
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+        curves = paths.reports / "learning_curves.png"
+        learning_curves_png(history, task.primary_metric, curves, title=f"{task.name}: training")
+        mlflow.log_artifact(str(curves), artifact_path="plots")
+        summary = {
+            "train_seconds": round(result.metrics["train_runtime"], 1),
+            "train_samples_per_second": round(result.metrics["train_samples_per_second"], 2),
+            "best_val_" + task.primary_metric: trainer.state.best_metric,
+            "epochs_run": round(trainer.state.epoch, 2),
+            "trainable_parameters": size["trainable_parameters"],
+            "trainable_fraction": round(size["trainable_fraction"], 6),
+        }
+        mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
+        save_json(paths.train_summary, summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"train[{task.name}]: {json.dumps(summary)}")
+    return summary
+
+
+def base_model_path(config: TaskConfig, paths: TaskPaths) -> str:
+    """Where fine-tuning starts: the domain-adapted model when pretrain is on, else model.name."""
+    return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name)
+
+
+def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
+    """(model, tokenizer) with the task's head, cut to model.layers when set."""
+    model, tokenizer = task.load_model(path)
+    if config.model.layers is not None:
+        keep_layers(model, config.model.layers)
+    return model, tokenizer
+
+
+def build_trainer(
+    task: Task, config: TaskConfig, train_examples: list[Record], val_examples: list[Record],
+    output_dir: Path, base: str, callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[Any, Any]:
+    """(Trainer, tokenizer) for the task's settings: PEFT, distillation, time budget, early stopping."""
+    import torch
+    from transformers import EarlyStoppingCallback, set_seed
+
+    settings = config.train
+    set_seed(settings.seed)  # before the new head is initialised, so a rerun gives the same model
+    model, tokenizer = load_base(task, config, base)
     arguments_class, trainer_class = task.trainer_classes()
     args = arguments_class(
-        output_dir=str(checkpoints),
+        output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
@@ -61,63 +134,40 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         dataloader_pin_memory=torch.cuda.is_available(),
         **task.training_arguments(),
     )
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience), *callbacks]
     if settings.max_minutes is not None:
         callbacks.append(TimeBudget(settings.max_minutes))
+    train_dataset = task.encode(tokenizer, train_examples)
+    if settings.peft is not None:
+        per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
+        model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs))
+        if settings.peft.method == "adalora":
+            callbacks.append(adapters.AdaLoraBudget(model))
+    if settings.distillation is not None:
+        teacher, teacher_tokenizer = load_teacher(task, settings.distillation.teacher)
+        check_vocabularies(teacher_tokenizer, tokenizer)
+        trainer_class = distilling(
+            trainer_class, teacher.to(args.device), settings.distillation.temperature, settings.distillation.alpha
+        )
     trainer = trainer_class(
         model=task.training_model(model),
         args=args,
-        train_dataset=task.encode(tokenizer, train_examples),
+        train_dataset=train_dataset,
         eval_dataset=task.encode(tokenizer, val_examples),
         data_collator=task.data_collator(tokenizer),
         compute_metrics=task.compute_metrics,
         callbacks=callbacks,
     )
+    return trainer, tokenizer
 
-    experiment_id = tracking.configure(experiment)
-    tags = tracking.lineage_tags(task.name, config, paths)
-    run_id_file = checkpoints / tracking.RUN_FILE
-    resumed_run = load_json(run_id_file)["run_id"] if last_checkpoint and run_id_file.exists() else None
-    with mlflow.start_run(run_id=resumed_run, experiment_id=experiment_id, run_name=f"{task.name}-{tags['data_hash'][:8]}") as run:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        save_json(run_id_file, {"run_id": run.info.run_id})
-        if not resumed_run:
-            mlflow.set_tags(tags)
-            mlflow.log_params(_flat_params(config))
-            mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples)})
-            for report in (paths.provenance, paths.validation_report):
-                if report.exists():
-                    mlflow.log_artifact(str(report), artifact_path="data")
-            if paths.data_docs.is_dir():
-                mlflow.log_artifacts(str(paths.data_docs), artifact_path="data/data_docs")
-        if last_checkpoint:
-            print(f"train[{task.name}]: resuming from {last_checkpoint}")
-        result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
-        shutil.rmtree(paths.model_dir, ignore_errors=True)
-        task.export_model(trainer.model).save_pretrained(str(paths.model_dir))
-        tokenizer.save_pretrained(str(paths.model_dir))
-        tracking.record_run(paths.model_dir, run.info.run_id, tags)
+def load_teacher(task: Task, reference: str) -> tuple[Any, Any]:
+    """A distillation teacher: a registered version (models:/...), a folder or a hub id."""
+    from pipeline.stages.register import load_registered
 
-        history = epoch_history(trainer.state.log_history)
-        save_json(paths.history, history)
-        for record in history:
-            step = int(round(record["epoch"] * 1000))  # MLflow steps are integers; epochs can be fractions
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
-        curves = paths.reports / "learning_curves.png"
-        learning_curves_png(history, task.primary_metric, curves, title=f"{task.name}: training")
-        mlflow.log_artifact(str(curves), artifact_path="plots")
-        summary = {
-            "train_seconds": round(result.metrics["train_runtime"], 1),
-            "train_samples_per_second": round(result.metrics["train_samples_per_second"], 2),
-            "best_val_" + task.primary_metric: trainer.state.best_metric,
-            "epochs_run": round(trainer.state.epoch, 2),
-        }
-        mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
-        save_json(paths.train_summary, summary)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    print(f"train[{task.name}]: {json.dumps(summary)}")
-    return summary
+    if reference.startswith("models:/"):
+        return load_registered(task, reference)
+    return task.load_model(resolve_model(reference))
 
 
 class TimeBudget(TrainerCallback):

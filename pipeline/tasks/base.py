@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TaskConfig
+from pipeline import adapters
+from pipeline.config import ConfigError, TaskConfig
 from pipeline.models import pretrained_kwargs
 from pipeline.readers import DataError, read_source
 from pipeline.records import Record
@@ -106,7 +107,19 @@ class Task(ABC):
             label2id={label: i for i, label in enumerate(labels)},
             **pretrained_kwargs(),
         )
-        return model, AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        return adapters.attach(model, path), AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+
+    def peft_task_type(self, model: Any) -> str:
+        """The peft TaskType of this task's model (train.peft)."""
+        raise ConfigError(f"params.yaml: {self.name}.train.peft is not supported for the {self.name} task")
+
+    def unlabelled_text(self, example: Record) -> str:
+        """The text of an example as plain prose, for domain-adaptive pretraining."""
+        return example["text"]
+
+    def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
+        """(probabilities [texts, classes], embeddings [texts, hidden]) for active learning."""
+        raise ConfigError(f"active learning needs one class distribution per text: the {self.name} task has none")
 
     def training_model(self, model: Any) -> Any:
         """The module the Trainer optimises (the model itself, or the model inside extra layers)."""

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.augmentation import augment_words
-from pipeline.config import NerConfig
+from pipeline.adapters import MERGEABLE
+from pipeline.config import ConfigError, NerConfig
 from pipeline.crf import IGNORED, CrfTagger, decode_words
 from pipeline.models import batched_by_length
 from pipeline.records import Record
@@ -180,6 +181,14 @@ class NerTask(Task):
         from transformers import AutoModelForTokenClassification
 
         return self.load_with_head(AutoModelForTokenClassification, path, self.tags)
+
+    def peft_task_type(self, model: Any) -> str:
+        if self.config.train.peft.method not in MERGEABLE:  # virtual tokens would shift every word's position
+            raise ConfigError("params.yaml: ner.train.peft.method must be lora or adalora (prompts shift the tagged positions)")
+        return "TOKEN_CLS"
+
+    def unlabelled_text(self, example: Record) -> str:
+        return " ".join(example["tokens"])
 
     def training_model(self, model: Any) -> Any:
         return CrfTagger(model, self.tags) if self.config.model.crf else model

@@ -82,6 +82,9 @@ class SentimentTask(Task):
 
         return self.load_with_head(AutoModelForSequenceClassification, path, self.labels)
 
+    def peft_task_type(self, model: Any) -> str:
+        return "SEQ_CLS"
+
     def encode(self, tokenizer: Any, examples: list[Record]) -> list[dict]:
         label_ids = {label: i for i, label in enumerate(self.labels)}
         encoded = tokenizer(
@@ -108,13 +111,18 @@ class SentimentTask(Task):
         }
 
     def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+        probabilities, _ = self.class_probabilities(model, tokenizer, examples)
+        id2label = model.config.id2label
+        return [{"label": id2label[int(row.argmax())], "score": float(row.max())} for row in probabilities]
+
+    def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
+        import numpy as np
         import torch
 
         texts = [normalise_text(e["text"]) for e in examples]  # as in training, whatever the caller sent
-        id2label = model.config.id2label
         model.eval()
 
-        def run_batch(indices: list[int]) -> list[Record]:
+        def run_batch(indices: list[int]) -> list[tuple]:
             batch = tokenizer(
                 [texts[i] for i in indices],
                 truncation=True,
@@ -123,13 +131,13 @@ class SentimentTask(Task):
                 return_tensors="pt",
             )
             with torch.inference_mode():
-                probs = model(**batch).logits.softmax(dim=-1)
-            scores, ids = probs.max(dim=-1)
-            return [
-                {"label": id2label[int(i)], "score": float(s)} for i, s in zip(ids.tolist(), scores.tolist())
-            ]
+                output = model(**batch, output_hidden_states=True)
+            probs = output.logits.softmax(dim=-1).numpy()
+            embeddings = output.hidden_states[-1][:, 0].numpy()  # the [CLS] position the head reads
+            return list(zip(probs, embeddings))
 
-        return batched_by_length([len(t) for t in texts], 64, run_batch)
+        rows = batched_by_length([len(t) for t in texts], 64, run_batch)
+        return np.array([p for p, _ in rows]), np.array([e for _, e in rows])
 
     def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
         from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.augmentation import BACK_TRANSLATION, augment_words
-from pipeline.config import TranslationConfig
+from pipeline.config import ConfigError, TranslationConfig
 from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
 from pipeline.readers import read_source
 from pipeline.records import Record
@@ -179,6 +179,14 @@ class TranslationTask(Task):
             model = EncoderDecoderModel(encoder=AutoModel.from_pretrained(path, **kwargs), decoder=decoder)
         self._configure_generation(model, tokenizer)
         return model, tokenizer
+
+    def peft_task_type(self, model: Any) -> str:
+        if type(model).__name__ == "EncoderDecoderModel":
+            raise ConfigError(
+                "params.yaml: translation.train.peft needs a pretrained sequence-to-sequence model.name (Marian, T5, mBART): "
+                "a warm-started encoder-decoder has new cross-attention layers that must be trained in full"
+            )
+        return "SEQ_2_SEQ_LM"
 
     def _configure_generation(self, model: Any, tokenizer: Any) -> None:
         """Special tokens a warm-started model lacks, and the generation settings of params.yaml."""

@@ -1,0 +1,97 @@
+"""Parameter-efficient fine-tuning (`<task>.train.peft`) with the peft library.
+
+LoRA and AdaLoRA are merged into the base weights when training ends, so the saved model is a
+plain Hugging Face model like any other. Prompt and prefix tuning cannot be merged: the model
+folder then holds the base model and, in `adapter/`, the trained prompt (and head), so it still
+loads offline from the folder or the registry alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from pipeline.config import ConfigError, PeftSettings
+
+ADAPTER_DIR = "adapter"
+MERGEABLE = ("lora", "adalora")
+
+
+def wrap(model: Any, settings: PeftSettings, task_type: str, steps_per_epoch: int, total_steps: int) -> Any:
+    """The model with trainable adapters; everything else frozen except the new task head."""
+    from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    common = {"task_type": task_type}
+    pruned_by = max(1, steps_per_epoch // 2)
+    if settings.method == "lora":
+        config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                            target_modules=settings.target_modules, **common)
+    elif settings.method == "adalora":
+        config = AdaLoraConfig(
+            init_r=settings.r + settings.r // 2, target_r=settings.r, lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout, target_modules=settings.target_modules, total_step=total_steps,
+            # Ranks are pruned to the budget within the first half epoch, then fixed: every epoch's
+            # checkpoint then has the same shapes, so the best one can be reloaded at the end.
+            tinit=pruned_by // 5, tfinal=total_steps - pruned_by, deltaT=max(1, pruned_by // 10),
+            **common,
+        )
+    elif settings.method == "prompt_tuning":
+        config = PromptTuningConfig(num_virtual_tokens=settings.virtual_tokens, **common)
+    else:
+        if "past_key_values" not in inspect.signature(model.forward).parameters:  # peft would fail only at the first step
+            raise ConfigError(
+                f"params.yaml: train.peft.method prefix_tuning: a {type(model).__name__} takes no past key values to prefix; "
+                "use prompt_tuning or lora"
+            )
+        config = PrefixTuningConfig(num_virtual_tokens=settings.virtual_tokens, **common)
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model: Any) -> dict[str, float]:
+    """Trainable and total parameter counts, and the trainable fraction."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": trainable / total}
+
+
+def is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save(model: Any, out_dir: Path, load_base: Any) -> None:
+    """Save a trained model: LoRA merged into plain weights; prompts as base + adapter/."""
+    if not is_peft(model):
+        model.save_pretrained(str(out_dir))
+    elif model.peft_config["default"].peft_type.value.lower() in MERGEABLE:
+        model.merge_and_unload().save_pretrained(str(out_dir))
+    else:
+        load_base().save_pretrained(str(out_dir))  # a clean copy: the adapter carries the trained head
+        model.save_pretrained(str(out_dir / ADAPTER_DIR))
+
+
+def has_adapter(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / ADAPTER_DIR).is_dir()
+
+
+def attach(model: Any, model_dir: str | Path) -> Any:
+    """The model with the prompt adapter saved beside it, when there is one."""
+    if not has_adapter(model_dir):
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(Path(model_dir) / ADAPTER_DIR))
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA re-allocates ranks from the gradients of each step, before the optimizer uses them."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.model.base_model.update_and_allocate(state.global_step)
