@@ -1,5 +1,5 @@
-"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`
-`finetune serve` and `finetune deploy`."""
+"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`,
+`finetune select` (active learning), `finetune search` (Optuna), `finetune serve` and `finetune deploy`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
+STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")
 
 
 class UsageError(ValueError):
@@ -34,6 +34,7 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
         "validate": (task, config.validate, paths),
         "split": (task, config.split, paths),
         "augment": (task, config.augment, paths),
+        "pretrain": (task, config.pretrain, config.model.name, paths),
         "train": (task, config, paths, experiment),
         "evaluate": (task, paths, experiment),
         "register": (task, config, paths, experiment),
@@ -41,8 +42,8 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     module.run(*arguments)
 
 
-def predict(texts: list[str], task_name: str, model_uri: str | None, params_file: Path) -> None:
-    """Print label and score (or the task's own output) per text, from the champion by default."""
+def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
+    """(task, model, tokenizer): a local folder, a registered version, or the task's champion by default."""
     from pipeline.config import load_params
     from pipeline.models import use_all_cores
     from pipeline.stages.register import CHAMPION, load_registered
@@ -55,21 +56,62 @@ def predict(texts: list[str], task_name: str, model_uri: str | None, params_file
     use_all_cores()
     uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
     if Path(uri).is_dir():
-        model, tokenizer = task.load_model(uri)
-    else:
-        from mlflow.exceptions import MlflowException
+        return (task, *task.load_model(uri))
+    from mlflow.exceptions import MlflowException
 
-        tracking.configure(params.tracking.experiment)
-        try:
-            model, tokenizer = load_registered(task, uri)
-        except MlflowException as exc:
-            raise UsageError(
-                f"cannot load model '{uri}' from {tracking.tracking_uri()}: {exc.message} "
-                "(run `dvc repro` first, or pass --model models:/NAME/VERSION or a model folder)"
-            ) from None
+    tracking.configure(params.tracking.experiment)
+    try:
+        return (task, *load_registered(task, uri))
+    except MlflowException as exc:
+        raise UsageError(
+            f"cannot load model '{uri}' from {tracking.tracking_uri()}: {exc.message} "
+            "(run `dvc repro` first, or pass --model models:/NAME/VERSION or a model folder)"
+        ) from None
+
+
+def predict(texts: list[str], task_name: str, model_uri: str | None, params_file: Path) -> None:
+    """Print label and score (or the task's own output) per text, from the champion by default."""
+    task, model, tokenizer = load_model(task_name, model_uri, params_file)
     examples = [{"text": text} for text in texts]
     for text, prediction in zip(texts, task.predict(model, tokenizer, examples)):
         print(task.format_prediction(text, prediction))
+
+
+def select(args: argparse.Namespace) -> None:
+    """Rank an unlabelled pool with the champion and write the top k to the labelling queue."""
+    from pipeline import active_learning
+
+    task, model, tokenizer = load_model(args.task, args.model, args.params)
+    settings = task.config.active_learning
+    texts = active_learning.read_pool(args.pool or settings.pool, task.config.data.text_column)
+    rows = active_learning.rank(
+        task, model, tokenizer, texts, args.strategy or settings.strategy, args.k or settings.k,
+        settings.diversity if args.diversity is None else args.diversity, settings.seed,
+    )
+    path = active_learning.write_queue(rows, task.name)
+    for row in rows[:10]:
+        print(f"{row['rank']:>4}  {row['uncertainty']:.3f}  {row['predicted_label']:<10} {row['text'][:90]}")
+    print(f"select[{task.name}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file in data.incoming)")
+
+
+def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -> None:
+    """Optuna over the train settings on the current splits; --apply writes the best into params.yaml."""
+    from pipeline import search as study
+    from pipeline.config import load_params
+    from pipeline.models import use_all_cores
+    from pipeline.paths import TaskPaths
+    from pipeline.tasks import get_task
+
+    params = load_params(params_file)
+    config = params.task(task_name)
+    paths = TaskPaths(task_name)
+    if not paths.augmented_train.exists():
+        raise UsageError(f"{paths.augmented_train} not found: run `dvc repro augment@{task_name}` first")
+    use_all_cores()
+    report = study.run(get_task(task_name, config), config, paths, params.tracking.experiment, trials)
+    if apply:
+        study.apply(report["best_params"], params_file)
+        print(f"search[{task_name}]: wrote the best settings into {params_file}; `dvc repro` trains with them")
 
 
 def serve(host: str | None, port: int | None, model_uri: str | None, params_file: Path) -> None:
@@ -136,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--task", default="sentiment")
     pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
+    sel = commands.add_parser("select", help="active learning: queue the pool texts the champion is least sure about")
+    sel.add_argument("--task", default="sentiment")
+    sel.add_argument("--pool", help="unlabelled texts: .txt (one a line), csv/tsv/jsonl/parquet or a folder (default: active_learning.pool)")
+    sel.add_argument("--strategy", choices=("least_confidence", "margin", "entropy", "random"), help="default: active_learning.strategy")
+    sel.add_argument("--k", type=int, help="texts to queue (default: active_learning.k)")
+    sel.add_argument("--diversity", type=float, help="weight of the redundancy penalty (default: active_learning.diversity)")
+    sel.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
+
+    hps = commands.add_parser("search", help="Optuna search over the train settings (space: <task>.search in params.yaml)")
+    hps.add_argument("--task", default="sentiment")
+    hps.add_argument("--trials", type=int, help="default: search.trials")
+    hps.add_argument("--apply", action="store_true", help="write the best settings into params.yaml")
+
     srv = commands.add_parser("serve", help="serve a registered model over HTTP (settings: serving in params.yaml)")
     srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
@@ -159,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.host, args.port, args.model, args.params)
         elif args.command == "deploy":
             deploy(args.params)
+        elif args.command == "select":
+            select(args)
+        elif args.command == "search":
+            search(args.task, args.trials, args.apply, args.params)
         else:
             texts = read_texts(args)
             if not texts:

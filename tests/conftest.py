@@ -91,6 +91,7 @@ def tiny_params(model: Path, source: str = "data/sample.csv", **overrides) -> di
             "split": {"val": 0.2, "test": 0.2},
             "augment": {"copies": 1, "rate": 0.1, "seed": 1},
             "model": {"name": str(model)},
+            "pretrain": {"enabled": False, "epochs": 1, "batch_size": 16, "max_length": 32},
             "train": {"epochs": 4, "learning_rate": 1.0e-3, "batch_size": 16, "max_length": 32,
                       "warmup": 0.0, "early_stopping_patience": 2, "seed": 1},
             "promotion": {"min_delta": 0.0},

@@ -64,6 +64,7 @@ def ner_params(base_model: Path, source: str = "data/ner.conll", **sections) -> 
         "split": {"val": 0.2, "test": 0.2},
         "augment": {"copies": 1, "rate": 0.1, "methods": ["mention", "synonym"], "seed": 1},
         "model": {"name": str(base_model), "crf": False},
+        "pretrain": {"enabled": False},
         "train": {"epochs": 4, "learning_rate": 1.0e-3, "batch_size": 16, "max_length": 32,
                   "warmup": 0.0, "early_stopping_patience": 2, "seed": 1},
         "promotion": {"min_delta": 0.0},

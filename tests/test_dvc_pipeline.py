@@ -26,7 +26,7 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-ALL_STAGES = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
+ALL_STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")
 
 
 def init_repo(path: Path, params: dict) -> Path:

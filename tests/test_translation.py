@@ -30,6 +30,7 @@ def translation_section(base_model: Path | str, source: str = "data/pairs", **se
         "split": {"val": 0.2, "test": 0.2},
         "augment": {"copies": 0, "methods": []},
         "model": {"name": str(base_model), "num_beams": 2, "max_new_tokens": 16},
+        "pretrain": {"enabled": False},
         "train": {"epochs": 3, "learning_rate": 1.0e-3, "batch_size": 16, "max_length": 32,
                   "warmup": 0.0, "early_stopping_patience": 2, "seed": 1},
         "promotion": {"min_delta": 0.0},
