@@ -9,7 +9,8 @@ validation split (examples never move between splits, so no champion trained on 
 the champion's predicted-label counts and mean confidence there, the validation split's rate of
 words unseen in the training split, and the training vocabulary; computed once per champion
 version and cached under monitoring/reference/. On drift, an event triggers the retrain
-deployment and the texts the champion is least sure about go to data/to_label/ for labelling.
+deployment and the texts the champion is least sure about (`<task>.active_learning.strategy`) go
+to data/to_label/ for labelling.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from pipeline import tracking
+from pipeline.active_learning import rank, write_queue
 from pipeline.config import MonitoringConfig, load_params
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths
@@ -37,7 +39,6 @@ from pipeline.tasks.base import Task
 
 REPORT = Path("reports/monitor.json")
 PLOTS = Path("reports/monitor")
-QUEUE = Path("data/to_label")
 REFERENCES = Path("monitoring/reference")
 
 
@@ -146,20 +147,6 @@ def daily_index(db: sqlite3.Connection) -> list[dict]:
     ]
 
 
-def write_queue(rows: list[Record], predictions: list[Record], size: int) -> Path:
-    """The `size` texts the champion is least sure about, for labelling (then a new batch in the drop folder)."""
-    import csv
-
-    ranked = sorted(zip(rows, predictions), key=lambda pair: pair[1]["score"])[:size]
-    path = QUEUE / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["timestamp", "text", "predicted_label", "score"])
-        writer.writerows([r["timestamp"], r["text"], p["label"], f"{p['score']:.4f}"] for r, p in ranked)
-    return path
-
-
 def summary_markdown(report: dict) -> str:
     drift = report["drift"]
     rows = "\n".join(
@@ -212,7 +199,9 @@ def monitor(input: str | None = None) -> dict:
     sentiment_index_png(days, values, PLOTS / "index.png", f"Sentiment index ({name} v{version})")
     sentiment_index_html(days, values, counts, PLOTS / "index.html", f"Sentiment index ({name} v{version})")
     if report["drift_detected"]:
-        report["labelling_queue"] = str(write_queue(rows, predictions, settings.queue_size))
+        picks = config.active_learning  # the same ranking as `finetune select`
+        queued = rank(task, model, tokenizer, [r["text"] for r in rows], picks.strategy, settings.queue_size, picks.diversity, picks.seed)
+        report["labelling_queue"] = str(write_queue(queued, settings.task))
     save_json(REPORT, report)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name="monitor", tags={"monitor": "true", "model_name": name, "model_version": version}):

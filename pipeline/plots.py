@@ -1,4 +1,5 @@
-"""Images of the results people look at: confusion matrices, learning curves, BLEU by length, the sentiment index."""
+"""Images of the results people look at: confusion matrices, learning curves, BLEU by length,
+active-learning label curves, the sentiment index."""
 
 from __future__ import annotations
 
@@ -56,6 +57,18 @@ def bars_png(labels: list[str], values: list[float], path: Path, title: str, yla
     bars = ax.bar(labels, values, color="tab:blue")
     ax.bar_label(bars, fmt="%.1f")
     ax.set(ylabel=ylabel, title=title)
+    _save(fig, path)
+
+
+def label_curves_png(curves: dict[str, list[tuple[int, float]]], reference: float, path: Path, title: str) -> None:
+    """Test score against labelled examples, one line per selection strategy, the full-data score dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves.items():
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.axhline(reference, color="grey", linestyle="--", label="all labels")
+    ax.axhline(reference - 0.01, color="grey", linestyle=":", label="all labels - 1 point")
+    ax.set(xlabel="labelled training examples", ylabel="test macro-F1", title=title)
+    ax.legend()
     _save(fig, path)
 
 

@@ -140,8 +140,8 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
     assert report["drift"]["oov_rate"]["drifted"]
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
-    assert len(queue) == 40 and set(queue[0]) == {"timestamp", "text", "predicted_label", "score"}
-    assert float(queue[0]["score"]) <= float(queue[-1]["score"])
+    assert len(queue) == 40 and {"text", "predicted_label", "confidence", "uncertainty"} <= set(queue[0])
+    assert float(queue[0]["uncertainty"]) >= float(queue[-1]["uncertainty"])  # most uncertain first
     db = sqlite3.connect(repo / "monitoring" / "predictions.db")
     assert db.execute("SELECT count(*), count(DISTINCT model_version) FROM predictions").fetchone() == (len(texts) + 40, 1)
 

@@ -1,0 +1,103 @@
+"""Active learning: rank an unlabelled pool by how unsure the champion is, and queue the top k for labelling.
+
+Strategies (Settles, 2009): least confidence (1 - max p), margin (1 - (p1 - p2)) and entropy;
+random is the baseline. With `diversity` > 0 the picks are made one at a time, each text's
+score lowered by `diversity` x its highest cosine similarity to a text already picked, so the
+queue is not k near-copies of one confusing sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.readers import DataError, read_source
+from pipeline.records import Record
+
+STRATEGIES = ("least_confidence", "margin", "entropy", "random")
+QUEUE = Path("data/to_label")
+POOL_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def uncertainty(probabilities: np.ndarray, strategy: str, seed: int = 0) -> np.ndarray:
+    """One score per row of class probabilities; higher means the model is less sure."""
+    if strategy == "least_confidence":
+        return 1.0 - probabilities.max(axis=1)
+    if strategy == "margin":
+        top_two = np.sort(probabilities, axis=1)[:, -2:]
+        return 1.0 - (top_two[:, 1] - top_two[:, 0])
+    if strategy == "entropy":
+        return -(probabilities * np.log(np.clip(probabilities, 1e-12, None))).sum(axis=1)
+    if strategy == "random":
+        return np.random.default_rng(seed).random(len(probabilities))
+    raise ValueError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+
+
+def pick(scores: np.ndarray, k: int, embeddings: np.ndarray | None = None, diversity: float = 0.0) -> list[int]:
+    """Indices of the k rows to label, best first: by score, or greedily by score minus redundancy."""
+    k = min(k, len(scores))
+    if diversity <= 0 or embeddings is None:
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+    unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
+    closest = np.full(len(scores), -np.inf)  # each row's highest similarity to a picked row
+    chosen: list[int] = []
+    for _ in range(k):
+        adjusted = scores - diversity * np.where(np.isinf(closest), 0.0, closest)
+        adjusted[chosen] = -np.inf
+        best = int(np.argmax(adjusted))
+        chosen.append(best)
+        closest = np.maximum(closest, unit @ unit[best])
+    return chosen
+
+
+def read_pool(source: str, text_column: str = "text") -> list[str]:
+    """Unlabelled texts from a .txt file (one a line), a csv / tsv / jsonl / parquet file with a text column, or a folder of them."""
+    path = Path(source)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise DataError(f"{source}: no unlabelled pool found (set active_learning.pool or pass --pool)")
+    texts: list[str] = []
+    for file in files:
+        if file.suffix == ".txt":
+            texts += file.read_text(encoding="utf-8").splitlines()
+        elif file.suffix in POOL_FORMATS:
+            for record in read_source(str(file), POOL_FORMATS[file.suffix], None):
+                if text_column not in record:
+                    raise DataError(f"{file}: row {record['row']}: no '{text_column}' column")
+                texts.append(str(record[text_column]))
+        else:
+            raise DataError(f"{file}: pool files must be .txt, {', '.join(POOL_FORMATS)}")
+    return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+
+
+def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str, k: int, diversity: float, seed: int) -> list[Record]:
+    """The k texts to label next, with the model's guess, its confidence and the uncertainty score."""
+    probabilities, embeddings = task.class_probabilities(model, tokenizer, [{"text": t} for t in texts])
+    scores = uncertainty(probabilities, strategy, seed)
+    id2label = model.config.id2label
+    return [
+        {
+            "rank": position + 1,
+            "text": texts[i],
+            "predicted_label": id2label[int(probabilities[i].argmax())],
+            "confidence": round(float(probabilities[i].max()), 4),
+            "uncertainty": round(float(scores[i]), 4),
+            "strategy": strategy,
+        }
+        for position, i in enumerate(pick(scores, k, embeddings, diversity))
+    ]
+
+
+def write_queue(rows: list[Record], task_name: str, queue: Path = QUEUE) -> Path:
+    """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder."""
+    path = queue / f"{task_name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
