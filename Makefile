@@ -29,6 +29,7 @@ run: setup
 	@echo "Predict:      .venv/bin/finetune predict \"Operating profit rose to EUR 13.1 mn\""
 	@echo "NER:          .venv/bin/finetune predict --task ner \"Siemens said in Munich ...\"   (metrics/ner.json)"
 	@echo "Translation:  add translation to tasks in params.yaml (see README, Machine translation)"
+	@echo "Label next:   .venv/bin/finetune select   (the pool texts the champion is least sure of -> data/to_label/)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -57,7 +57,8 @@ def pick(scores: np.ndarray, k: int, embeddings: np.ndarray | None = None, diver
 def read_pool(source: str, text_column: str = "text") -> list[str]:
     """Unlabelled texts from a .txt file (one a line), a csv / tsv / jsonl / parquet file with a text column, or a folder of them."""
     path = Path(source)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    readable = (".txt", *POOL_FORMATS)
+    files = sorted(p for p in path.iterdir() if p.suffix in readable) if path.is_dir() else [path]  # a folder's README is skipped
     if not files or not files[0].exists():
         raise DataError(f"{source}: no unlabelled pool found (set active_learning.pool or pass --pool)")
     texts: list[str] = []
@@ -70,7 +71,7 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
                     raise DataError(f"{file}: row {record['row']}: no '{text_column}' column")
                 texts.append(str(record[text_column]))
         else:
-            raise DataError(f"{file}: pool files must be .txt, {', '.join(POOL_FORMATS)}")
+            raise DataError(f"{file}: pool files must be {', '.join(readable)}")
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 

@@ -79,16 +79,24 @@ def predict(texts: list[str], task_name: str, model_uri: str | None, params_file
 
 def select(args: argparse.Namespace) -> None:
     """Rank an unlabelled pool with the champion and write the top k to the labelling queue."""
-    from pipeline import active_learning
+    import mlflow
+
+    from pipeline import active_learning, tracking
+    from pipeline.config import load_params
 
     task, model, tokenizer = load_model(args.task, args.model, args.params)
     settings = task.config.active_learning
+    choice = {
+        "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,
+        "diversity": settings.diversity if args.diversity is None else args.diversity,
+    }
     texts = active_learning.read_pool(args.pool or settings.pool, task.config.data.text_column)
-    rows = active_learning.rank(
-        task, model, tokenizer, texts, args.strategy or settings.strategy, args.k or settings.k,
-        settings.diversity if args.diversity is None else args.diversity, settings.seed,
-    )
+    rows = active_learning.rank(task, model, tokenizer, texts, **choice, seed=settings.seed)
     path = active_learning.write_queue(rows, task.name)
+    experiment_id = tracking.configure(load_params(args.params).tracking.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"select-{task.name}", tags={"task": task.name, "active_learning": "true"}):
+        mlflow.log_params({**choice, "model": args.model or "champion", "pool_texts": len(texts)})
+        mlflow.log_artifact(str(path))
     for row in rows[:10]:
         print(f"{row['rank']:>4}  {row['uncertainty']:.3f}  {row['predicted_label']:<10} {row['text'][:90]}")
     print(f"select[{task.name}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file in data.incoming)")

@@ -82,6 +82,7 @@ def lineage_tags(task_name: str, config: TaskConfig, paths: TaskPaths) -> dict[s
         "data_hash": files_hash([paths.augmented_train, paths.split("val"), paths.split("test")]),
         "params_hash": section_hash(config),
         "base_model": config.model.name,
+        "domain_adapted": str(config.pretrain.enabled).lower(),  # fine-tuned from models/<task>-pretrained
     }
 
 

@@ -151,7 +151,21 @@ def test_diversity_skips_a_near_copy_of_a_text_already_picked():
     assert pick(scores, 2, embeddings, diversity=1.0) == [0, 3]
 
 
+def test_a_pool_folder_reads_text_and_table_files_once_each_and_skips_the_rest(tmp_path):
+    from pipeline.active_learning import read_pool
+    from pipeline.readers import DataError
+
+    (tmp_path / "a.txt").write_text("Sales rose.\n\nProfit fell.\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("id,body\n1,Profit fell.\n2,The CEO resigned.\n", encoding="utf-8")
+    (tmp_path / "README.md").write_text("# not a text to label\n", encoding="utf-8")
+    assert read_pool(str(tmp_path), text_column="body") == ["Sales rose.", "Profit fell.", "The CEO resigned."]
+    with pytest.raises(DataError, match=r"b.csv: row 2: no 'text' column"):
+        read_pool(str(tmp_path / "b.csv"))
+
+
 def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_model):
+    import mlflow
+
     run_stages(*DATA_STAGES, "train")
     pool = workspace / "pool.txt"
     pool.write_text("\n".join(r["text"] for r in load_records(PATHS.split("test"))) + "\n", encoding="utf-8")
@@ -162,6 +176,8 @@ def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_m
     assert len(rows) == 7 and [int(r["rank"]) for r in rows] == list(range(1, 8))
     scores = [float(r["uncertainty"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and {r["strategy"] for r in rows} == {"margin"}
+    (run,) = mlflow.search_runs(filter_string="tags.active_learning = 'true'", search_all_experiments=True, output_format="list")
+    assert run.data.params["strategy"] == "margin" and run.data.params["pool_texts"] == str(len(set(pool.read_text().splitlines())))
 
 
 # Domain-adaptive pretraining ------------------------------------------------------------------
@@ -216,3 +232,43 @@ def test_search_runs_trials_as_mlflow_child_runs_and_applies_the_best(workspace,
     assert text.startswith("# comments survive --apply")
     assert applied["learning_rate"] == report["best_params"]["sentiment.train.learning_rate"]
     assert applied["peft"]["r"] == report["best_params"]["sentiment.train.peft.r"]
+
+
+# Other tasks -----------------------------------------------------------------------------------
+def test_ner_with_lora_under_the_crf_and_a_distilled_student_save_plain_token_classifiers(tmp_path, monkeypatch, tiny_model):
+    from tests.ner_data import make_sentences, ner_params, write_conll
+
+    monkeypatch.chdir(tmp_path)
+    write_conll(tmp_path / "data" / "ner.conll", make_sentences(120))
+    lora = {"method": "lora", "r": 4, "target_modules": ["query", "value"]}
+    write_params(tmp_path, ner_params(tiny_model, model={"crf": True}, train={"peft": lora, "epochs": 1}))
+    for stage in ("collect", "validate", "split", "augment", "train"):
+        run_stage(stage, "ner", PARAMS)
+    ner = TaskPaths("ner")
+    config = load_json(ner.model_dir / "config.json")
+    assert "crf" in config and not (ner.model_dir / "adapter").exists()
+    assert load_json(ner.train_summary)["trainable_fraction"] < 0.1
+    teacher = tmp_path / "teacher"
+    ner.model_dir.rename(teacher)
+    student = {"teacher": str(teacher), "temperature": 2.0, "alpha": 0.5}
+    write_params(tmp_path, ner_params(tiny_model, model={"crf": True, "layers": 1}, train={"distillation": student, "epochs": 1}))
+    run_stage("train", "ner", PARAMS)
+    assert load_json(ner.model_dir / "config.json")["num_hidden_layers"] == 1
+
+
+def test_peft_a_task_cannot_take_is_refused_before_training(tiny_model):
+    from pipeline.config import NerConfig, _build
+    from tests.ner_data import ner_params
+
+    section = ner_params(tiny_model)["ner"]
+    ner = get_task("ner", _build(NerConfig, {**section, "train": {"peft": {"method": "prompt_tuning"}}}, "ner"))
+    with pytest.raises(ConfigError, match="ner.train.peft.method must be lora or adalora"):
+        ner.peft_task_type(None)
+
+    from transformers import EncoderDecoderModel
+    from tests.test_translation import task_for
+
+    translation = task_for(tiny_model, train={"peft": {"method": "lora"}})
+    warm_started = EncoderDecoderModel.__new__(EncoderDecoderModel)
+    with pytest.raises(ConfigError, match="needs a pretrained sequence-to-sequence model"):
+        translation.peft_task_type(warm_started)

@@ -209,9 +209,9 @@ def _fingerprint(config: TaskConfig, inputs: list[Path]) -> str:
 
 
 def _flat_params(config: TaskConfig) -> dict[str, object]:
-    """Model, train and augment settings as flat MLflow params (e.g. train.learning_rate)."""
+    """Model, pretrain, train and augment settings as flat MLflow params (e.g. train.learning_rate)."""
     flat = {}
-    for section in ("model", "train", "augment", "split", "promotion"):
+    for section in ("model", "pretrain", "train", "augment", "split", "promotion"):
         for key, value in dataclasses.asdict(getattr(config, section)).items():
             flat[f"{section}.{key}"] = value
     flat["data.source"] = json.dumps(config.data.source) if isinstance(config.data.source, dict) else config.data.source
