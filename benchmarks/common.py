@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -12,9 +14,32 @@ from pathlib import Path
 
 import yaml
 
+# benchmarks/peft.py shares its name with the peft package: find packages before this folder.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent] + [str(Path(__file__).parent)]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+PHRASEBANK = "financial_phrasebank/Sentences_50Agree.txt"
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark takes: its docstring as help, and `--set KEY=VALUE`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the task's section")
+    return parser
+
+
+def phrasebank_params(overrides: list[str]) -> dict:
+    """The sentiment params on Sentences_50Agree with augmentation off, so only the technique measured differs."""
+    source = SHARED_DATA / PHRASEBANK
+    if not source.exists():
+        sys.exit(f"{source} not found: this benchmark needs ../shared/data beside the project")
+    params = task_params("sentiment", ["augment.copies=0", *overrides])
+    params["sentiment"]["data"].update(source=str(source), format="phrasebank")
+    return params
 
 
 def task_params(task: str, overrides: list[str]) -> dict:
@@ -51,6 +76,29 @@ def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str
     for stage in stages:
         run_stage(stage, task, Path("params.yaml"))
     return workspace
+
+
+def run_variant(params: dict, task: str, stages: tuple[str, ...]) -> dict:
+    """Run stages with `params` in the current workspace, in a fresh process so its peak memory is its own.
+
+    Returns the train summary, the metrics and the process's peak RSS in MB.
+    """
+    from pipeline.paths import TaskPaths
+    from pipeline.records import load_json
+
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code = (
+        f"import resource, sys; sys.path.insert(0, {str(ROOT)!r}); from pipeline.cli import run_stage\n"
+        f"for stage in {list(stages)!r}: run_stage(stage, {task!r}, __import__('pathlib').Path('params.yaml'))\n"
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    print(done.stdout)  # progress went to stderr as it happened
+    if done.returncode != 0:
+        sys.exit(f"stages {stages} failed (see above)")
+    peak_kb = int(done.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    paths = TaskPaths(task)
+    return {"summary": load_json(paths.train_summary), "metrics": load_json(paths.metrics), "peak_rss_mb": round(peak_kb / 1024)}
 
 
 def run_facts(params: dict, task: str, overrides: list[str], started: float) -> dict:
