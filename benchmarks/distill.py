@@ -21,16 +21,11 @@ TARGET = {"retained": 0.97, "inference_speedup": 1.8}
 DISTILLATION = {"temperature": 2.0, "alpha": 0.5}
 
 
-def predict_seconds(task, model_dir: str, examples: list, repeats: int) -> list[float]:
-    """Wall-clock seconds of `task.predict` over all examples, `repeats` times."""
-    model, tokenizer = task.load_model(model_dir)
-    task.predict(model, tokenizer, examples[:64])  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        task.predict(model, tokenizer, examples)
-        times.append(time.perf_counter() - started)
-    return times
+def predict_seconds(task, model, tokenizer, examples: list) -> float:
+    """Wall-clock seconds of `task.predict` over all examples."""
+    started = time.perf_counter()
+    task.predict(model, tokenizer, examples)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -61,10 +56,13 @@ def main() -> None:
     use_all_cores()
     task = get_task("sentiment", load_params(Path("params.yaml")).task("sentiment"))
     examples = load_records(TaskPaths("sentiment").split("test"))
+    models = {"teacher": task.load_model(str(teacher_dir)), "student": task.load_model("models/sentiment")}
+    for model, tokenizer in models.values():
+        task.predict(model, tokenizer, examples[:64])  # warm-up
     timings = {"teacher": [], "student": []}
     for _ in range(3):  # alternate, so a busy moment on the machine hits both
-        timings["teacher"] += predict_seconds(task, str(teacher_dir), examples, 1)
-        timings["student"] += predict_seconds(task, "models/sentiment", examples, 1)
+        for name, (model, tokenizer) in models.items():
+            timings[name].append(predict_seconds(task, model, tokenizer, examples))
     teacher_f1, student_f1 = teacher["metrics"]["test"]["f1_macro"], student["metrics"]["test"]["f1_macro"]
     result = {
         "data": PHRASEBANK,

@@ -103,7 +103,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trial
         return trainer.state.best_metric
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{task.name}") as parent:
-        mlflow.set_tags({"task": task.name, "search": "true", "data_hash": tracking.lineage_tags(task.name, config, paths)["data_hash"]})
+        mlflow.set_tags({**tracking.lineage_tags(task.name, config, paths), "search": "true"})
         study.optimize(objective, n_trials=trials)
         best = study.best_trial
         best_values = suggest(optuna.trial.FixedTrial(best.params), config)
