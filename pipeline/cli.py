@@ -1,5 +1,6 @@
 """The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`,
-`finetune select` (active learning), `finetune search` (Optuna), `finetune serve` and `finetune deploy`."""
+`finetune select` (active learning), `finetune search` (Optuna), `finetune serve`, `finetune loadtest`
+and `finetune deploy`."""
 
 from __future__ import annotations
 
@@ -153,6 +154,24 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     serving.run(serving.Service(task, uri, settings, served))
 
 
+def loadtest(args: argparse.Namespace) -> None:
+    """Load a running server with concurrent clients; print the report as JSON, exit 1 on any 5xx."""
+    import json
+
+    from pipeline.config import load_params
+    from pipeline.loadtest import load_test
+
+    texts = read_texts(args)
+    if not texts:
+        raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
+    serving = load_params(args.params).serving
+    url = args.url or f"http://{serving.host}:{serving.port}"
+    report = load_test(url, texts, args.clients, args.seconds)
+    print(json.dumps(report, indent=2))
+    if report["server_errors"] or report["failed_connections"]:
+        raise UsageError(f"{report['server_errors']} server errors and {report['failed_connections']} failed connections at {url}")
+
+
 def deploy(params_file: Path) -> None:
     """Serve the Prefect deployments (retrain: cron + new-batch and drift triggers; monitor: cron) until interrupted."""
     from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
@@ -204,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
     srv.add_argument("--model", help="models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION (default: the champion)")
 
+    load = commands.add_parser("loadtest", help="concurrent clients against a running `finetune serve`: status counts, p50/p99")
+    load.add_argument("texts", nargs="*", help="texts to send (default: read stdin, one a line)")
+    load.add_argument("--file", help="a file with one text a line")
+    load.add_argument("--url", help="the server (default: http://serving.host:serving.port)")
+    load.add_argument("--clients", type=int, default=50, help="concurrent clients (default: 50)")
+    load.add_argument("--seconds", type=float, default=30.0, help="how long to keep sending (default: 30)")
+
     commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
     return parser
 
@@ -226,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             select(args)
         elif args.command == "search":
             search(args.task, args.trials, args.apply, args.params)
+        elif args.command == "loadtest":
+            loadtest(args)
         else:
             texts = read_texts(args)
             if not texts:

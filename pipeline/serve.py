@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from pipeline.config import ServingConfig
@@ -206,6 +207,11 @@ class Service:
 
 
 # the app ----------------------------------------------------------------------------------------
+def max_body_bytes(settings: ServingConfig) -> int:
+    """The largest body a valid request can have: every text at its longest, each char JSON-escaped (6 bytes)."""
+    return settings.max_texts_per_request * (6 * settings.max_text_chars + 4) + 1024
+
+
 async def json_only(request: Request) -> None:
     """415 unless the body is declared JSON: `curl -d` sends a form, which would fail less clearly."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -220,6 +226,18 @@ def create_app(service: Service) -> FastAPI:
         summary=f"Scores texts with {service.uri}, batching concurrent requests.",
         lifespan=lambda app: service.running(),
     )
+    body_limit = max_body_bytes(service.settings)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        """413 before a byte of an oversized body is read, 411 for a /predict body of unknown length."""
+        declared = request.headers.get("content-length")
+        if request.url.path == "/predict" and declared is None:
+            return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+        if declared is not None and int(declared) > body_limit:
+            return JSONResponse({"detail": f"the body has {declared} bytes; at most {body_limit} are accepted "
+                                           "(serving.max_texts_per_request x serving.max_text_chars)"}, status_code=413)
+        return await call_next(request)
 
     @app.post("/predict", dependencies=[Depends(json_only)])
     async def predict(request: PredictRequest) -> PredictResponse:

@@ -21,7 +21,7 @@ import pytest
 from pipeline import tracking
 from pipeline.cli import main
 from pipeline.config import ConfigError, ServingConfig, load_params
-from pipeline.serve import Service, create_app, load_served
+from pipeline.serve import Service, create_app, load_served, max_body_bytes
 from pipeline.tasks import get_task
 from pipeline.tasks.sentiment import SentimentTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
@@ -119,6 +119,31 @@ def test_bad_requests_get_a_4xx_naming_the_problem(url, body, where, problem):
 def test_a_body_not_sent_as_json_gets_a_415(url):
     response = httpx.post(f"{url}/predict", data={"texts": "Profit rose"})  # a form, as `curl -d` sends
     assert response.status_code == 415 and "content-type: application/json" in response.json()["detail"]
+
+
+def test_an_oversized_body_gets_a_413_before_it_is_read(url):
+    limit = max_body_bytes(ServingConfig(**LIMITS))
+    body = b'{"texts": ["' + b"x" * limit + b'"]}'
+    response = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and f"at most {limit} are accepted" in response.json()["detail"]
+
+
+def test_a_body_of_unknown_length_gets_a_411(url):
+    chunked = iter([b'{"texts": ', b'["Profit rose"]}'])  # a generator body is sent chunked, without Content-Length
+    response = httpx.post(f"{url}/predict", content=chunked, headers={"content-type": "application/json"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
+
+
+def test_fifty_clients_for_thirty_seconds_get_no_server_error(url, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(row["text"] for row in make_rows(200, seed=9)), encoding="utf-8")
+    assert main(["loadtest", "--url", url, "--file", str(texts), "--clients", "50", "--seconds", "30"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    with capsys.disabled():
+        print(f"\nfinetune loadtest, 50 clients x 30 s: {report['requests']} requests, {report['requests_per_second']}/s, "
+              f"p50 {report['p50_latency_ms']} ms, p99 {report['p99_latency_ms']} ms, statuses {report['status_counts']}")
+    assert report["status_counts"] == {"200": report["requests"]} and report["requests"] > 50
+    assert 0 < report["p50_latency_ms"] <= report["p99_latency_ms"]
 
 
 def test_concurrent_requests_share_model_calls(url, monkeypatch):
