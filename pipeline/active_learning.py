@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.readers import DataError, read_source
+from pipeline.readers import DataError, decode, read_source, spreadsheet_safe
 from pipeline.records import Record
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "random")
@@ -64,7 +64,7 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
     texts: list[str] = []
     for file in files:
         if file.suffix == ".txt":
-            texts += file.read_text(encoding="utf-8").splitlines()
+            texts += decode(file, "utf-8").splitlines()
         elif file.suffix in POOL_FORMATS:
             for record in read_source(str(file), POOL_FORMATS[file.suffix], None):
                 if text_column not in record:
@@ -94,11 +94,14 @@ def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str,
 
 
 def write_queue(rows: list[Record], task_name: str, queue: Path = QUEUE) -> Path:
-    """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder."""
+    """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder.
+
+    Texts that a spreadsheet would run as formulas get a leading quote; the csv reader takes it off again.
+    """
     path = queue / f"{task_name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank", "text"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
     return path

@@ -182,7 +182,9 @@ def deploy(params_file: Path) -> None:
 
 def read_texts(args: argparse.Namespace) -> list[str]:
     if args.file:
-        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        from pipeline.readers import decode
+
+        lines = decode(Path(args.file), "utf-8", hint="save the file as UTF-8").splitlines()
     elif args.texts:
         lines = args.texts
     else:

@@ -276,15 +276,33 @@ class Params:
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and check params.yaml; every problem is reported with its key path."""
+    """Read and check params.yaml; every problem is reported with the file and its key path."""
+    raw = _read_yaml(Path(path))
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (run from the project root)") from None
+        return _parse(raw)
+    except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
+        raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML file; a missing, binary, non-UTF-8 or malformed file is a ConfigError."""
+    from pipeline.readers import DataError, decode
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(decode(path, "utf-8", hint="save the params file as UTF-8"))
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def _parse(raw: dict) -> Params:
+    """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
     from pipeline.tasks import TASKS, task_class  # late: tasks import heavier modules
 
     raw = dict(raw)
@@ -296,13 +314,13 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     task_configs = {}
     for key, section in raw.items():
         if key not in TASKS:
-            raise ConfigError(f"{path}: unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
+            raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
         task_configs[key] = _build(task_class(key).config_class, section, key)
     for name in tasks:
         if name not in TASKS:
-            raise ConfigError(f"{path}: tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
+            raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
         if name not in task_configs:
-            raise ConfigError(f"{path}: tasks lists '{name}' but there is no '{name}:' section")
+            raise ConfigError(f"tasks lists '{name}' but there is no '{name}:' section")
     return Params(
         tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving,
         orchestration=orchestration, monitoring=monitoring,

@@ -6,6 +6,7 @@ error or quarantine entry can point at the exact line of the original file.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -13,7 +14,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from pipeline.records import Record
 
@@ -21,6 +22,18 @@ SPLIT_NAMES = ("train", "val", "test")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".conll": "conll"}
 DOCUMENT_START = "-DOCSTART-"
 FORMAT_ENCODINGS = {"phrasebank": "latin-1"}  # the published PhraseBank files are not UTF-8
+ENCODING_HINT = "set data.encoding in params.yaml, e.g. latin-1, if the file uses another encoding"
+BINARY_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a zip archive (an Excel .xlsx workbook? export it as csv)",
+    b"\x1f\x8b": "gzip-compressed data (decompress it first)",
+    b"PAR1": "a parquet file (set data.format: parquet)",
+}
+CONTROL_BYTES = frozenset(range(32)) - frozenset(b"\t\n\r\f\v") | {127}  # rare in text, common in binary data
+# Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class DataError(ValueError):
@@ -90,21 +103,36 @@ def read_file(path: Path, fmt: str, encoding: str) -> list[Record]:
     return records
 
 
-def decode(path: Path, encoding: str) -> str:
+def decode(path: Path, encoding: str, hint: str = ENCODING_HINT) -> str:
     """Decode a whole file, naming the line and byte of the first undecodable character."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    _check_text(path, data, codec)
     try:
         return data.decode(codec)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not valid {encoding} "
-            f"(set data.encoding in params.yaml, e.g. latin-1, if the file uses another encoding)"
-        ) from None
+        raise DataError(f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not valid {encoding} ({hint})") from None
     except LookupError:
         raise DataError(f"{path}: unknown encoding '{encoding}' (data.encoding in params.yaml)") from None
+
+
+def _check_text(path: Path, data: bytes, codec: str) -> None:
+    """Stop on a binary file (an image, a workbook, random bytes), or on UTF-16 text read as another encoding."""
+    if codec.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
+        return
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path}: the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    kind = next((name for magic, name in BINARY_SIGNATURES.items() if data.startswith(magic)), None)
+    if kind:
+        raise DataError(f"{path}: this is {kind}, not a text data file")
+    head = data[:8192]
+    if b"\x00" in head or sum(byte in CONTROL_BYTES for byte in head) > len(head) // 20:
+        raise DataError(f"{path}: this looks like a binary file (it holds control bytes such as NUL), not a text data file")
 
 
 def _ignored(path: Path) -> bool:
@@ -112,20 +140,56 @@ def _ignored(path: Path) -> bool:
 
 
 def _read_delimited(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, Record]]:
-    reader = csv.reader(io.StringIO(decode(path, encoding), newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
+    """CSV as spreadsheets write it, or TSV (no quoting: a quote is text); `row` is a record's first line."""
+    text = decode(path, encoding)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a huge field is validate's to quarantine, not a crash
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE  # TSV: '"Hi," he said' keeps its quotes
+    rows = _delimited_rows(path, csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
+    first = next(rows, None)
+    if first is None or not first[1]:
         raise DataError(f"{path}: the file is empty (expected a header line)")
-    header = [h.strip() for h in header]
-    for values in reader:
+    header = _header(path, first[1])
+    for line, values in rows:
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):
             raise DataError(
-                f"{path}: line {reader.line_num}: {len(values)} fields where the header has {len(header)} "
+                f"{path}: line {line}: {len(values)} fields where the header has {len(header)} "
                 f"({', '.join(header)}); check the delimiter and quoting"
             )
-        yield reader.line_num, dict(zip(header, values))
+        yield line, {name: from_spreadsheet_safe(value) for name, value in zip(header, values)}
+
+
+def _delimited_rows(path: Path, reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each record of a csv reader; a syntax error names its line."""
+    start = 1
+    try:
+        for values in reader:
+            yield start, values
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {start}: {exc}; check the quoting") from None
+
+
+def _header(path: Path, names: list[str]) -> list[str]:
+    """Column names, each once: a repeated name would silently drop a column."""
+    header = [name.strip() for name in names]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: line 1: the header names column(s) {', '.join(map(repr, repeated))} more than once")
+    return header
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell for a csv that people open in a spreadsheet: text that would run as a formula gets a leading quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def from_spreadsheet_safe(value: str) -> str:
+    """Undo `spreadsheet_safe`, so a labelled queue file read back has the texts as they were."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
 
 
 def _read_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
@@ -173,11 +237,18 @@ def _read_conll(path: Path, encoding: str) -> Iterator[tuple[int, Record]]:
     tokens: list[str] = []
     tags: list[str] = []
     first_line, has_documents = 0, False
+    columns: tuple[int, int] | None = None  # (count, line) of the first token line: every token line has as many
     for number, line in enumerate(decode(path, encoding).splitlines() + [""], start=1):
         fields = line.split()
         if fields and fields[0] != DOCUMENT_START:
             if len(fields) < 2:
                 raise DataError(f"{path}: line {number}: expected 'TOKEN ... TAG' columns, found only {fields[0]!r}")
+            columns = columns or (len(fields), number)
+            if len(fields) != columns[0]:
+                raise DataError(
+                    f"{path}: line {number}: {len(fields)} columns where line {columns[1]} has {columns[0]} "
+                    "(a column is missing or a token holds a space)"
+                )
             first_line = first_line or number
             tokens.append(fields[0])
             tags.append(fields[-1])

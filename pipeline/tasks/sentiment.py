@@ -34,9 +34,10 @@ class SentimentTask(Task):
     # data -----------------------------------------------------------------------------------
     def to_example(self, record: Record) -> Record:
         text, label, provenance = self.read_fields(record)
+        label = None if label is None else str(label).strip()
         return {
             "text": None if text is None else str(text),
-            "label": None if label is None else str(label).strip(),
+            "label": label or None,  # an empty cell is a missing label, not an unknown one
             **provenance,
         }
 
