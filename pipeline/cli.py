@@ -238,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
+    from pipeline.paths import OutputError
     from pipeline.readers import DataError
     from pipeline.stages.validate import ValidationError
+    from pipeline.tracking import TrackingError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
@@ -261,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             if not texts:
                 raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
             predict(texts, args.task, args.model, args.params)
-    except (ConfigError, DataError, ValidationError, UsageError) as exc:
+    except (ConfigError, DataError, ValidationError, UsageError, OutputError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path (a bug, a lost connection): keep the traceback
+        # A file or folder the command cannot read or write (a full disk, a file where a folder should be).
+        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class OutputError(OSError):
+    """An output folder cannot be written (a read-only disk, a file where a folder should be)."""
+
+
+def ensure_writable(*folders: Path) -> None:
+    """Create each folder (with its parents) and write a probe file in it, so a stage fails before
+    its long work with the path named, not with a traceback after it."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+            raise OutputError(f"cannot write to {folder}/: {why}") from None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,11 @@ RUN_FILE = "mlflow_run.json"
 # Read once: mlflow.set_tracking_uri() writes this variable, so reading it later would only
 # echo our own earlier choice back instead of the user's.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+PROBE_TIMEOUT_S = 10  # the early check of a tracking server; MLflow's own client retries for minutes
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached (a server down, a wrong URI)."""
 
 
 def tracking_uri() -> str:
@@ -36,6 +43,7 @@ def configure(experiment: str) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    check_reachable(uri)  # the store's first use: fail here with the URI named
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -44,14 +52,26 @@ def configure(experiment: str) -> str:
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
-def check_reachable() -> None:
-    """Fail early and clearly when a configured tracking server does not answer."""
+def check_reachable(uri: str | None = None) -> None:
+    """Fail early and clearly (TrackingError, naming the URI) when the tracking store does not answer.
+
+    A server is probed once with a short timeout first: MLflow's client would retry for minutes
+    and then end in a traceback."""
     import mlflow
 
+    uri = uri or tracking_uri()
+    hint = "start the server, or unset MLFLOW_TRACKING_URI to use the local store under mlflow/"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answered (a proxy may refuse /health); the query below decides
+        except OSError as exc:  # refused, timed out, unknown host
+            raise TrackingError(f"MLflow tracking server {uri} is not reachable: {getattr(exc, 'reason', exc)} ({hint})") from None
     try:
         mlflow.search_experiments(max_results=1)
     except Exception as exc:
-        raise RuntimeError(f"MLflow tracking store {tracking_uri()} is not reachable: {exc}") from None
+        raise TrackingError(f"MLflow tracking store {uri} is not reachable: {exc} ({hint})") from None
 
 
 @contextmanager

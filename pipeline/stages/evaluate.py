@@ -6,7 +6,7 @@ import shutil
 from typing import Any
 
 from pipeline.models import use_all_cores
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
 from pipeline.tasks.base import Task
 from pipeline import tracking
@@ -25,6 +25,7 @@ def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
     import mlflow
 
     use_all_cores()
+    ensure_writable(paths.metrics.parent, paths.reports)  # before scoring: a clear error naming the path
     model, tokenizer = task.load_model(str(paths.model_dir))
     metrics, images, tables = {}, [], {}
     shutil.rmtree(paths.evaluation, ignore_errors=True)

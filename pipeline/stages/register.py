@@ -12,7 +12,7 @@ from typing import Any
 from pipeline import adapters
 from pipeline.config import TaskConfig
 from pipeline.models import use_all_cores
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_json, load_records, save_json
 from pipeline.stages.evaluate import score
 from pipeline.tasks.base import Task
@@ -64,8 +64,10 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     import mlflow
 
     use_all_cores()
+    # Before anything is registered: a folder that cannot take promotion.json, or an unreachable
+    # tracking store (configure checks it), stops the stage while the aliases are untouched.
+    ensure_writable(paths.reports)
     tracking.configure(experiment)
-    tracking.check_reachable()
     client = mlflow.MlflowClient()
     name, metric = config.registry.name, task.primary_metric
     val = load_records(paths.split("val"))

@@ -18,7 +18,7 @@ from pipeline import adapters, tracking
 from pipeline.config import TaskConfig
 from pipeline.distillation import check_vocabularies, distilling
 from pipeline.models import keep_layers, resolve_model, use_all_cores
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
@@ -27,16 +27,17 @@ from pipeline.tasks.base import Task
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
     """Train on the augmented training split, validate each epoch, save the best model."""
     import mlflow
-    from transformers.trainer_utils import get_last_checkpoint
 
     use_all_cores()
+    # Fail now, naming the path, rather than after training: where the model, reports and checkpoints go.
+    ensure_writable(paths.model_dir.parent, paths.reports, paths.checkpoints)
     experiment_id = tracking.configure(experiment)  # before a registered teacher is loaded
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
     base = base_model_path(config, paths)
     # Checkpoints are keyed by everything that shapes training, so a resume never mixes runs.
     checkpoints = paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last_checkpoint = last_complete_checkpoint(checkpoints)
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
 
@@ -85,6 +86,22 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"train[{task.name}]: {json.dumps(summary)}")
     return summary
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint in `folder` that was saved completely, or None.
+
+    The Trainer writes trainer_state.json last, so a process killed while saving leaves a newer
+    checkpoint without it; resuming from that one would fail on every rerun, so it is removed."""
+    complete = None
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-"):].isdigit()] if folder.is_dir() else []
+    for checkpoint in sorted(found, key=lambda path: int(path.name[len("checkpoint-"):])):
+        if (checkpoint / "trainer_state.json").exists():
+            complete = checkpoint
+        else:
+            print(f"train: removing {checkpoint}, left incomplete by an interrupted save")
+            shutil.rmtree(checkpoint)
+    return None if complete is None else str(complete)
 
 
 def base_model_path(config: TaskConfig, paths: TaskPaths) -> str:
