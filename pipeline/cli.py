@@ -24,8 +24,15 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     from pipeline.paths import TaskPaths
     from pipeline.tasks import get_task
 
+    from pipeline import distributed
+
     params = load_params(params_file)
     config = params.task(task_name)
+    if stage == "train" and config.train.processes > 1 and not distributed.launched():
+        code = distributed.relaunch(config.train.processes, ["--params", str(params_file), "stage", "train", "--task", task_name])
+        if code:
+            raise UsageError(f"train[{task_name}]: the DDP workers failed (exit {code}); their output is above")
+        return
     task = get_task(task_name, config)
     paths = TaskPaths(task_name)
     module = importlib.import_module(f"pipeline.stages.{stage}")

@@ -156,6 +156,7 @@ class TrainConfig:
     early_stopping_patience: int = 2
     seed: int = 42
     max_minutes: float | None = None  # stop, evaluate and keep the best model once training has run this long
+    processes: int = 1  # DDP workers on this machine (torchrun); batch_size is split between them
     peft: PeftSettings | None = None  # None: full fine-tuning
     distillation: DistillationConfig | None = None
 

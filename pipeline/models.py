@@ -39,10 +39,13 @@ def pretrained_kwargs() -> dict:
 
 
 def use_all_cores() -> None:
-    """Let torch use every core this process may run on (containers often report fewer)."""
+    """Let torch use every core this process may run on (containers often report fewer),
+    shared out between the DDP workers on this machine."""
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    from pipeline.distributed import processes_on_this_machine
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_on_this_machine()))
 
 
 def batched_by_length(

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from pipeline import adapters, tracking
-from pipeline.config import TaskConfig
+from pipeline import adapters, distributed, tracking
+from pipeline.config import ConfigError, TaskConfig
 from pipeline.distillation import check_vocabularies, distilling
 from pipeline.models import keep_layers, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
@@ -29,14 +29,15 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     import mlflow
 
     use_all_cores()
+    if not distributed.is_main():
+        return train_only(task, config, paths)
     # Fail now, naming the path, rather than after training: where the model, reports and checkpoints go.
     ensure_writable(paths.model_dir.parent, paths.reports, paths.checkpoints)
     experiment_id = tracking.configure(experiment)  # before a registered teacher is loaded
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
     base = base_model_path(config, paths)
-    # Checkpoints are keyed by everything that shapes training, so a resume never mixes runs.
-    checkpoints = paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
+    checkpoints = checkpoint_folder(config, paths)
     last_checkpoint = last_complete_checkpoint(checkpoints)
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
@@ -80,12 +81,30 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
             "epochs_run": round(trainer.state.epoch, 2),
             "trainable_parameters": size["trainable_parameters"],
             "trainable_fraction": round(size["trainable_fraction"], 6),
+            "processes": distributed.world_size(),
         }
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
         save_json(paths.train_summary, summary)
     shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"train[{task.name}]: {json.dumps(summary)}")
     return summary
+
+
+def train_only(task: Task, config: TaskConfig, paths: TaskPaths) -> dict:
+    """A DDP worker other than rank 0: its share of the training; rank 0 logs, saves and reports."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())  # a registered teacher loads from the same store
+    checkpoints = checkpoint_folder(config, paths)
+    trainer, _ = build_trainer(task, config, load_records(paths.augmented_train), load_records(paths.split("val")),
+                               checkpoints, base_model_path(config, paths))
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
+    return {}
+
+
+def checkpoint_folder(config: TaskConfig, paths: TaskPaths) -> Path:
+    """Checkpoints are keyed by everything that shapes training, so a resume never mixes runs."""
+    return paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -100,7 +119,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
             complete = checkpoint
         else:
             print(f"train: removing {checkpoint}, left incomplete by an interrupted save")
-            shutil.rmtree(checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)  # DDP workers may both get here
     return None if complete is None else str(complete)
 
 
@@ -133,8 +152,8 @@ def build_trainer(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=2 * settings.batch_size,
+        per_device_train_batch_size=per_worker_batch_size(settings.batch_size),
+        per_device_eval_batch_size=2 * per_worker_batch_size(settings.batch_size),
         warmup_steps=settings.warmup,  # a float in [0, 1) is a share of all steps
         weight_decay=settings.weight_decay,
         eval_strategy="epoch",
@@ -147,6 +166,7 @@ def build_trainer(
         train_sampling_strategy="group_by_length",
         seed=settings.seed,
         report_to="none",
+        use_cpu=distributed.world_size() > 1 and not torch.cuda.is_available(),  # DDP over gloo needs Accelerate's CPU mode
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **task.training_arguments(),
@@ -176,6 +196,14 @@ def build_trainer(
         callbacks=callbacks,
     )
     return trainer, tokenizer
+
+
+def per_worker_batch_size(batch_size: int) -> int:
+    """train.batch_size is the batch of one optimiser step, split evenly between the DDP workers."""
+    if batch_size % distributed.world_size():
+        raise ConfigError(f"params.yaml: train.batch_size {batch_size} does not split evenly between "
+                          f"{distributed.world_size()} DDP workers (train.processes)")
+    return batch_size // distributed.world_size()
 
 
 def load_teacher(task: Task, reference: str) -> tuple[Any, Any]:
