@@ -3,14 +3,18 @@
 A simulated loop on the pipeline's train split: start with 10% of it labelled (the same random
 10% for both strategies), train, score the rest (the pool) with the model, "label" the k texts
 the strategy picks (their gold labels are revealed), and train again from the pretrained model,
-until half the split is labelled. Every model is scored on the test split; a model trained on
-the whole split is the reference. Writes benchmarks/results/active_learning.json and .png.
+until half the split is labelled. A small labelled set trains more epochs, up to the optimiser
+steps of the full-data run (at most MAX_EPOCHS), since a fixed epoch count leaves it undertrained.
+Every model is scored on the test split; a model trained on the whole split is the reference.
+Writes benchmarks/results/active_learning.json and .png.
 
     python benchmarks/active_learning.py [--strategy entropy] [--set train.epochs=5 ...]
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import tempfile
 import time
@@ -19,14 +23,21 @@ from pathlib import Path
 from common import PHRASEBANK, RESULTS, benchmark_parser, phrasebank_params, run_in_scratch, write_result
 
 TARGET = {"uncertainty_labels_to_reach_full_minus_1pt_at_most": 0.5, "uncertainty_beats_random": "every round"}
-START, STEP, STOP = 0.10, 0.20, 0.50  # shares of the train split: first labelled set, added per round, last round
+ROUNDS = (0.10, 0.30, 0.50)  # shares of the train split labelled at each round
+MAX_EPOCHS = 12
 
 
-def train_and_score(task, config, labelled: list, val: list, test: list) -> tuple[float, object, object]:
-    """Fine-tune from the pretrained model on `labelled`; (test macro-F1, model, tokenizer)."""
+def epochs_for(config, labelled: int, full: int) -> float:
+    """Epochs giving `labelled` texts the full-data run's optimiser steps, capped at MAX_EPOCHS."""
+    return min(MAX_EPOCHS, math.ceil(config.train.epochs * full / labelled))
+
+
+def train_and_score(task, config, labelled: list, val: list, test: list, epochs: float) -> tuple[float, object, object]:
+    """Fine-tune from the pretrained model on `labelled` for `epochs`; (test macro-F1, model, tokenizer)."""
     from pipeline.stages.train import base_model_path, build_trainer
     from pipeline.paths import TaskPaths
 
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     with tempfile.TemporaryDirectory(prefix="al-") as output:
         trainer, tokenizer = build_trainer(task, config, labelled, val, Path(output), base_model_path(config, TaskPaths(task.name)))
         trainer.train()
@@ -34,26 +45,29 @@ def train_and_score(task, config, labelled: list, val: list, test: list) -> tupl
     return task.metrics(test, task.predict(model, tokenizer, test))["f1_macro"], model, tokenizer
 
 
-def simulate(task, config, train: list, val: list, test: list, strategy: str, seed: int) -> list[dict]:
-    """One active-learning run; a record per round: labelled count and test macro-F1."""
+def train_round(task, config, train: list, labelled: list[int], val: list, test: list, name: str) -> tuple[dict, object, object]:
+    """Train on the labelled indices; the round's record (labelled, epochs, test macro-F1, seconds), model, tokenizer."""
+    started, epochs = time.time(), epochs_for(config, len(labelled), len(train))
+    f1, model, tokenizer = train_and_score(task, config, [train[i] for i in labelled], val, test, epochs)
+    print(f"active_learning[{name}]: {len(labelled)} labelled, {epochs} epochs -> test macro-F1 {f1:.4f}", flush=True)
+    record = {"labelled": len(labelled), "epochs": epochs, "test_f1_macro": round(f1, 4), "seconds": round(time.time() - started, 1)}
+    return record, model, tokenizer
+
+
+def simulate(task, config, train: list, val: list, test: list, start: tuple, strategy: str, seed: int) -> list[dict]:
+    """One active-learning run from the shared first round; a record per round."""
     from pipeline.active_learning import pick, uncertainty
 
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    labelled, pool = order[: round(START * len(train))], order[round(START * len(train)):]
-    step = round(STEP * len(train))
-    rounds = []
-    while True:
-        started = time.time()
-        f1, model, tokenizer = train_and_score(task, config, [train[i] for i in labelled], val, test)
-        rounds.append({"labelled": len(labelled), "test_f1_macro": round(f1, 4), "seconds": round(time.time() - started, 1)})
-        print(f"active_learning[{strategy}]: {len(labelled)} labelled -> test macro-F1 {f1:.4f}", flush=True)
-        if len(labelled) >= round(STOP * len(train)):
-            return rounds
-        probabilities, embeddings = task.class_probabilities(model, tokenizer, [train[i] for i in pool])
-        chosen = set(pick(uncertainty(probabilities, strategy, seed + len(rounds)), step))
+    labelled, pool, (record, model, tokenizer) = start[0][:], start[1][:], start[2]
+    rounds = [record]
+    for share in ROUNDS[1:]:
+        probabilities, _ = task.class_probabilities(model, tokenizer, [train[i] for i in pool])
+        chosen = set(pick(uncertainty(probabilities, strategy, seed + len(rounds)), round(share * len(train)) - len(labelled)))
         labelled += [pool[i] for i in sorted(chosen)]
         pool = [index for i, index in enumerate(pool) if i not in chosen]
+        record, model, tokenizer = train_round(task, config, train, labelled, val, test, strategy)
+        rounds.append(record)
+    return rounds
 
 
 def labels_to_reach(rounds: list[dict], score: float) -> int | None:
@@ -80,9 +94,13 @@ def main() -> None:
     task = get_task("sentiment", config)
     paths = TaskPaths("sentiment")
     train, val, test = (load_records(paths.split(s)) for s in ("train", "val", "test"))
-    full_f1 = round(train_and_score(task, config, train, val, test)[0], 4)
+    full_f1 = round(train_and_score(task, config, train, val, test, config.train.epochs)[0], 4)
     print(f"active_learning: all {len(train)} labelled -> test macro-F1 {full_f1:.4f}", flush=True)
-    runs = {name: simulate(task, config, train, val, test, name, seed=7) for name in (args.strategy, "random")}
+    order = list(range(len(train)))
+    random.Random(7).shuffle(order)
+    first = round(ROUNDS[0] * len(train))
+    start = (order[:first], order[first:], train_round(task, config, train, order[:first], val, test, "start"))
+    runs = {name: simulate(task, config, train, val, test, start, name, seed=7) for name in (args.strategy, "random")}
 
     uncertain, baseline = runs[args.strategy], runs["random"]
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
@@ -101,6 +119,7 @@ def main() -> None:
         "rounds": runs,
         "plot": str(image.relative_to(RESULTS.parent.parent)),
         "train": params["sentiment"]["train"],
+        "max_epochs": MAX_EPOCHS,
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }
