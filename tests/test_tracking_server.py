@@ -190,6 +190,9 @@ def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(
     assert champion.source.startswith(("models:/", "mlflow-artifacts:/")), champion.source
     stored = {p.name for p in tracking_server.artifacts.rglob("*") if p.is_file()}
     assert {"MLmodel", "model.safetensors", "learning_curves.png", "metrics.json", "promotion.json"} <= stored, sorted(stored)
+    # The process-wide URI too: models:/ resolves through the registry URI, which follows it (an
+    # earlier test in this session may have left it on a SQLite store).
+    mlflow.set_tracking_uri(tracking_server.url)
     downloaded = Path(mlflow.artifacts.download_artifacts(
         artifact_uri="models:/fin-sentiment@champion", dst_path=str(tmp_path / "download"), tracking_uri=tracking_server.url))
     assert (downloaded / "MLmodel").exists() and any(downloaded.rglob("model.safetensors"))
@@ -197,7 +200,6 @@ def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(
 
     # The project's own loader (what `finetune predict` and serving use), through the server.
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(tracking_server.url)
     task = get_task("sentiment", load_params(tmp_path / "params.yaml").task("sentiment"))
     model, tokenizer = load_registered(task, "models:/fin-sentiment@champion")
     [prediction] = task.predict(model, tokenizer, [{"text": "Operating profit rose to a record."}])
