@@ -169,8 +169,6 @@ def loadtest(args: argparse.Namespace) -> None:
     from pipeline.loadtest import load_test
 
     texts = read_texts(args)
-    if not texts:
-        raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
     serving = load_params(args.params).serving
     url = args.url or f"http://{serving.host}:{serving.port}"
     report = load_test(url, texts, args.clients, args.seconds)
@@ -188,6 +186,7 @@ def deploy(params_file: Path) -> None:
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
+    """The non-blank texts of --file, the arguments or stdin; a UsageError when there are none."""
     if args.file:
         from pipeline.readers import decode
 
@@ -196,7 +195,10 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         lines = args.texts
     else:
         lines = sys.stdin.read().splitlines()
-    return [line.strip() for line in lines if line.strip()]
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
+    return texts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "loadtest":
             loadtest(args)
         else:
-            texts = read_texts(args)
-            if not texts:
-                raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
-            predict(texts, args.task, args.model, args.params)
+            predict(read_texts(args), args.task, args.model, args.params)
     except (ConfigError, DataError, ValidationError, UsageError, OutputError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
