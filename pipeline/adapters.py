@@ -12,8 +12,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from pipeline.config import ConfigError, PeftSettings
 
 ADAPTER_DIR = "adapter"
@@ -86,12 +84,3 @@ def attach(model: Any, model_dir: str | Path) -> Any:
 
     return PeftModel.from_pretrained(model, str(Path(model_dir) / ADAPTER_DIR))
 
-
-class AdaLoraBudget(TrainerCallback):
-    """AdaLoRA re-allocates ranks from the gradients of each step, before the optimizer uses them."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.model.base_model.update_and_allocate(state.global_step)

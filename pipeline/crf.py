@@ -18,7 +18,8 @@ import torch
 from torchcrf import CRF
 from transformers.modeling_outputs import TokenClassifierOutput
 
-IGNORED = -100  # the label of sub-tokens that are not the first of a word, and of special tokens
+from pipeline.tasks.base import IGNORED
+
 FORBIDDEN = -10000.0  # the score of a transition that must never be taken
 
 

@@ -179,7 +179,7 @@ def build_trainer(
         per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
         model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs))
         if settings.peft.method == "adalora":
-            callbacks.append(adapters.AdaLoraBudget(model))
+            callbacks.append(AdaLoraBudget(model))
     if settings.distillation is not None:
         teacher, teacher_tokenizer = load_teacher(task, settings.distillation.teacher)
         check_vocabularies(teacher_tokenizer, tokenizer)
@@ -213,6 +213,16 @@ def load_teacher(task: Task, reference: str) -> tuple[Any, Any]:
     if reference.startswith("models:/"):
         return load_registered(task, reference)
     return task.load_model(resolve_model(reference))
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA re-allocates ranks from the gradients of each step, before the optimizer uses them."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.model.base_model.update_and_allocate(state.global_step)
 
 
 class TimeBudget(TrainerCallback):

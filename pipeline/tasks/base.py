@@ -17,6 +17,7 @@ from pipeline.readers import DataError, read_source
 from pipeline.records import Record
 
 PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages
+IGNORED = -100  # the label losses and metrics skip: padding, special tokens, sub-tokens after a word's first
 
 
 class Task(ABC):

@@ -15,10 +15,9 @@ from typing import Any
 from pipeline.augmentation import augment_words
 from pipeline.adapters import MERGEABLE
 from pipeline.config import ConfigError, NerConfig
-from pipeline.crf import IGNORED, CrfTagger, decode_words
 from pipeline.models import batched_by_length
 from pipeline.records import Record
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import IGNORED, Task
 from pipeline.tasks.sentiment import normalise_text
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
@@ -191,9 +190,13 @@ class NerTask(Task):
         return " ".join(example["tokens"])
 
     def training_model(self, model: Any) -> Any:
+        from pipeline.crf import CrfTagger  # late: torch, which collect and validate never need
+
         return CrfTagger(model, self.tags) if self.config.model.crf else model
 
     def export_model(self, trained: Any) -> Any:
+        from pipeline.crf import CrfTagger
+
         model = trained.export() if isinstance(trained, CrfTagger) else trained
         model.config.case_marker = self.case_mark  # saved in config.json, so prediction marks words alike
         return model
@@ -257,6 +260,8 @@ class NerTask(Task):
     def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
         """Tags and entities per example; an example is `tokens`, or raw `text` (spans in characters)."""
         import torch
+
+        from pipeline.crf import decode_words
 
         words, spans = zip(*[_words(e) for e in examples]) if examples else ((), ())
         texts = [e.get("text") for e in examples]
