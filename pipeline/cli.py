@@ -152,12 +152,13 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     tracking.configure(params.tracking.experiment)
     uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
     try:
-        served = serving.load_served(task, uri)
+        served = serving.load_served(task, uri, settings.runtime)
     except (MlflowException, ValueError) as exc:
         raise UsageError(
             f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
             "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
         ) from None
+    print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
     serving.run(serving.Service(task, uri, settings, served))
 
 

@@ -193,6 +193,8 @@ class PromotionConfig:
 @dataclass
 class RegistryConfig:
     name: str
+    onnx: Literal["int8", "fp32"] | None = None  # also log an ONNX Runtime export of each version, for serving.runtime: onnx
+    onnx_max_drop: float = 0.005  # the export is not kept when its validation metric is more than this below the model's
 
 
 @dataclass
@@ -239,6 +241,7 @@ class ServingConfig:
     max_texts_per_request: int = 64
     max_text_chars: int = 2000
     reload_seconds: float = 30.0  # how often the registry alias is checked for a new version
+    runtime: Literal["onnx", "torch"] = "onnx"  # onnx: the version's ONNX Runtime export when it has one (registry.onnx)
 
 
 @dataclass

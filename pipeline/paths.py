@@ -109,3 +109,7 @@ class TaskPaths:
     @property
     def promotion(self) -> Path:
         return self.reports / "promotion.json"
+
+    @property
+    def export_report(self) -> Path:
+        return self.reports / "export.json"

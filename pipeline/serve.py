@@ -38,6 +38,7 @@ class Served:
     version: str
     alias: str | None
     run_id: str
+    runtime: str  # torch, or onnx-int8 / onnx-fp32: the version's ONNX Runtime export
     model: Any
     tokenizer: Any
 
@@ -59,15 +60,27 @@ def registered_version(uri: str) -> Any:
     return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
 
 
-def load_version(task: Task, uri: str, found: Any) -> Served:
-    """Load the version found, by number: the alias may move again while this loads."""
-    model, tokenizer = load_registered(task, f"models:/{found.name}/{found.version}")
-    return Served(found.name, str(found.version), parse_model_uri(uri)[1], found.run_id, model, tokenizer)
+def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
+    """Load the version found, by number: the alias may move again while this loads. With runtime
+    onnx, its ONNX Runtime export when it has one (registry.onnx), else PyTorch, with a warning."""
+    from pipeline import export
+
+    precision = found.tags.get(export.VERSION_TAG)
+    if runtime == "onnx" and precision in ("int8", "fp32"):
+        model, tokenizer = export.load(export.download(found.run_id))
+        runtime = f"onnx-{precision}"
+    else:
+        if runtime == "onnx":
+            log.warning("%s v%s has no ONNX export (tag onnx: %s; see registry.onnx): serving it with PyTorch",
+                        found.name, found.version, precision)
+        model, tokenizer = load_registered(task, f"models:/{found.name}/{found.version}")
+        runtime = "torch"
+    return Served(found.name, str(found.version), parse_model_uri(uri)[1], found.run_id, runtime, model, tokenizer)
 
 
-def load_served(task: Task, uri: str) -> Served:
+def load_served(task: Task, uri: str, runtime: str) -> Served:
     """Load the version `uri` points at now."""
-    return load_version(task, uri, registered_version(uri))
+    return load_version(task, uri, registered_version(uri), runtime)
 
 
 # request and response bodies --------------------------------------------------------------------
@@ -91,6 +104,7 @@ class Version(BaseModel):
     version: str
     alias: str | None
     run_id: str
+    runtime: str
 
 
 class Reload(BaseModel):
@@ -180,9 +194,9 @@ class Service:
             found = await asyncio.to_thread(registered_version, self.uri)
             if str(found.version) == self.served.version:
                 return False
-            served = await asyncio.to_thread(load_version, self.task, self.uri, found)
+            served = await asyncio.to_thread(load_version, self.task, self.uri, found, self.settings.runtime)
             previous, self.served = self.served.version, served  # one assignment: the swap
-            log.info("now serving %s v%s (was v%s)", served.name, served.version, previous)
+            log.info("now serving %s v%s with %s (was v%s)", served.name, served.version, served.runtime, previous)
             return True
 
     async def watch(self) -> None:
@@ -254,7 +268,7 @@ def create_app(service: Service) -> FastAPI:
     async def version() -> Version:
         """The model version being served and where it came from."""
         served = service.served
-        return Version(name=served.name, version=served.version, alias=served.alias, run_id=served.run_id)
+        return Version(name=served.name, version=served.version, alias=served.alias, run_id=served.run_id, runtime=served.runtime)
 
     @app.post("/reload")
     async def reload() -> Reload:

@@ -62,7 +62,8 @@ def url(registry) -> Iterator[str]:
     params = load_params()
     tracking.configure(params.tracking.experiment)
     task = get_task("sentiment", params.task("sentiment"))
-    service = Service(task, CHAMPION_URI, ServingConfig(**LIMITS), load_served(task, CHAMPION_URI))
+    settings = ServingConfig(**LIMITS)
+    service = Service(task, CHAMPION_URI, settings, load_served(task, CHAMPION_URI, settings.runtime))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
@@ -81,7 +82,9 @@ def test_predict_health_version_and_docs(url):
     with httpx.Client(base_url=url) as client:
         assert client.get("/health").json() == {"status": "ok", "model_version": "1"}
         run_id = mlflow.MlflowClient().get_model_version(NAME, "1").run_id
-        assert client.get("/version").json() == {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id}
+        # No registry.onnx in the tiny params: runtime onnx falls back to PyTorch (tests/test_export.py has the export).
+        assert client.get("/version").json() == {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id,
+                                                 "runtime": "torch"}
 
         response = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]})
         assert response.status_code == 200

@@ -6,11 +6,12 @@ The alias is the last thing written: a run that fails anywhere leaves the aliase
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline import adapters
-from pipeline.config import TaskConfig
+from pipeline.config import ConfigError, TaskConfig
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_json, load_records, save_json
@@ -19,6 +20,7 @@ from pipeline.tasks.base import Task
 from pipeline import tracking
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+NO_EXPORT = {"kept": False, "precision": None, "reason": "registry.onnx is null"}
 
 
 def decide(challenger: float, champion: float | None, min_delta: float, metric: str) -> tuple[bool, str]:
@@ -64,6 +66,8 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     import mlflow
 
     use_all_cores()
+    if config.registry.onnx and not task.exports_onnx:
+        raise ConfigError(f"params.yaml: {task.name}.registry.onnx: the {task.name} task has no ONNX export (sentiment has); set it to null")
     # Before anything is registered: a folder that cannot take promotion.json, or an unreachable
     # tracking store (configure checks it), stops the stage while the aliases are untouched.
     ensure_writable(paths.reports)
@@ -86,6 +90,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id, f"val_{metric}": f"{challenger_score:.4f}"}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
+        export_report = log_export(task, config, paths, val, version) if config.registry.onnx else NO_EXPORT
         decision = {
             "model_name": name,
             "metric": f"val_{metric}",
@@ -102,8 +107,37 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         mlflow.set_tag("promotion", decision["alias"])
     client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
     save_json(paths.promotion, decision)
+    save_json(paths.export_report, export_report)
     print(f"register[{task.name}]: {name} v{version} -> @{decision['alias']}: {reason}")
     return decision
+
+
+def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, version: str) -> dict:
+    """Export the model to ONNX Runtime and check it on the validation split; a kept export goes into
+    the run (`onnx/`). The version's `onnx` tag says which precision it got, or `refused`."""
+    import mlflow
+
+    from pipeline import export
+
+    model, tokenizer = task.load_model(str(paths.model_dir))
+    with tempfile.TemporaryDirectory(prefix="onnx-") as scratch:
+        folder = Path(scratch) / export.ARTIFACT_PATH
+        try:
+            if adapters.has_adapter(paths.model_dir):
+                raise export.ExportError("a prompt-tuning adapter is not exported (LoRA and AdaLoRA are merged, and are)")
+            export.export(model, tokenizer, folder, config.registry.onnx)
+            report = {"kept": True, "precision": config.registry.onnx,
+                      **export.check(task, model, tokenizer, folder, val, config.registry.onnx_max_drop)}
+        except export.ExportError as exc:
+            report = {"kept": False, "precision": config.registry.onnx, "reason": str(exc)}
+        else:
+            mlflow.log_artifacts(str(folder), artifact_path=export.ARTIFACT_PATH)
+    mlflow.MlflowClient().set_model_version_tag(
+        config.registry.name, version, export.VERSION_TAG, config.registry.onnx if report["kept"] else "refused")
+    mlflow.log_dict(report, "export.json")
+    print(f"register[{task.name}]: ONNX export ({config.registry.onnx}) "
+          + ("kept: val {metric} {model:.4f} -> {export:.4f}, {onnx_megabytes} MB".format(**report) if report["kept"] else f"refused: {report['reason']}"))
+    return report
 
 
 def log_model(task: Task, paths: TaskPaths, name: str) -> str:

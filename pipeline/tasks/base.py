@@ -26,6 +26,7 @@ class Task(ABC):
     pipeline_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
     config_class: type[TaskConfig] = TaskConfig  # the dataclass its params.yaml section is read into
     augment_methods: tuple[str, ...]  # what `augment.methods` may name
+    exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/export.py)
 
     def __init__(self, config: TaskConfig):
         self.config = config

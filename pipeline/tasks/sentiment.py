@@ -26,6 +26,7 @@ class SentimentTask(Task):
     primary_metric = "f1_macro"
     pipeline_task = "text-classification"
     augment_methods = (*METHODS, BACK_TRANSLATION)
+    exports_onnx = True
 
     @property
     def labels(self) -> list[str]:
