@@ -1,10 +1,11 @@
-"""Retrain flow: `dvc repro -s STAGE@TASK` for each stage of each task, one Prefect task per stage.
+"""Retrain flow: `dvc repro -s sources`, then `dvc repro -s STAGE@TASK` for each stage of each task,
+one Prefect task per stage.
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
 retries, logs, a run history and a markdown artifact per task. Two DVC runs in one workspace
 would collide on DVC's lock, so runs are serialised twice: a Prefect global concurrency limit
-(one slot, across every process talking to the server) and a file lock in the workspace (the
-backstop for `dvc repro` started by hand or runs against another Prefect server).
+(one slot, across every process talking to the server) and a file lock in the workspace (for
+flows run against another Prefect server; a `dvc repro` typed by hand takes only DVC's own lock).
 
     python -m flows.retrain            # runs it once, now
 """
@@ -25,7 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 from pipeline import tracking
-from pipeline.cli import STAGES
+from pipeline.cli import SOURCES, STAGES
 from pipeline.config import load_params
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
@@ -52,18 +53,15 @@ def command_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="{stage}@{task_name}")
-def repro_stage(stage: str, task_name: str) -> str:
-    """Run one DVC stage (DVC skips it when up to date); its output goes to the Prefect logs."""
+@task(retries=2, retry_delay_seconds=10, task_run_name="{stage}")
+def repro_stage(stage: str) -> str:
+    """Run one DVC stage, e.g. train@sentiment (DVC skips it when up to date); its output goes to the Prefect logs."""
     logger = get_run_logger()
-    done = subprocess.run(
-        ["dvc", "repro", "--single-item", f"{stage}@{task_name}"],
-        capture_output=True, text=True, env=command_env(),
-    )
+    done = subprocess.run(["dvc", "repro", "--single-item", stage], capture_output=True, text=True, env=command_env())
     output = (done.stdout + done.stderr).strip()
-    logger.info("%s@%s:\n%s", stage, task_name, output)
+    logger.info("%s:\n%s", stage, output)
     if done.returncode != 0:
-        raise RuntimeError(f"dvc repro -s {stage}@{task_name} failed (exit {done.returncode}):\n{output[-2000:]}")
+        raise RuntimeError(f"dvc repro -s {stage} failed (exit {done.returncode}):\n{output[-2000:]}")
     return output
 
 
@@ -113,10 +111,12 @@ def retrain() -> dict:
     """Bring every task's pipeline up to date with DVC, one run at a time; returns the promotion decisions."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
     ensure_concurrency_limit()
+    run_stage = repro_stage.with_options(retries=params.orchestration.retries)
     with concurrency(CONCURRENCY_LIMIT, occupy=1), workspace_lock():
+        run_stage(SOURCES)
         for task_name in params.tasks:
             for stage in STAGES:
-                repro_stage.with_options(retries=params.orchestration.retries)(stage, task_name)
+                run_stage(f"{stage}@{task_name}")
     decisions = {}
     for task_name in params.tasks:
         create_markdown_artifact(

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")
+SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
+STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")  # per task, in order
 
 
 class UsageError(ValueError):
@@ -17,7 +18,7 @@ class UsageError(ValueError):
 
 
 def run_stage(stage: str, task_name: str, params_file: Path) -> None:
-    """Run one stage of one task with the settings in params.yaml."""
+    """Run one stage of one task (`sources`: of every task) with the settings in params.yaml."""
     import importlib
 
     from pipeline.config import load_params
@@ -27,6 +28,11 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     from pipeline import distributed
 
     params = load_params(params_file)
+    if stage == SOURCES:
+        from pipeline.stages import sources
+
+        sources.run(params)
+        return
     config = params.task(task_name)
     if stage == "train" and config.train.processes > 1 and not distributed.launched():
         code = distributed.relaunch(config.train.processes, ["--params", str(params_file), "stage", "train", "--task", task_name])
@@ -208,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
-    stage.add_argument("name", choices=STAGES)
-    stage.add_argument("--task", default="sentiment")
+    stage.add_argument("name", choices=(SOURCES, *STAGES))
+    stage.add_argument("--task", default="sentiment", help="the task (sources covers every task in `tasks`)")
 
     pred = commands.add_parser("predict", help="label texts with a registered or local model")
     pred.add_argument("texts", nargs="*", help="texts to label (default: read stdin, one a line)")

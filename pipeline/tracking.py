@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -57,6 +55,9 @@ def check_reachable(uri: str | None = None) -> None:
 
     A server is probed once with a short timeout first: MLflow's client would retry for minutes
     and then end in a traceback."""
+    import urllib.error
+    import urllib.request  # here: every `finetune` command imports this module, few probe a server
+
     import mlflow
 
     uri = uri or tracking_uri()

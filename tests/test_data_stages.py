@@ -134,3 +134,33 @@ def test_synonym_replacement_keeps_sentiment_words_polarity():
     words = "Operating profit rose to EUR 5 mn".split()
     out = augment_words(words, "synonym", 0.5, random.Random(0))
     assert out != words and len(out) == len(words)
+
+
+def test_sources_fingerprints_files_folders_and_parallel_prefixes(tmp_path, monkeypatch):
+    from pipeline.config import SourceConfig
+    from pipeline.stages.sources import fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "train.csv", make_rows(5))
+    (tmp_path / "pairs.de").write_text("ein Satz\n", encoding="utf-8")
+    (tmp_path / "pairs.en").write_text("a sentence\n", encoding="utf-8")
+    drop = tmp_path / "incoming"
+    write_csv(drop / "batch-1.csv", make_rows(3, seed=1))
+
+    found = fingerprint(SourceConfig(source={"train": "train.csv", "val": "pairs"}, incoming="incoming"))
+    assert [f["path"] for f in found["source"]] == ["train.csv", "pairs.de", "pairs.en"]
+    assert [f["path"] for f in found["incoming"]] == [str(Path("incoming") / "batch-1.csv")]
+    assert found["source"][0]["bytes"] == (tmp_path / "train.csv").stat().st_size
+    assert fingerprint(SourceConfig(source="missing.csv", incoming="nowhere")) == {"source": [], "incoming": []}
+
+
+def test_sources_stage_output_changes_only_with_the_files(workspace):
+    run_stage("sources", "sentiment", PARAMS)
+    fingerprint_file = workspace / "data" / "sources" / "sentiment.json"
+    first = fingerprint_file.read_bytes()
+    run_stage("sources", "sentiment", PARAMS)
+    assert fingerprint_file.read_bytes() == first  # byte-identical: DVC skips collect
+    write_csv(workspace / "data" / "incoming" / "batch-1.csv", make_rows(4, seed=3))  # a batch arrives
+    run_stage("sources", "sentiment", PARAMS)
+    assert fingerprint_file.read_bytes() != first
+    assert [f["path"] for f in json.loads(fingerprint_file.read_text())["incoming"]] == ["data/incoming/batch-1.csv"]

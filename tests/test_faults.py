@@ -189,7 +189,7 @@ def test_two_retrains_at_once_take_turns_on_the_workspace_lock(workspace, tiny_m
     def retrain(name: str) -> None:
         with workspace_lock():
             start = time.monotonic()
-            done = subprocess.run(["dvc", "repro", "--single-item", "collect@sentiment"], cwd=workspace,
+            done = subprocess.run(["dvc", "repro", "--single-item", "sources"], cwd=workspace,
                                   env=command_env(), capture_output=True, text=True, timeout=600)
             spans[name] = (start, time.monotonic(), done.returncode, done.stdout + done.stderr)
 
@@ -201,7 +201,7 @@ def test_two_retrains_at_once_take_turns_on_the_workspace_lock(workspace, tiny_m
 
     for name, (_, _, code, output) in spans.items():
         assert code == 0, f"{name} failed:\n{output}"
-        assert "Running stage 'collect@sentiment'" in output
+        assert "Running stage 'sources'" in output
     earlier, later = sorted(spans.values())
     assert earlier[1] <= later[0], "the runs did not overlap"
 
