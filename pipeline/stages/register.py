@@ -119,12 +119,12 @@ def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, vers
 
     from pipeline import export
 
-    model, tokenizer = task.load_model(str(paths.model_dir))
     with tempfile.TemporaryDirectory(prefix="onnx-") as scratch:
         folder = Path(scratch) / export.ARTIFACT_PATH
         try:
-            if adapters.has_adapter(paths.model_dir):
+            if adapters.has_adapter(paths.model_dir):  # checked before loading a model only to refuse it
                 raise export.ExportError("a prompt-tuning adapter is not exported (LoRA and AdaLoRA are merged, and are)")
+            model, tokenizer = task.load_model(str(paths.model_dir))
             export.export(model, tokenizer, folder, config.registry.onnx)
             report = {"kept": True, "precision": config.registry.onnx,
                       **export.check(task, model, tokenizer, folder, val, config.registry.onnx_max_drop)}
