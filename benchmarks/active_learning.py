@@ -6,7 +6,8 @@ the strategy picks (their gold labels are revealed), and train again from the pr
 until half the split is labelled. A small labelled set trains more epochs, up to the optimiser
 steps of the full-data run (at most MAX_EPOCHS), since a fixed epoch count leaves it undertrained.
 Every model is scored on the test split; a model trained on the whole split is the reference.
-Writes benchmarks/results/active_learning.json and .png.
+Writes benchmarks/results/active_learning.json and .png (active_learning-STRATEGY.* for
+another strategy than entropy).
 
     python benchmarks/active_learning.py [--strategy entropy] [--set train.epochs=5 ...]
 """
@@ -104,7 +105,8 @@ def main() -> None:
 
     uncertain, baseline = runs[args.strategy], runs["random"]
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
-    image = RESULTS / "active_learning.png"
+    name = "active_learning" if args.strategy == "entropy" else f"active_learning-{args.strategy}"
+    image = RESULTS / f"{name}.png"
     label_curves_png(
         {name: [(r["labelled"], r["test_f1_macro"]) for r in rounds] for name, rounds in runs.items()}, full_f1, image,
         "Financial PhraseBank: uncertainty vs random selection",
@@ -123,7 +125,7 @@ def main() -> None:
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }
-    write_result("active_learning", args.set, result)
+    write_result(name, args.set, result)
 
 
 if __name__ == "__main__":
