@@ -7,9 +7,9 @@ until half the split is labelled. A small labelled set trains more epochs, up to
 steps of the full-data run (at most MAX_EPOCHS), since a fixed epoch count leaves it undertrained.
 Every model is scored on the test split; a model trained on the whole split is the reference.
 Writes benchmarks/results/active_learning.json and .png (active_learning-STRATEGY.* for
-another strategy than entropy).
+another strategy than entropy, ...-diversityD.* with a diversity term).
 
-    python benchmarks/active_learning.py [--strategy entropy] [--set train.epochs=5 ...]
+    python benchmarks/active_learning.py [--strategy entropy] [--diversity 0.5] [--set train.epochs=5 ...]
 """
 
 from __future__ import annotations
@@ -55,15 +55,17 @@ def train_round(task, config, train: list, labelled: list[int], val: list, test:
     return record, model, tokenizer
 
 
-def simulate(task, config, train: list, val: list, test: list, start: tuple, strategy: str, seed: int) -> list[dict]:
+def simulate(task, config, train: list, val: list, test: list, start: tuple, strategy: str, seed: int,
+             diversity: float = 0.0) -> list[dict]:
     """One active-learning run from the shared first round; a record per round."""
     from pipeline.active_learning import pick, uncertainty
 
     labelled, pool, (record, model, tokenizer) = start[0][:], start[1][:], start[2]
     rounds = [record]
     for share in ROUNDS[1:]:
-        probabilities, _ = task.class_probabilities(model, tokenizer, [train[i] for i in pool])
-        chosen = set(pick(uncertainty(probabilities, strategy, seed + len(rounds)), round(share * len(train)) - len(labelled)))
+        probabilities, embeddings = task.class_probabilities(model, tokenizer, [train[i] for i in pool])
+        scores = uncertainty(probabilities, strategy, seed + len(rounds))
+        chosen = set(pick(scores, round(share * len(train)) - len(labelled), embeddings, diversity))
         labelled += [pool[i] for i in sorted(chosen)]
         pool = [index for i, index in enumerate(pool) if i not in chosen]
         record, model, tokenizer = train_round(task, config, train, labelled, val, test, strategy)
@@ -78,6 +80,7 @@ def labels_to_reach(rounds: list[dict], score: float) -> int | None:
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--strategy", default="entropy", choices=("least_confidence", "margin", "entropy"))
+    parser.add_argument("--diversity", type=float, default=0.0, help="as active_learning.diversity: > 0 skips texts like ones picked")
     args = parser.parse_args()
     params = phrasebank_params(args.set)
     started = time.time()
@@ -101,11 +104,12 @@ def main() -> None:
     random.Random(7).shuffle(order)
     first = round(ROUNDS[0] * len(train))
     start = (order[:first], order[first:], train_round(task, config, train, order[:first], val, test, "start"))
-    runs = {name: simulate(task, config, train, val, test, start, name, seed=7) for name in (args.strategy, "random")}
+    runs = {args.strategy: simulate(task, config, train, val, test, start, args.strategy, seed=7, diversity=args.diversity),
+            "random": simulate(task, config, train, val, test, start, "random", seed=7)}
 
     uncertain, baseline = runs[args.strategy], runs["random"]
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
-    name = "active_learning" if args.strategy == "entropy" else f"active_learning-{args.strategy}"
+    name = "active_learning" + ("" if args.strategy == "entropy" else f"-{args.strategy}") + (f"-diversity{args.diversity:g}" if args.diversity else "")
     image = RESULTS / f"{name}.png"
     label_curves_png(
         {name: [(r["labelled"], r["test_f1_macro"]) for r in rounds] for name, rounds in runs.items()}, full_f1, image,
@@ -116,6 +120,7 @@ def main() -> None:
         "train_split": len(train),
         "full_data_test_f1_macro": full_f1,
         "strategy": args.strategy,
+        "diversity": args.diversity,
         "labels_to_reach_full_minus_1pt": {name: labels_to_reach(rounds, full_f1 - 0.01) for name, rounds in runs.items()},
         "uncertainty_beats_random_every_round": all(u["test_f1_macro"] > r["test_f1_macro"] for u, r in later_rounds),
         "rounds": runs,
