@@ -109,8 +109,9 @@ def main() -> None:
 
     uncertain, baseline = runs[args.strategy], runs["random"]
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
-    name = "active_learning" + ("" if args.strategy == "entropy" else f"-{args.strategy}") + (f"-diversity{args.diversity:g}" if args.diversity else "")
-    image = RESULTS / f"{name}.png"
+    result_name = ("active_learning" + ("" if args.strategy == "entropy" else f"-{args.strategy}")
+                   + (f"-diversity{args.diversity:g}" if args.diversity else ""))
+    image = RESULTS / f"{result_name}.png"
     label_curves_png(
         {name: [(r["labelled"], r["test_f1_macro"]) for r in rounds] for name, rounds in runs.items()}, full_f1, image,
         "Financial PhraseBank: uncertainty vs random selection",
@@ -130,7 +131,7 @@ def main() -> None:
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }
-    write_result(name, args.set, result)
+    write_result(result_name, args.set, result)
 
 
 if __name__ == "__main__":
