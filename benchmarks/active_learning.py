@@ -7,9 +7,10 @@ until half the split is labelled. A small labelled set trains more epochs, up to
 steps of the full-data run (at most MAX_EPOCHS), since a fixed epoch count leaves it undertrained.
 Every model is scored on the test split; a model trained on the whole split is the reference.
 Writes benchmarks/results/active_learning.json and .png (active_learning-STRATEGY.* for
-another strategy than entropy, ...-diversityD.* with a diversity term).
+another strategy than entropy, ...-diversityD.* with a diversity term, ...-stepS.* for rounds
+of another share than 20%).
 
-    python benchmarks/active_learning.py [--strategy entropy] [--diversity 0.5] [--set train.epochs=5 ...]
+    python benchmarks/active_learning.py [--strategy entropy] [--diversity 0.5] [--step 0.1] [--set train.epochs=5 ...]
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from pathlib import Path
 from common import PHRASEBANK, RESULTS, benchmark_parser, phrasebank_params, run_in_scratch, write_result
 
 TARGET = {"uncertainty_labels_to_reach_full_minus_1pt_at_most": 0.5, "uncertainty_beats_random": "every round"}
-ROUNDS = (0.10, 0.30, 0.50)  # shares of the train split labelled at each round
+START, END = 0.10, 0.50  # shares of the train split labelled at the first and the last round
 MAX_EPOCHS = 12
+
+
+def round_shares(step: float) -> list[float]:
+    """Shares of the train split labelled at each round: START, START + step, ..., END."""
+    return [round(START + i * step, 4) for i in range(round((END - START) / step) + 1)]
 
 
 def epochs_for(config, labelled: int, full: int) -> float:
@@ -55,14 +61,14 @@ def train_round(task, config, train: list, labelled: list[int], val: list, test:
     return record, model, tokenizer
 
 
-def simulate(task, config, train: list, val: list, test: list, start: tuple, strategy: str, seed: int,
-             diversity: float = 0.0) -> list[dict]:
+def simulate(task, config, train: list, val: list, test: list, start: tuple, shares: list[float], strategy: str,
+             seed: int, diversity: float = 0.0) -> list[dict]:
     """One active-learning run from the shared first round; a record per round."""
     from pipeline.active_learning import pick, uncertainty
 
     labelled, pool, (record, model, tokenizer) = start[0][:], start[1][:], start[2]
     rounds = [record]
-    for share in ROUNDS[1:]:
+    for share in shares[1:]:
         probabilities, embeddings = task.class_probabilities(model, tokenizer, [train[i] for i in pool])
         scores = uncertainty(probabilities, strategy, seed + len(rounds))
         chosen = set(pick(scores, round(share * len(train)) - len(labelled), embeddings, diversity))
@@ -81,7 +87,9 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--strategy", default="entropy", choices=("least_confidence", "margin", "entropy"))
     parser.add_argument("--diversity", type=float, default=0.0, help="as active_learning.diversity: > 0 skips texts like ones picked")
+    parser.add_argument("--step", type=float, default=0.2, help="share of the train split added per round")
     args = parser.parse_args()
+    shares = round_shares(args.step)
     params = phrasebank_params(args.set)
     started = time.time()
     run_in_scratch(params, "sentiment", ("collect", "validate", "split", "pretrain"), "bench-al-")
@@ -102,15 +110,17 @@ def main() -> None:
     print(f"active_learning: all {len(train)} labelled -> test macro-F1 {full_f1:.4f}", flush=True)
     order = list(range(len(train)))
     random.Random(7).shuffle(order)
-    first = round(ROUNDS[0] * len(train))
+    first = round(START * len(train))
     start = (order[:first], order[first:], train_round(task, config, train, order[:first], val, test, "start"))
-    runs = {args.strategy: simulate(task, config, train, val, test, start, args.strategy, seed=7, diversity=args.diversity),
-            "random": simulate(task, config, train, val, test, start, "random", seed=7)}
+    runs = {args.strategy: simulate(task, config, train, val, test, start, shares, args.strategy, seed=7,
+                                    diversity=args.diversity),
+            "random": simulate(task, config, train, val, test, start, shares, "random", seed=7)}
 
     uncertain, baseline = runs[args.strategy], runs["random"]
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
     result_name = ("active_learning" + ("" if args.strategy == "entropy" else f"-{args.strategy}")
-                   + (f"-diversity{args.diversity:g}" if args.diversity else ""))
+                   + (f"-diversity{args.diversity:g}" if args.diversity else "")
+                   + ("" if args.step == 0.2 else f"-step{args.step:g}"))
     image = RESULTS / f"{result_name}.png"
     label_curves_png(
         {name: [(r["labelled"], r["test_f1_macro"]) for r in rounds] for name, rounds in runs.items()}, full_f1, image,
@@ -122,6 +132,7 @@ def main() -> None:
         "full_data_test_f1_macro": full_f1,
         "strategy": args.strategy,
         "diversity": args.diversity,
+        "round_shares": shares,
         "labels_to_reach_full_minus_1pt": {name: labels_to_reach(rounds, full_f1 - 0.01) for name, rounds in runs.items()},
         "uncertainty_beats_random_every_round": all(u["test_f1_macro"] > r["test_f1_macro"] for u, r in later_rounds),
         "rounds": runs,
