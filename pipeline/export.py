@@ -144,8 +144,10 @@ def check(task: Any, model: Any, tokenizer: Any, folder: Path, examples: list[Re
     return report
 
 
-def download(run_id: str) -> Path:
-    """The export folder logged into a run, downloaded into a new temporary folder."""
+def load_logged(run_id: str) -> tuple[OnnxClassifier, Any]:
+    """(model, tokenizer) of the export logged into a run. Both are in memory once loaded, so the
+    download is removed: a server that hot-swaps versions for weeks leaves no folders behind."""
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_PATH))
+    with tempfile.TemporaryDirectory(prefix="onnx-") as scratch:
+        return load(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=scratch)))

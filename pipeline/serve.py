@@ -67,7 +67,7 @@ def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
 
     precision = found.tags.get(export.VERSION_TAG)
     if runtime == "onnx" and precision in ("int8", "fp32"):
-        model, tokenizer = export.load(export.download(found.run_id))
+        model, tokenizer = export.load_logged(found.run_id)
         runtime = f"onnx-{precision}"
     else:
         if runtime == "onnx":

@@ -27,7 +27,7 @@ def version_tag(version: str) -> str | None:
     return mlflow.MlflowClient().get_model_version(NAME, version).tags.get(export.VERSION_TAG)
 
 
-def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model):
+def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model, monkeypatch):
     decision = train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=6, sentiment__registry__onnx="int8")
     report = load_json(PATHS.export_report)
     assert report["kept"] and report["precision"] == "int8", report
@@ -36,8 +36,12 @@ def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model):
 
     task = get_task("sentiment", load_params().task("sentiment"))
     uri = f"models:/{NAME}@champion"
+    downloads = workspace / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(downloads))
     served = load_served(task, uri, "onnx")
     assert served.runtime == "onnx-int8" and isinstance(served.model, export.OnnxClassifier)
+    assert not any(downloads.iterdir())  # loaded into memory, the download removed (a hot-swap leaves none)
     torch_served = load_served(task, uri, "torch")
     test = load_records(PATHS.split("test"))  # texts of every length, in batches the export was not traced with
     from_onnx = task.predict(served.model, served.tokenizer, test)
