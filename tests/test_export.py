@@ -41,8 +41,8 @@ def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model, mon
     monkeypatch.setattr("tempfile.tempdir", str(downloads))
     served = load_served(task, uri, "onnx")
     assert served.runtime == "onnx-int8" and isinstance(served.model, export.OnnxClassifier)
-    assert not any(downloads.iterdir())  # loaded into memory, the download removed (a hot-swap leaves none)
     torch_served = load_served(task, uri, "torch")
+    assert not any(downloads.iterdir())  # each loaded into memory, the download removed (a hot-swap leaves none)
     test = load_records(PATHS.split("test"))  # texts of every length, in batches the export was not traced with
     from_onnx = task.predict(served.model, served.tokenizer, test)
     from_torch = task.predict(torch_served.model, torch_served.tokenizer, test)

@@ -44,12 +44,16 @@ def champion_version(client: Any, name: str) -> Any | None:
 
 
 def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion."""
+    """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion.
+    A transformers model is loaded from a temporary download that is removed once it is in memory:
+    from a tracking server MLflow would leave a folder behind for every load (a served model's
+    hot-swaps, each register's champion)."""
     import mlflow
 
     if "transformers" not in mlflow.models.get_model_info(uri).flavors:
         return load_pyfunc_components(uri)
-    components = mlflow.transformers.load_model(uri, return_type="components")
+    with tempfile.TemporaryDirectory(prefix="model-") as downloads:
+        components = mlflow.transformers.load_model(uri, dst_path=downloads, return_type="components")
     return components["model"], components["tokenizer"]
 
 
