@@ -8,7 +8,7 @@ steps of the full-data run (at most MAX_EPOCHS), since a fixed epoch count leave
 Every model is scored on the test split; a model trained on the whole split is the reference.
 Writes benchmarks/results/active_learning.json and .png (active_learning-STRATEGY.* for
 another strategy than entropy, ...-diversityD.* with a diversity term, ...-stepS.* for rounds
-of another share than 20%).
+of another share than 20% (STEP).
 
     python benchmarks/active_learning.py [--strategy entropy] [--diversity 0.5] [--step 0.1] [--set train.epochs=5 ...]
 """
@@ -26,6 +26,7 @@ from common import PHRASEBANK, RESULTS, benchmark_parser, phrasebank_params, run
 
 TARGET = {"uncertainty_labels_to_reach_full_minus_1pt_at_most": 0.5, "uncertainty_beats_random": "every round"}
 START, END = 0.10, 0.50  # shares of the train split labelled at the first and the last round
+STEP = 0.20  # share added per round by default (--step)
 MAX_EPOCHS = 12
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--strategy", default="entropy", choices=("least_confidence", "margin", "entropy"))
     parser.add_argument("--diversity", type=float, default=0.0, help="as active_learning.diversity: > 0 skips texts like ones picked")
-    parser.add_argument("--step", type=float, default=0.2, help="share of the train split added per round")
+    parser.add_argument("--step", type=float, default=STEP, help="share of the train split added per round")
     args = parser.parse_args()
     shares = round_shares(args.step)
     params = phrasebank_params(args.set)
@@ -120,7 +121,7 @@ def main() -> None:
     later_rounds = list(zip(uncertain, baseline))[1:]  # round 0 is the same random start for both
     result_name = ("active_learning" + ("" if args.strategy == "entropy" else f"-{args.strategy}")
                    + (f"-diversity{args.diversity:g}" if args.diversity else "")
-                   + ("" if args.step == 0.2 else f"-step{args.step:g}"))
+                   + ("" if args.step == STEP else f"-step{args.step:g}"))
     image = RESULTS / f"{result_name}.png"
     label_curves_png(
         {name: [(r["labelled"], r["test_f1_macro"]) for r in rounds] for name, rounds in runs.items()}, full_f1, image,
