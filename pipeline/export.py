@@ -2,8 +2,8 @@
 
 `torch.onnx` exports the fine-tuned model, ONNX Runtime's transformer optimizer fuses its
 attention, layer norms and GELUs, and dynamic quantisation (`int8`) stores the MatMul weights
-as 8-bit integers whose activations are quantised on the fly. An export is only kept after it has scored the
-validation split no more than `onnx_max_drop` below the PyTorch model it came from.
+as 8-bit integers whose activations are quantised on the fly. An export is only kept after it
+has scored the validation split no more than `onnx_max_drop` below the PyTorch model it came from.
 
 The register stage logs the kept export into the model version's run (artifact folder `onnx/`)
 and tags the version with it; serving with `runtime: onnx` loads it from there.
