@@ -12,7 +12,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, PeftSettings
+from pipeline.config import PeftSettings
+
+from pipeline.errors import ConfigError
 
 ADAPTER_DIR = "adapter"
 MERGEABLE = ("lora", "adalora")

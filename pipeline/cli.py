@@ -9,12 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
+
 SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
 STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")  # per task, in order
-
-
-class UsageError(ValueError):
-    """The command cannot do what was asked (no texts, no such model)."""
 
 
 def run_stage(stage: str, task_name: str, params_file: Path) -> None:
@@ -37,7 +35,8 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     if stage == "train" and config.train.processes > 1 and not distributed.launched():
         code = distributed.relaunch(config.train.processes, ["--params", str(params_file), "stage", "train", "--task", task_name])
         if code:
-            raise UsageError(f"train[{task_name}]: the DDP workers failed (exit {code}); their output is above")
+            print(f"train[{task_name}]: the DDP workers failed (exit {code}); their output is above", file=sys.stderr)
+            raise SystemExit(code)
         return
     task = get_task(task_name, config)
     paths = TaskPaths(task_name)
@@ -77,7 +76,7 @@ def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tupl
     try:
         return (task, *load_registered(task, uri))
     except MlflowException as exc:
-        raise UsageError(
+        raise ModelError(
             f"cannot load model '{uri}' from {tracking.tracking_uri()}: {exc.message} "
             "(run `dvc repro` first, or pass --model models:/NAME/VERSION or a model folder)"
         ) from None
@@ -160,7 +159,7 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     try:
         served = serving.load_served(task, uri, settings.runtime)
     except (MlflowException, ValueError) as exc:
-        raise UsageError(
+        raise ModelError(
             f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
             "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
         ) from None
@@ -181,7 +180,7 @@ def loadtest(args: argparse.Namespace) -> None:
     report = load_test(url, texts, args.clients, args.seconds)
     print(json.dumps(report, indent=2))
     if report["server_errors"] or report["failed_connections"]:
-        raise UsageError(f"{report['server_errors']} server errors and {report['failed_connections']} failed connections at {url}")
+        raise ServiceError(f"{report['server_errors']} server errors and {report['failed_connections']} failed connections at {url}")
 
 
 def deploy(params_file: Path) -> None:
@@ -211,6 +210,7 @@ def read_texts(args: argparse.Namespace) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its message")
     commands = parser.add_subparsers(dest="command", required=True)
 
     stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
@@ -253,39 +253,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.paths import OutputError
-    from pipeline.readers import DataError
-    from pipeline.stages.validate import ValidationError
-    from pipeline.tracking import TrackingError
-
+    """Run a command; a user's mistake ends in one `error:` line and its exit code (pipeline/errors.py)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "stage":
-            run_stage(args.name, args.task, args.params)
-        elif args.command == "serve":
-            serve(args.host, args.port, args.model, args.params)
-        elif args.command == "deploy":
-            deploy(args.params)
-        elif args.command == "select":
-            select(args)
-        elif args.command == "search":
-            search(args.task, args.trials, args.apply, args.params)
-        elif args.command == "loadtest":
-            loadtest(args)
-        else:
-            predict(read_texts(args), args.task, args.model, args.params)
-    except (ConfigError, DataError, ValidationError, UsageError, OutputError, TrackingError) as exc:
+        run_command(args)
+    except UserError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except OSError as exc:
-        if exc.filename is None:
+        if exc.filename is None or args.debug:
             raise  # not about a path (a bug, a lost connection): keep the traceback
         # A file or folder the command cannot read or write (a full disk, a file where a folder should be).
         print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return 1
+        return OutputError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def run_command(args: argparse.Namespace) -> None:
+    if args.command == "stage":
+        run_stage(args.name, args.task, args.params)
+    elif args.command == "serve":
+        serve(args.host, args.port, args.model, args.params)
+    elif args.command == "deploy":
+        deploy(args.params)
+    elif args.command == "select":
+        select(args)
+    elif args.command == "search":
+        search(args.task, args.trials, args.apply, args.params)
+    elif args.command == "loadtest":
+        loadtest(args)
+    else:
+        predict(read_texts(args), args.task, args.model, args.params)
 
 
 if __name__ == "__main__":

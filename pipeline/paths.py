@@ -6,9 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class OutputError(OSError):
-    """An output folder cannot be written (a read-only disk, a file where a folder should be)."""
+from pipeline.errors import OutputError
 
 
 def ensure_writable(*folders: Path) -> None:

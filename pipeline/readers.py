@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline.errors import DataError
 from pipeline.records import Record
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -34,10 +35,6 @@ BINARY_SIGNATURES = {
 CONTROL_BYTES = frozenset(range(32)) - frozenset(b"\t\n\r\f\v") | {127}  # rare in text, common in binary data
 # Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-class DataError(ValueError):
-    """Input data cannot be read: the message names the file, the row and the problem."""
 
 
 def read_source(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.config import TaskConfig, section_hash
+from pipeline.errors import TrackingError
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, save_json
 
@@ -23,10 +24,6 @@ RUN_FILE = "mlflow_run.json"
 # echo our own earlier choice back instead of the user's.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 PROBE_TIMEOUT_S = 10  # the early check of a tracking server; MLflow's own client retries for minutes
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be reached (a server down, a wrong URI)."""
 
 
 def tracking_uri() -> str:

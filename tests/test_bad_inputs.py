@@ -17,7 +17,8 @@ import yaml
 from pipeline.active_learning import read_pool, write_queue
 from pipeline.cli import main
 from pipeline.paths import TaskPaths
-from pipeline.readers import FORMULA_STARTS, DataError, read_source
+from pipeline.readers import FORMULA_STARTS, read_source
+from pipeline.errors import DataError
 from pipeline.records import load_json, load_records
 from tests.conftest import tiny_params, write_params
 from tests.ner_data import ner_params
@@ -87,7 +88,7 @@ def run_entry(case: dict, shown: str, capsys) -> tuple[int, str]:
         try:
             read_pool(shown)
         except DataError as exc:
-            return 1, f"error: {exc}"
+            return exc.exit_code, f"error: {exc}"
         return 0, ""
     commands = {
         "params": [["--params", shown, "stage", "collect"]],
@@ -130,7 +131,7 @@ def test_bad_input(case, tmp_path, monkeypatch, capsys):
     code, printed = run_entry(case, shown, capsys)
     assert "Traceback" not in printed
     if "message" in case:
-        assert code == 1, printed
+        assert code == case.get("exit", 2 if case["entry"] == "params" else 3), printed
         error = printed[printed.index("error: "):]
         assert shown in error, error  # names the file
         assert case["message"] in error, error

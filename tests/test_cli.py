@@ -32,7 +32,7 @@ def test_predict_from_the_champion_a_folder_and_stdin(workspace, tiny_model, cap
 def test_bad_input_is_one_clear_line_not_a_traceback(workspace):
     (workspace / "data" / "sample.csv").write_bytes(b"text,label\nGood,positive\nCaf\xe9,neutral\n")
     done = finetune("stage", "collect", cwd=workspace)
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert "error: data/sample.csv: line 3, column 4: byte 0xe9 is not valid utf-8" in done.stderr
 
@@ -41,13 +41,13 @@ def test_unknown_params_key_is_reported(workspace):
     text = (workspace / "params.yaml").read_text().replace("min_delta:", "min_dleta:")
     (workspace / "params.yaml").write_text(text)
     done = finetune("stage", "register", cwd=workspace)
-    assert done.returncode == 1 and "unknown key 'sentiment.promotion.min_dleta'" in done.stderr
+    assert done.returncode == 2 and "unknown key 'sentiment.promotion.min_dleta'" in done.stderr
 
 
 def test_predict_without_texts_or_model_explains_how(workspace):
     (workspace / "empty.txt").write_text("\n")
     done = finetune("predict", "--file", "empty.txt", cwd=workspace)
-    assert done.returncode == 1 and "no texts given" in done.stderr
+    assert done.returncode == 2 and "no texts given" in done.stderr
     done = finetune("predict", "Profit rose", cwd=workspace)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 4 and "Traceback" not in done.stderr
     assert "cannot load model 'models:/fin-sentiment@champion'" in done.stderr and "dvc repro" in done.stderr

@@ -3,7 +3,9 @@
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
+
+from pipeline.errors import ConfigError
 from tests.conftest import ROOT, tiny_params, write_params
 
 

@@ -8,10 +8,9 @@ import pytest
 from pipeline.cli import run_stage
 from pipeline.config import SplitConfig
 from pipeline.paths import TaskPaths
-from pipeline.readers import DataError
+from pipeline.errors import DataError, ValidationError
 from pipeline.records import load_json, load_records
 from pipeline.stages.split import assign_split
-from pipeline.stages.validate import ValidationError
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
 
 PATHS = TaskPaths("sentiment")

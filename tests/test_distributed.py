@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.records import load_json
 from pipeline.stages.train import per_worker_batch_size
 from tests.conftest import tiny_params, write_params

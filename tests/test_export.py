@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline import export
-from pipeline.config import ConfigError, ServingConfig, load_params
+from pipeline.config import ServingConfig, load_params
+from pipeline.errors import ConfigError
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
 from pipeline.serve import Service, create_app, load_served

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from pipeline.cli import main, run_stage
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
+from pipeline.errors import ConfigError, DataError, ValidationError
 from pipeline.crf import constrained_viterbi
 from pipeline.paths import TaskPaths
-from pipeline.readers import DataError, read_file
+from pipeline.readers import read_file
 from pipeline.records import load_json, load_records
-from pipeline.stages.validate import ValidationError
 from pipeline.tasks import get_task
 from pipeline.tasks.ner import word_windows, words_with_spans
 from tests.conftest import SHARED_DATA, write_params

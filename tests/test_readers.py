@@ -5,7 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.readers import DataError, read_source
+from pipeline.readers import read_source
+
+from pipeline.errors import DataError
 from tests.conftest import make_rows, write_csv
 
 

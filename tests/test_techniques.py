@@ -14,7 +14,8 @@ import yaml
 
 from pipeline.active_learning import pick, uncertainty
 from pipeline.cli import main, run_stage
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
+from pipeline.errors import ConfigError
 from pipeline.distillation import distillation_loss
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
@@ -153,7 +154,7 @@ def test_diversity_skips_a_near_copy_of_a_text_already_picked():
 
 def test_a_pool_folder_reads_text_and_table_files_once_each_and_skips_the_rest(tmp_path):
     from pipeline.active_learning import read_pool
-    from pipeline.readers import DataError
+    from pipeline.errors import DataError
 
     (tmp_path / "a.txt").write_text("Sales rose.\n\nProfit fell.\n", encoding="utf-8")
     (tmp_path / "b.csv").write_text("id,body\n1,Profit fell.\n2,The CEO resigned.\n", encoding="utf-8")

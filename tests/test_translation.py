@@ -10,7 +10,7 @@ import sacrebleu
 
 from pipeline.config import TranslationConfig, _build
 from pipeline.paths import TaskPaths
-from pipeline.readers import DataError
+from pipeline.errors import DataError
 from pipeline.records import load_json, load_records, save_records
 from pipeline.stages import augment, collect, validate
 from pipeline.tasks import get_task

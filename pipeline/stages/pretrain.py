@@ -17,7 +17,7 @@ from pipeline.config import PretrainConfig
 from pipeline.models import pretrained_kwargs, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths
 from pipeline.records import load_records, save_json
-from pipeline.readers import DataError
+from pipeline.errors import DataError
 from pipeline.tasks.base import Task
 
 HELD_OUT = 0.05  # share of the texts kept aside to measure masked-LM loss before and after

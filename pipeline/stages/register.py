@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import adapters
-from pipeline.config import ConfigError, TaskConfig
+from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_json, load_records, save_json

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from pipeline.config import SplitConfig
+from pipeline.errors import DataError
 from pipeline.paths import TaskPaths
 from pipeline.readers import SPLIT_NAMES
 from pipeline.records import load_records, save_records
@@ -28,15 +29,13 @@ def assign_split(key: str, ratios: SplitConfig) -> str:
 
 def run(task: Task, ratios: SplitConfig, paths: TaskPaths) -> dict[str, int]:
     """Write the train, val and test tables; returns their sizes."""
-    if not (0 < ratios.val < 1 and 0 < ratios.test < 1 and ratios.val + ratios.test < 1):
-        raise ValueError(f"split.val={ratios.val} and split.test={ratios.test} must be in (0, 1) with a sum below 1")
     splits: dict[str, list] = {name: [] for name in SPLIT_NAMES}
     for example in load_records(paths.clean):
         name = example.get("given_split") or assign_split(task.split_key(example), ratios)
         splits[name].append(example)
     for name, examples in splits.items():
         if not examples:
-            raise ValueError(f"split '{name}' of {paths.clean} is empty: too little data for the configured ratios")
+            raise DataError(f"split '{name}' of {paths.clean} is empty: too little data for the configured ratios ({task.name}.split)")
         save_records(paths.split(name), examples)
     sizes = {name: len(examples) for name, examples in splits.items()}
     print(f"split[{task.name}]: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))

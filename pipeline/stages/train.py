@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 
 from pipeline import adapters, distributed, tracking
-from pipeline.config import ConfigError, TaskConfig
+from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError
 from pipeline.distillation import check_vocabularies, distilling
 from pipeline.models import keep_layers, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable

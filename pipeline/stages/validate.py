@@ -12,13 +12,10 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import ValidateConfig
+from pipeline.errors import ValidationError
 from pipeline.paths import TaskPaths
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
-
-
-class ValidationError(ValueError):
-    """The data as a whole is unfit for training; the message says why."""
 
 
 def run(task: Task, rules: ValidateConfig, paths: TaskPaths) -> dict:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import adapters
-from pipeline.config import ConfigError, TaskConfig
+from pipeline.config import TaskConfig
+from pipeline.errors import ConfigError, DataError
 from pipeline.models import pretrained_kwargs
-from pipeline.readers import DataError, read_source
+from pipeline.readers import read_source
 from pipeline.records import Record
 
 PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages

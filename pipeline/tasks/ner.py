@@ -14,7 +14,8 @@ from typing import Any
 
 from pipeline.augmentation import augment_words
 from pipeline.adapters import MERGEABLE
-from pipeline.config import ConfigError, NerConfig
+from pipeline.config import NerConfig
+from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length
 from pipeline.records import Record
 from pipeline.tasks.base import IGNORED, Task

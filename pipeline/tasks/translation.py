@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.augmentation import BACK_TRANSLATION, augment_words
-from pipeline.config import ConfigError, TranslationConfig
+from pipeline.config import TranslationConfig
+from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
 from pipeline.readers import read_source
 from pipeline.records import Record
