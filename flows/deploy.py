@@ -13,30 +13,17 @@ from pathlib import Path
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
-from prefect.events import DeploymentEventTrigger, emit_event
+from prefect.events import DeploymentEventTrigger
 
+from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, emit, workspace_resource
+from flows.monitor import monitor
+from flows.retrain import retrain
 from pipeline.config import Params
-from pipeline.readers import EXTENSION_FORMATS
-
-BATCH_ARRIVED = "finetune.batch.arrived"
-DRIFT_DETECTED = "finetune.drift.detected"
-
-
-def workspace_resource() -> dict[str, str]:
-    """The Prefect resource events are about: this workspace, so two checkouts never trigger each other."""
-    return {"prefect.resource.id": f"finetune.workspace.{Path.cwd().resolve()}", "prefect.resource.name": Path.cwd().name}
-
-
-def emit(event: str, payload: dict) -> None:
-    """Emit a Prefect event about this workspace (what the retrain deployment's triggers listen for)."""
-    emit_event(event=event, resource=workspace_resource(), payload=payload)
+from pipeline.readers import batch_files
 
 
 def build_deployments(params: Params) -> list[RunnerDeployment]:
     """The retrain deployment (cron + batch and drift triggers) and the monitor deployment (cron)."""
-    from flows.monitor import monitor
-    from flows.retrain import retrain
-
     resource = {"prefect.resource.id": workspace_resource()["prefect.resource.id"]}
     triggers = [
         DeploymentEventTrigger(name="new labelled batch", expect={BATCH_ARRIVED}, match=resource),
@@ -48,19 +35,19 @@ def build_deployments(params: Params) -> list[RunnerDeployment]:
     ]
 
 
-def batch_files(folder: Path) -> set[str]:
-    """Names of the batch files in the drop folder (README and other files are not batches)."""
+def batch_versions(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each batch file of the drop folder with its (size, modification time): a fixed copy dropped again counts as new."""
     if not folder.is_dir():
-        return set()
-    return {p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSION_FORMATS}
+        return {}
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in batch_files(folder)}
 
 
 def watch_drop_folder(folder: Path, poll_seconds: float, stop: threading.Event) -> None:
-    """Emit BATCH_ARRIVED for each batch file that appears; what was there at start is not new."""
-    seen = batch_files(folder)
+    """Emit BATCH_ARRIVED for each batch file that appears or changes; what was there at start is not new."""
+    seen = batch_versions(folder)
     while not stop.wait(poll_seconds):
-        current = batch_files(folder)
-        for name in sorted(current - seen):
+        current = batch_versions(folder)
+        for name in sorted(name for name, version in current.items() if seen.get(name) != version):
             emit(BATCH_ARRIVED, {"file": str(folder / name)})
         seen = current
 

@@ -25,13 +25,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.events import DRIFT_DETECTED, emit
 from pipeline import tracking
 from pipeline.active_learning import rank, write_queue
 from pipeline.config import MonitoringConfig, load_params
+from pipeline.errors import DataError
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths
 from pipeline.plots import sentiment_index_html, sentiment_index_png
-from pipeline.readers import DataError, read_file
+from pipeline.readers import read_file
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.stages.register import CHAMPION, load_registered
 from pipeline.tasks import get_task
@@ -214,8 +216,6 @@ def monitor(input: str | None = None) -> dict:
     create_markdown_artifact(key="monitor", markdown=summary_markdown(report), description="drift and sentiment index")
 
     if report["drift_detected"]:
-        from flows.deploy import DRIFT_DETECTED, emit
-
         emit(DRIFT_DETECTED, {"model_version": version, "report": str(REPORT), "queue": report["labelling_queue"]})
         logger.warning("drift detected: retrain requested, %s texts queued in %s", settings.queue_size, report["labelling_queue"])
     return report

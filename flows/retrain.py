@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from flows.events import BATCH_REJECTED, emit
 from pipeline import tracking
 from pipeline.cli import SOURCES, STAGES
 from pipeline.config import load_params
@@ -76,8 +78,28 @@ def mlflow_run_link(run_id: str, experiment: str) -> str:
     return f"[{run_id}]({ui}/#/experiments/{experiment_id}/runs/{run_id}) (tracking URI `{uri}`)"
 
 
+def rejected_batches_markdown(batches: list[dict], paths: TaskPaths) -> str:
+    """The drop-folder batches collect set aside, and how to get them read."""
+    if not batches:
+        return ""
+    rows = "\n".join(f"| `{b['file']}` | {b['bytes']} | `{b['sha256'][:12]}` | {b['rejected_at']} | {b['reason']} |" for b in batches)
+    return (
+        f"## Batches set aside ({len(batches)})\n\nNot read: fix each file and drop it again (a copy with new content is "
+        f"read on the next run). All rejections: `{paths.rejected_batches}`.\n\n"
+        f"| file | bytes | sha256 | set aside | reason |\n|---|---|---|---|---|\n{rows}\n\n"
+    )
+
+
+def report_rejected_batches(task_name: str, since: datetime) -> None:
+    """Emit BATCH_REJECTED for each batch this run's collect set aside (earlier rejections were reported then)."""
+    for batch in load_json(TaskPaths(task_name).provenance)["rejected_batches"]:
+        if datetime.fromisoformat(batch["rejected_at"]) >= since.replace(microsecond=0):
+            emit(BATCH_REJECTED, {"task": task_name, **{k: batch[k] for k in ("file", "bytes", "sha256", "reason")}})
+            get_run_logger().warning("%s: batch %s set aside: %s", task_name, batch["file"], batch["reason"])
+
+
 def summary_markdown(task_name: str, experiment: str) -> str:
-    """Metrics, promotion decision and MLflow run of a task, as markdown."""
+    """Metrics, promotion decision, batches set aside and MLflow run of a task, as markdown."""
     paths = TaskPaths(task_name)
     metrics, decision = load_json(paths.metrics), load_json(paths.promotion)
     run_id = load_json(paths.model_dir / tracking.RUN_FILE)["run_id"]
@@ -87,6 +109,7 @@ def summary_markdown(task_name: str, experiment: str) -> str:
         for name, value in metrics[split].items()
         if isinstance(value, (int, float))
     )
+    set_aside = rejected_batches_markdown(load_json(paths.provenance)["rejected_batches"], paths)
     champion = decision["champion"] or {"version": "-", "score": None}
     champion_score = "-" if champion["score"] is None else f"{champion['score']:.4f}"
     return (
@@ -95,7 +118,7 @@ def summary_markdown(task_name: str, experiment: str) -> str:
         f"| | challenger | champion |\n|---|---|---|\n"
         f"| version | {decision['challenger']['version']} | {champion['version']} |\n"
         f"| {decision['metric']} | {decision['challenger']['score']:.4f} | {champion_score} |\n\n"
-        f"## Metrics (`{paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n"
+        f"## Metrics (`{paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n{set_aside}"
         f"## MLflow run\n\n{mlflow_run_link(run_id, experiment)}\n"
     )
 
@@ -110,12 +133,15 @@ def ensure_concurrency_limit(limit: int = 1) -> None:
 def retrain() -> dict:
     """Bring every task's pipeline up to date with DVC, one run at a time; returns the promotion decisions."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
+    started = datetime.now(timezone.utc)
     ensure_concurrency_limit()
     run_stage = repro_stage.with_options(retries=params.orchestration.retries)
     with concurrency(CONCURRENCY_LIMIT, occupy=1), workspace_lock():
         run_stage(SOURCES)
         for task_name in params.tasks:
-            for stage in STAGES:
+            run_stage(f"{STAGES[0]}@{task_name}")  # collect: report the batches it set aside before anything can fail
+            report_rejected_batches(task_name, started)
+            for stage in STAGES[1:]:
                 run_stage(f"{stage}@{task_name}")
     decisions = {}
     for task_name in params.tasks:

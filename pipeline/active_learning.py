@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.readers import decode, read_source, spreadsheet_safe
-
 from pipeline.errors import DataError
+from pipeline.readers import decode, read_source, spreadsheet_safe
 from pipeline.records import Record
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "random")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PeftSettings
-
 from pipeline.errors import ConfigError
 
 ADAPTER_DIR = "adapter"
@@ -47,7 +46,12 @@ def wrap(model: Any, settings: PeftSettings, task_type: str, steps_per_epoch: in
                 "use prompt_tuning or lora"
             )
         config = PrefixTuningConfig(num_virtual_tokens=settings.virtual_tokens, **common)
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. target_modules that name no module of this model
+        modules = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        raise ConfigError(f"params.yaml: train.peft: {str(exc).splitlines()[0]} (module names of this model: "
+                          f"{', '.join(m for m in modules if not m.isdigit())})") from None
 
 
 def trainable_parameters(model: Any) -> dict[str, float]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
+from pipeline.paths import TaskPaths
 
 SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
 STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")  # per task, in order
@@ -19,11 +20,9 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
     """Run one stage of one task (`sources`: of every task) with the settings in params.yaml."""
     import importlib
 
-    from pipeline.config import load_params
-    from pipeline.paths import TaskPaths
-    from pipeline.tasks import get_task
-
     from pipeline import distributed
+    from pipeline.config import load_params
+    from pipeline.tasks import get_task
 
     params = load_params(params_file)
     if stage == SOURCES:
@@ -40,6 +39,7 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
         return
     task = get_task(task_name, config)
     paths = TaskPaths(task_name)
+    require_inputs(stage, paths)
     module = importlib.import_module(f"pipeline.stages.{stage}")
     experiment = params.tracking.experiment
     arguments = {
@@ -53,6 +53,13 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
         "register": (task, config, paths, experiment),
     }[stage]
     module.run(*arguments)
+
+
+def require_inputs(stage: str, paths: TaskPaths) -> None:
+    """A UsageError naming the first input of `stage` that no earlier stage has written yet."""
+    missing = [path for path in paths.inputs(stage) if not path.exists()]
+    if missing:
+        raise UsageError(f"{missing[0]}: not found: run the stages before {stage} first (`dvc repro {stage}@{paths.task}` runs them)")
 
 
 def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
@@ -70,16 +77,10 @@ def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tupl
     uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
     if Path(uri).is_dir():
         return (task, *task.load_model(uri))
-    from mlflow.exceptions import MlflowException
-
+    if not uri.startswith("models:/"):
+        raise ModelError(f"--model {uri}: no such model folder (pass a model folder, models:/NAME/VERSION or models:/NAME@ALIAS)")
     tracking.configure(params.tracking.experiment)
-    try:
-        return (task, *load_registered(task, uri))
-    except MlflowException as exc:
-        raise ModelError(
-            f"cannot load model '{uri}' from {tracking.tracking_uri()}: {exc.message} "
-            "(run `dvc repro` first, or pass --model models:/NAME/VERSION or a model folder)"
-        ) from None
+    return (task, *load_registered(task, uri))
 
 
 def predict(texts: list[str], task_name: str, model_uri: str | None, params_file: Path) -> None:
@@ -97,13 +98,14 @@ def select(args: argparse.Namespace) -> None:
     from pipeline import active_learning, tracking
     from pipeline.config import load_params
 
+    config = load_params(args.params).task(args.task)
+    settings = config.active_learning
+    texts = active_learning.read_pool(args.pool or settings.pool, config.data.text_column)  # before the slow model load
     task, model, tokenizer = load_model(args.task, args.model, args.params)
-    settings = task.config.active_learning
     choice = {
         "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,
         "diversity": settings.diversity if args.diversity is None else args.diversity,
     }
-    texts = active_learning.read_pool(args.pool or settings.pool, task.config.data.text_column)
     rows = active_learning.rank(task, model, tokenizer, texts, **choice, seed=settings.seed)
     path = active_learning.write_queue(rows, task.name)
     experiment_id = tracking.configure(load_params(args.params).tracking.experiment)
@@ -120,14 +122,12 @@ def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -
     from pipeline import search as study
     from pipeline.config import load_params
     from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
     from pipeline.tasks import get_task
 
     params = load_params(params_file)
     config = params.task(task_name)
     paths = TaskPaths(task_name)
-    if not paths.augmented_train.exists():
-        raise UsageError(f"{paths.augmented_train} not found: run `dvc repro augment@{task_name}` first")
+    require_inputs("train", paths)
     use_all_cores()
     report = study.run(get_task(task_name, config), config, paths, params.tracking.experiment, trials)
     if apply:

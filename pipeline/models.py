@@ -7,26 +7,48 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.errors import ModelError
+
 PACKAGE_PREFIX = "package:"
 
 
-def resolve_model(name: str) -> str:
-    """Turn `model.name` into something `from_pretrained` accepts.
+def resolve_model(name: str, key: str = "model.name") -> str:
+    """Turn a model reference (`model.name`, a teacher) into something `from_pretrained` accepts.
 
     `package:NAME` is a model folder shipped inside an installed Python package (its `model/`
     folder, or what its `get_model_path()` returns); an existing folder is used as is; anything
     else is a Hugging Face hub id, loaded from the local cache only when HF_HUB_OFFLINE is set.
+    A reference that can be none of these is a ModelError naming `key`.
     """
     if name.startswith(PACKAGE_PREFIX):
         package = name[len(PACKAGE_PREFIX):]
         try:
             module = importlib.import_module(package)
         except ImportError:
-            raise ValueError(f"model.name '{name}': Python package '{package}' is not installed") from None
+            raise ModelError(f"params.yaml: {key} '{name}': Python package '{package}' is not installed (pip install it)") from None
         if hasattr(module, "get_model_path"):
             return str(module.get_model_path())
         return str(Path(module.__file__).parent / "model")
+    if Path(name).is_dir():
+        return name
+    check_hub_id(name, key)
     return name
+
+
+def check_hub_id(name: str, key: str) -> None:
+    """A ModelError unless `name` can be a hub id that loads here (when offline: one in the local cache)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(f"params.yaml: {key} '{name}': no such model folder (and not a Hugging Face hub id)") from None
+    if offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelError(
+            f"params.yaml: {key} '{name}': no such model folder, and no hub model of that name in the local Hugging Face "
+            "cache (HF_HUB_OFFLINE is set): give a model folder or package:NAME, or download the model once while online"
+        )
 
 
 def offline() -> bool:

@@ -27,6 +27,18 @@ def ensure_writable(*folders: Path) -> None:
 class TaskPaths:
     task: str
 
+    def inputs(self, stage: str) -> list[Path]:
+        """What a stage reads that an earlier stage writes (dvc.yaml's deps of it)."""
+        return {
+            "validate": [self.raw],
+            "split": [self.clean],
+            "augment": [self.split("train")],
+            "pretrain": [self.split("train")],
+            "train": [self.augmented_train, self.split("val")],
+            "evaluate": [self.model_dir, self.split("val"), self.split("test")],
+            "register": [self.model_dir, self.metrics, self.split("val")],
+        }.get(stage, [])
+
     @property
     def raw(self) -> Path:
         return Path("data/raw") / f"{self.task}.jsonl"
@@ -34,6 +46,11 @@ class TaskPaths:
     @property
     def provenance(self) -> Path:
         return Path("data/raw") / f"{self.task}.provenance.json"
+
+    @property
+    def rejected_batches(self) -> Path:
+        """Drop-folder batches that could not be read, one record each (kept across runs)."""
+        return Path("data/quarantine") / f"{self.task}.batches.jsonl"
 
     @property
     def clean(self) -> Path:

@@ -65,21 +65,33 @@ def read_path(path: Path, fmt: str, encoding: str, languages: tuple[str, str] | 
             raise DataError(f"{path}: the parallel format needs a language pair (translation.languages)")
         return read_parallel(path, languages, encoding)
     if path.is_dir():
-        records = []
-        for batch in sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p)):
-            batch_format = EXTENSION_FORMATS.get(batch.suffix.lower())
-            if batch_format is None:
-                raise DataError(
-                    f"{batch}: unknown batch file type '{batch.suffix}' in drop folder {path} "
-                    f"(expected one of {', '.join(EXTENSION_FORMATS)})"
-                )
-            for record in read_file(batch, batch_format, encoding):
-                record["batch"] = batch.name
-                records.append(record)
-        return records
+        return [record for batch in batch_files(path) for record in read_batch(batch, encoding)]
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (data.source in params.yaml)")
     return read_file(path, fmt, encoding)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def batch_files(folder: Path) -> list[Path]:
+    """The batch files of a drop folder, in name order (hidden files and READMEs are not batches)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _ignored(p))
+
+
+def read_batch(path: Path, encoding: str | None) -> list[Record]:
+    """Read one drop-folder batch, its format taken from its extension; each record keeps its `batch` name."""
+    batch_format = EXTENSION_FORMATS.get(path.suffix.lower())
+    if batch_format is None:
+        raise DataError(f"{path}: unknown batch file type '{path.suffix}' (expected one of {', '.join(EXTENSION_FORMATS)})")
+    records = read_file(path, batch_format, encoding or FORMAT_ENCODINGS.get(batch_format, "utf-8"))
+    return [{**record, "batch": path.name} for record in records]
 
 
 def read_file(path: Path, fmt: str, encoding: str) -> list[Record]:

@@ -72,6 +72,12 @@ def check_reachable(uri: str | None = None) -> None:
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {exc} ({hint})") from None
 
 
+def is_not_found(exc: Exception) -> bool:
+    """Whether an MlflowException says the model, version or alias does not exist (rather than the store failing)."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
 @contextmanager
 def resume_run(model_dir: Path, experiment: str) -> Iterator[object]:
     """Continue the MLflow run that trained the model in `model_dir`."""

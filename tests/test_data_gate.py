@@ -251,3 +251,62 @@ def test_ner_entity_types_map_through_label_map(workspace, capsys):
     assert code == 0, printed
     clean, reasons = accounted("ner")
     assert not reasons and sorted(r["tags"] for r in clean) == sorted(tags for _, tags in sentences)
+
+
+# the drop folder ----------------------------------------------------------------------------------
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def test_an_unreadable_batch_is_set_aside_and_the_good_ones_are_read(workspace, capsys):
+    incoming = workspace / "data" / "incoming"
+    write_csv(incoming / "batch-1.csv", make_rows(40, seed=11))
+    (incoming / "batch-2.csv").write_bytes(b"")
+    write_csv(incoming / "batch-3.csv", [{"sentence": "Profit rose", "sentiment": "positive"}], ("sentence", "sentiment"))
+    (incoming / "batch-4.csv").write_bytes(PNG)
+    (incoming / "batch-5.xlsx").write_bytes(b"PK\x03\x04 workbook")
+    write_csv(incoming / "batch-6.csv", make_rows(45, seed=12)[40:])
+
+    assert main(["stage", "collect"]) == 0
+    printed = capsys.readouterr().out
+    paths = TaskPaths("sentiment")
+    provenance = load_json(paths.provenance)
+    assert provenance["rows"] == 300 + 40 + 5
+    assert {r["batch"] for r in load_records(paths.raw) if "batch" in r} == {"batch-1.csv", "batch-6.csv"}
+    reasons = {Path(r["file"]).name: r["reason"] for r in provenance["rejected_batches"]}
+    assert reasons == {
+        "batch-2.csv": "the file is empty (expected a header line)",
+        "batch-3.csv": "row 2: missing column(s) text, label (found: sentence, sentiment; set sentiment.data.text_column / label_column in params.yaml)",
+        "batch-4.csv": "this is a PNG image, not a text data file",
+        "batch-5.xlsx": "unknown batch file type '.xlsx' (expected one of .csv, .tsv, .jsonl, .parquet, .conll)",
+    }
+    assert "collect[sentiment]: batch data/incoming/batch-4.csv set aside (this is a PNG image, not a text data file)" in printed
+    recorded = load_records(paths.rejected_batches)
+    assert [(r["file"], r["bytes"]) for r in recorded] == [(f"data/incoming/{name}", (incoming / name).stat().st_size) for name in sorted(reasons)]
+    assert all(len(r["sha256"]) == 64 and r["rejected_at"] for r in recorded)
+    assert (incoming / "batch-4.csv").read_bytes() == PNG  # never edited or deleted
+
+    assert main(["stage", "collect"]) == 0  # unchanged: not read again, not recorded again
+    assert load_records(paths.rejected_batches) == recorded
+    assert [r["new"] for r in load_json(paths.provenance)["rejected_batches"]] == [False] * 4
+
+    write_csv(incoming / "batch-3.csv", [{"text": "Net profit rose to EUR 4 mn", "label": "positive"}])  # fixed, dropped again
+    assert main(["stage", "collect"]) == 0
+    provenance = load_json(paths.provenance)
+    assert provenance["rows"] == 300 + 40 + 5 + 1 and len(provenance["rejected_batches"]) == 3
+    assert load_records(paths.rejected_batches) == recorded  # the record of the old copy stays
+
+
+def test_a_bad_configured_source_still_stops_the_run(workspace, capsys):
+    (workspace / "data" / "sample.csv").write_bytes(PNG)
+    write_csv(workspace / "data" / "incoming" / "batch-1.csv", make_rows(40, seed=11))
+    assert main(["stage", "collect"]) == 3
+    assert capsys.readouterr().err == "error: data/sample.csv: this is a PNG image, not a text data file\n"
+
+
+def test_a_drop_folder_as_the_source_with_no_readable_batch_stops_the_run(workspace, tiny_model, capsys):
+    (workspace / "data" / "batches").mkdir()
+    (workspace / "data" / "batches" / "bad.csv").write_bytes(PNG)
+    write_params(workspace, tiny_params(tiny_model, "data/batches"))
+    assert main(["stage", "collect"]) == 3
+    assert capsys.readouterr().err == (
+        "error: data/batches: no readable rows (every batch was set aside; see data/quarantine/sentiment.batches.jsonl)\n")

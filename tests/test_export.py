@@ -57,10 +57,25 @@ def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model, mon
         assert [p["label"] for p in answer["predictions"]] == ["positive", "neutral"]
 
 
-def test_an_export_scoring_too_low_is_refused_and_serving_falls_back(workspace, tiny_model):
-    # A negative max_drop asks the export to beat its own model: the check must refuse it.
-    decision = train_and_register(tiny_model, 1.0e-3, sentiment__registry__onnx="fp32",
-                                  sentiment__registry__onnx_max_drop=-1.0)
+def sabotaged_export(model, tokenizer, folder: Path, precision: str) -> None:
+    """The real export with its classifier's weights negated afterwards: a broken export the check must catch."""
+    import onnx
+    from onnx import numpy_helper
+
+    real_export(model, tokenizer, folder, precision)
+    graph = onnx.load(str(folder / export.ONNX_FILE))
+    for weights in graph.graph.initializer:
+        if "classifier" in weights.name:
+            weights.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weights), weights.name))
+    onnx.save(graph, str(folder / export.ONNX_FILE))
+
+
+real_export = export.export
+
+
+def test_an_export_scoring_too_low_is_refused_and_serving_falls_back(workspace, tiny_model, monkeypatch):
+    monkeypatch.setattr(export, "export", sabotaged_export)
+    decision = train_and_register(tiny_model, 1.0e-3, sentiment__registry__onnx="fp32")
     report = load_json(PATHS.export_report)
     assert not report["kept"] and "below the model's" in report["reason"]
     assert decision["promoted"]  # the model itself is fine: only its export is not kept

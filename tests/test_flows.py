@@ -84,20 +84,53 @@ def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
     assert "#/experiments/" in artifact.data
 
 
-def test_new_batch_in_drop_folder_leads_to_a_new_model_version(repo):
+def rejected_batch_events() -> list[dict]:
+    """The payloads of the BATCH_REJECTED events stored on the Prefect server (stored asynchronously)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from flows.events import BATCH_REJECTED
+
+    with get_client(sync_client=True) as client:
+        for _ in range(40):
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[BATCH_REJECTED])), limit=50)
+            if page.events:
+                return [dict(e.payload) for e in page.events]
+            time.sleep(0.5)
+    return []
+
+
+def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
+    from prefect.artifacts import Artifact
+
     from flows.retrain import retrain
+    from pipeline.records import load_json, load_records
 
     write_csv(repo / "data" / "incoming" / "batch-001.csv", make_rows(360, seed=5)[300:])
+    (repo / "data" / "incoming" / "batch-002.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a screenshot dropped by mistake
     decision = retrain()["sentiment"]
-    assert decision["challenger"]["version"] == "2"
-    provenance = (repo / "data" / "raw" / "sentiment.provenance.json").read_text()
-    assert "batch-001.csv" in provenance
+    assert decision["challenger"]["version"] == "2"  # trained, registered and judged despite the bad batch
+    provenance = load_json(repo / "data" / "raw" / "sentiment.provenance.json")
+    assert "data/incoming/batch-001.csv" in provenance["files"]
+    assert [b["file"] for b in provenance["rejected_batches"]] == ["data/incoming/batch-002.csv"]
+    train = load_records(repo / "data" / "split" / "sentiment" / "train.jsonl")
+    assert any(row.get("batch") == "batch-001.csv" for row in train)
+    recorded = load_records(repo / "data" / "quarantine" / "sentiment.batches.jsonl")
+    assert [(r["file"], r["reason"]) for r in recorded] == [("data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
+    assert "## Batches set aside (1)" in Artifact.get("retrain-sentiment").data
+    events = rejected_batch_events()
+    assert [(e["task"], e["file"], e["reason"]) for e in events] == [
+        ("sentiment", "data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
+    (repo / "data" / "incoming" / "batch-002.csv").unlink()  # the next tests start from good data
 
 
 def test_deployment_has_nightly_schedule_and_event_triggers(repo):
     from prefect.client.orchestration import get_client
 
-    from flows.deploy import BATCH_ARRIVED, DRIFT_DETECTED, build_deployments, workspace_resource
+    from flows.deploy import build_deployments
+    from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, workspace_resource
     from pipeline.config import load_params
 
     retrain, monitor = build_deployments(load_params())
@@ -153,16 +186,20 @@ def test_a_new_batch_in_the_drop_folder_emits_the_trigger_event(tmp_path, prefec
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    from flows.deploy import BATCH_ARRIVED, watch_drop_folder
+    from flows.deploy import watch_drop_folder
+    from flows.events import BATCH_ARRIVED
 
     folder = tmp_path / "incoming"
     write_csv(folder / "old.csv", make_rows(5))
+    write_csv(folder / "fixed.csv", make_rows(5, seed=2))
     (folder / "README.md").write_text("not a batch")
     stop = threading.Event()
     watcher = threading.Thread(target=watch_drop_folder, args=(folder, 0.1, stop))
     watcher.start()
     time.sleep(0.5)  # let the watcher take stock of what is already there
     write_csv(folder / "new.csv", make_rows(5, seed=1))
+    time.sleep(1)
+    write_csv(folder / "fixed.csv", make_rows(6, seed=3))  # a corrected copy dropped again under its name
     time.sleep(1)
     stop.set()
     watcher.join()
@@ -172,7 +209,7 @@ def test_a_new_batch_in_the_drop_folder_emits_the_trigger_event(tmp_path, prefec
         for _ in range(40):  # events are stored asynchronously
             page = client.read_events(EventFilter(event=EventNameFilter(name=[BATCH_ARRIVED])), limit=50)
             files = [e.payload["file"] for e in page.events]
-            if files:
+            if len(files) == 2:
                 break
             time.sleep(0.5)
-    assert files == [str(folder / "new.csv")]
+    assert sorted(files) == [str(folder / "fixed.csv"), str(folder / "new.csv")]

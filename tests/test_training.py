@@ -43,7 +43,7 @@ def test_fractional_epochs_and_early_stopping(workspace, tiny_model):
     assert load_json(PATHS.history)[-1]["epoch"] == pytest.approx(0.5, abs=0.1)
 
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=30,
-                                        sentiment__train__learning_rate=0.0, sentiment__train__early_stopping_patience=1))
+                                        sentiment__train__learning_rate=1e-12, sentiment__train__early_stopping_patience=1))
     run_stages("train")  # a model that cannot improve stops after 1 + patience epochs
     assert len(load_json(PATHS.history)) == 2
 

@@ -54,7 +54,7 @@ def run(task: Task, settings: PretrainConfig, base_model: str, paths: TaskPaths)
     texts = read_texts(task, settings, paths)
     random.Random(settings.seed).shuffle(texts)
     held_out = max(1, int(HELD_OUT * len(texts)))
-    source = resolve_model(base_model)
+    source = resolve_model(base_model, f"{task.name}.model.name")
     tokenizer = AutoTokenizer.from_pretrained(source, **pretrained_kwargs())
     model = AutoModelForMaskedLM.from_pretrained(source, **pretrained_kwargs())
 

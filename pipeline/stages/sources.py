@@ -9,11 +9,11 @@ everything after it; hashing is much cheaper than parsing the sources again.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from pipeline.config import Params, SourceConfig
+from pipeline.readers import file_sha256
 from pipeline.records import save_json
 
 FOLDER = Path("data/sources")
@@ -49,8 +49,4 @@ def files_behind(path: Path) -> list[Path]:
 
 
 def describe(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}

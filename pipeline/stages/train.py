@@ -126,7 +126,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 def base_model_path(config: TaskConfig, paths: TaskPaths) -> str:
     """Where fine-tuning starts: the domain-adapted model when pretrain is on, else model.name."""
-    return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name)
+    return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name, f"{paths.task}.model.name")
 
 
 def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
@@ -213,7 +213,7 @@ def load_teacher(task: Task, reference: str) -> tuple[Any, Any]:
 
     if reference.startswith("models:/"):
         return load_registered(task, reference)
-    return task.load_model(resolve_model(reference))
+    return task.load_model(resolve_model(reference, f"{task.name}.train.distillation.teacher"))
 
 
 class AdaLoraBudget(TrainerCallback):

@@ -85,7 +85,7 @@ def load_translator(reference: str) -> tuple[Any, Any]:
         return load_pyfunc_components(reference)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = resolve_model(reference)
+    path = resolve_model(reference, "augment.back_translation")
     return AutoModelForSeq2SeqLM.from_pretrained(path, **pretrained_kwargs()), AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
 
 
