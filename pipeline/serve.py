@@ -5,6 +5,9 @@
 - A watcher checks the registry alias every `reload_seconds` (POST /reload checks at once). A
   new version is loaded in the background and swapped in by replacing one reference: batches
   already running finish on the old model, and no request waits for the load or is dropped.
+- Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is exactly how long
+  httpx keeps one for reuse, so a client could reuse a connection just as the server closed it,
+  and that request failed unanswered.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
 time, and the request model is built inside `create_app` from the configured limits.
@@ -282,8 +285,17 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def server_config(service: Service, **options: Any) -> "uvicorn.Config":
+    """uvicorn's settings for `service`, with its keep-alive (see the module docstring)."""
+    import uvicorn
+
+    return uvicorn.Config(create_app(service), timeout_keep_alive=service.settings.keep_alive_seconds, **options)
+
+
 def run(service: Service) -> None:
     """Serve until interrupted; on Ctrl-C requests in flight are answered before it stops."""
     import uvicorn
 
-    uvicorn.run(create_app(service), host=service.settings.host, port=service.settings.port)
+    server = uvicorn.Server(server_config(service, host=service.settings.host, port=service.settings.port))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: exit 0, as uvicorn.run does
+        server.run()

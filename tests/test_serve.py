@@ -4,6 +4,7 @@ The tests share one registry and one server (training is the slow part); the hot
 rolls the champion back to v1, so it leaves them as it found them.
 """
 
+import http.client
 import json
 import re
 import socket
@@ -22,7 +23,7 @@ from pipeline import tracking
 from pipeline.cli import main
 from pipeline.config import ServingConfig, load_params
 from pipeline.errors import ConfigError
-from pipeline.serve import Service, create_app, load_served, max_body_bytes
+from pipeline.serve import Service, load_served, max_body_bytes, server_config
 from pipeline.tasks import get_task
 from pipeline.tasks.sentiment import SentimentTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
@@ -67,7 +68,7 @@ def url(registry) -> Iterator[str]:
     service = Service(task, CHAMPION_URI, settings, load_served(task, CHAMPION_URI, settings.runtime))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    server = uvicorn.Server(server_config(service, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive())
@@ -149,6 +150,22 @@ def test_fifty_clients_for_thirty_seconds_get_no_server_error(url, tmp_path, cap
               f"failed connections {report['failed_connections_by_error']}")
     assert code == 0 and report["status_counts"] == {"200": report["requests"]} and report["requests"] > 50
     assert 0 < report["p50_latency_ms"] <= report["p99_latency_ms"]
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(url):
+    # httpx reuses a pooled connection for up to 5 s idle; a server that closes it sooner races the
+    # client's next request, which then fails unanswered (the likely cause of the 50-client test's failure).
+    # http.client keeps its connection as long as the server does, so that failure shows every time here.
+    parts = httpx.URL(url)
+    connection = http.client.HTTPConnection(parts.host, parts.port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+        time.sleep(httpx.Limits().keepalive_expiry + 1)
+        connection.request("GET", "/health")  # on the same connection, as a pooled client would
+        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+    finally:
+        connection.close()
 
 
 def test_concurrent_requests_share_model_calls(url, monkeypatch):
