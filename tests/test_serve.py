@@ -22,8 +22,8 @@ import pytest
 from pipeline import tracking
 from pipeline.cli import main
 from pipeline.config import ServingConfig, load_params
-from pipeline.errors import ConfigError
-from pipeline.serve import Service, load_served, max_body_bytes, server_config
+from pipeline.errors import ConfigError, ServiceError
+from pipeline.serve import Service, bind, listen, load_served, max_body_bytes, server_config
 from pipeline.tasks import get_task
 from pipeline.tasks.sentiment import SentimentTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
@@ -66,8 +66,7 @@ def url(registry) -> Iterator[str]:
     task = get_task("sentiment", params.task("sentiment"))
     settings = ServingConfig(**LIMITS)
     service = Service(task, CHAMPION_URI, settings, load_served(task, CHAMPION_URI, settings.runtime))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(server_config(service, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -248,10 +247,55 @@ def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
 
 
 def test_serve_command_explains_a_missing_model(registry, capsys):
-    assert main(["serve", "--model", f"models:/{NAME}/99"]) == 4
+    assert main(["serve", "--port", "0", "--model", f"models:/{NAME}/99"]) == 4
     assert f"cannot serve 'models:/{NAME}/99'" in capsys.readouterr().err
-    assert main(["serve", "--model", NAME]) == 4
+    assert main(["serve", "--port", "0", "--model", NAME]) == 4
     assert "must be models:/NAME@ALIAS or models:/NAME/VERSION" in capsys.readouterr().err
+
+
+PORT_FIX = "pass --port or set serving.port in params.yaml"
+HOST_FIX = "pass --host or set serving.host in params.yaml (127.0.0.1: this machine only, 0.0.0.0: every interface)"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another server listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def test_serve_refuses_a_port_in_use_before_loading_a_model(workspace, taken_port):
+    # The workspace has no registry: a load before the bind would end in "cannot serve", exit 4.
+    done = subprocess.run([str(FINETUNE), "serve", "--port", str(taken_port)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (
+        5, f"error: cannot listen on 127.0.0.1:{taken_port}: the port is in use (another finetune serve?); {PORT_FIX}\n")
+
+
+@pytest.mark.parametrize(
+    "host, port, problem",
+    [
+        ("192.0.2.1", "8000", f"the address is not one of this machine's; {HOST_FIX}"),  # TEST-NET-1: on no machine
+        ("no-such-host.invalid", "8000", f"the host name is not known (Name or service not known); {HOST_FIX}"),
+        ("127.0.0.1", "70000", f"ports are 0 to 65535 (0: any free port); {PORT_FIX}"),
+    ],
+    ids=["address-not-here", "unknown-host", "port-out-of-range"],
+)
+def test_serve_explains_an_address_it_cannot_listen_on(workspace, capsys, host, port, problem):
+    assert main(["serve", "--host", host, "--port", port]) == 5
+    assert capsys.readouterr().err == f"error: cannot listen on {host}:{port}: {problem}\n"
+
+
+def test_a_port_taken_while_the_model_loads_fails_when_listening():
+    # Two sockets can bind one port (SO_REUSEADDR) until one listens: two servers started together.
+    first = bind("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    second = bind("127.0.0.1", port)
+    with first, second:
+        listen(first, 8)
+        with pytest.raises(ServiceError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
+            listen(second, 8)
 
 
 def test_finetune_serve_command(registry):
