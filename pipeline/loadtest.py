@@ -15,6 +15,8 @@ import statistics
 import time
 from collections import Counter
 
+from pipeline.errors import ServiceError
+
 
 async def _client(client, texts: list[str], deadline: float, seed: int, latencies: list[float], statuses: Counter,
                   errors: Counter) -> None:
@@ -51,6 +53,16 @@ def percentile(values: list[float], share: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[round(share * 1000) - 1]
 
 
+async def _check_answers(client, url: str) -> None:
+    """One GET /health first: with nothing there, every client would fail at once, for the whole run."""
+    import httpx
+
+    try:
+        await client.get("/health")
+    except httpx.TransportError as exc:
+        raise ServiceError(f"nothing answers at {url} ({describe(exc)}); start `finetune serve` there, or pass --url") from None
+
+
 async def _run(url: str, texts: list[str], clients: int, seconds: float) -> dict:
     import httpx
 
@@ -59,6 +71,7 @@ async def _run(url: str, texts: list[str], clients: int, seconds: float) -> dict
     errors: Counter = Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        await _check_answers(client, url)
         started = time.monotonic()
         deadline = started + seconds
         await asyncio.gather(*(_client(client, texts, deadline, seed, latencies, statuses, errors) for seed in range(clients)))

@@ -5,6 +5,7 @@ rolls the champion back to v1, so it leaves them as it found them.
 """
 
 import http.client
+import http.server
 import json
 import re
 import socket
@@ -165,6 +166,47 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(url):
         assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
     finally:
         connection.close()
+
+
+def test_loadtest_explains_that_nothing_answers(workspace, capsys):
+    with socket.socket() as bound:  # bound, never listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+        assert main(["loadtest", "--url", url, "--seconds", "1", POSITIVE]) == 5
+    assert capsys.readouterr() == ("", f"error: nothing answers at {url} (ConnectError: All connection attempts failed); "
+                                       "start `finetune serve` there, or pass --url\n")
+
+
+class DropsPredictions(http.server.BaseHTTPRequestHandler):
+    """A broken server: answers /health, but reads each /predict and hangs up without an answer."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_loadtest_names_why_connections_failed(workspace, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DropsPredictions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = main(["loadtest", "--url", f"http://127.0.0.1:{server.server_port}", "--clients", "2", "--seconds", "1", POSITIVE])
+    finally:
+        server.shutdown()
+        server.server_close()
+    report = json.loads(capsys.readouterr().out)
+    assert code == 5 and report["status_counts"] == {"0": report["failed_connections"]}
+    assert report["failed_connections_by_error"] == {
+        "RemoteProtocolError: Server disconnected without sending a response.": report["failed_connections"]}
 
 
 def test_concurrent_requests_share_model_calls(url, monkeypatch):
