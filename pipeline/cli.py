@@ -153,18 +153,19 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     )
     config = params.task(settings.task)
     task = get_task(settings.task, config)
-    use_all_cores()
-    tracking.configure(params.tracking.experiment)
-    uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
-    try:
-        served = serving.load_served(task, uri, settings.runtime)
-    except (MlflowException, ValueError) as exc:
-        raise ModelError(
-            f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
-            "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
-        ) from None
-    print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
-    serving.run(serving.Service(task, uri, settings, served))
+    with serving.bind(settings.host, settings.port) as sock:  # before the slow load: a port in use fails at once
+        use_all_cores()
+        tracking.configure(params.tracking.experiment)
+        uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
+        try:
+            served = serving.load_served(task, uri, settings.runtime)
+        except (MlflowException, ValueError) as exc:
+            raise ModelError(
+                f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
+                "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
+            ) from None
+        print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
+        serving.run(serving.Service(task, uri, settings, served), sock)
 
 
 def loadtest(args: argparse.Namespace) -> None:

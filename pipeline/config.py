@@ -334,6 +334,7 @@ class ServingConfig:
     max_texts_per_request: int = at_least(1, 64)
     max_text_chars: int = at_least(1, 2000)
     reload_seconds: float = positive(30.0)  # how often the registry alias is checked for a new version
+    keep_alive_seconds: float = positive(75.0)  # idle connections kept open: longer than clients and proxies keep them
     runtime: Literal["onnx", "torch"] = "onnx"  # onnx: the version's ONNX Runtime export when it has one (registry.onnx)
 
 

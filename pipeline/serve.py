@@ -5,6 +5,10 @@
 - A watcher checks the registry alias every `reload_seconds` (POST /reload checks at once). A
   new version is loaded in the background and swapped in by replacing one reference: batches
   already running finish on the old model, and no request waits for the load or is dropped.
+- The port is bound before the model loads, so a port in use fails at once; it listens once the
+  model is loaded. Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is
+  exactly how long httpx keeps one for reuse, so a client could reuse a connection just as the
+  server closed it, and that request failed unanswered.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
 time, and the request model is built inside `create_app` from the configured limits.
@@ -12,16 +16,19 @@ time, and the request model is built inside `create_app` from the configured lim
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
+import socket
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator, Iterator
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from pipeline.config import ServingConfig
+from pipeline.errors import ServiceError
 from pipeline.stages.register import load_registered
 from pipeline.tasks.base import Task
 
@@ -282,8 +289,72 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def run(service: Service) -> None:
-    """Serve until interrupted; on Ctrl-C requests in flight are answered before it stops."""
+# the server -------------------------------------------------------------------------------------
+PORT_FIX = "pass --port or set serving.port in params.yaml"
+HOST_FIX = "pass --host or set serving.host in params.yaml (127.0.0.1: this machine only, 0.0.0.0: every interface)"
+LISTEN_PROBLEMS = {
+    errno.EADDRINUSE: f"the port is in use (another finetune serve?); {PORT_FIX}",
+    errno.EACCES: f"permission denied (ports below 1024 need root); {PORT_FIX}",
+    errno.EADDRNOTAVAIL: f"the address is not one of this machine's; {HOST_FIX}",
+}
+
+
+def address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_problem(exc: OSError | OverflowError) -> str:
+    """Why a socket could not bind or listen, and what to change."""
+    if isinstance(exc, OverflowError):
+        return f"ports are 0 to 65535 (0: any free port); {PORT_FIX}"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name is not known ({exc.strerror}); {HOST_FIX}"
+    return LISTEN_PROBLEMS.get(exc.errno, f"{exc.strerror or exc}; {HOST_FIX}, or {PORT_FIX}")
+
+
+@contextlib.contextmanager
+def listening_errors(sock: socket.socket, host: str, port: int) -> Iterator[None]:
+    """A failure to bind or listen closes the socket and becomes a ServiceError that says why and the fix."""
+    try:
+        yield
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+        sock.close()
+        raise ServiceError(f"cannot listen on {address(host, port)}: {listen_problem(exc)}") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (0: any free port) but not listening, so clients are refused until the
+    model is loaded; a port in use or an address not on this machine fails here, before the slow load."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn picks the family
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait out TIME_WAIT
+    with listening_errors(sock, host, port):
+        sock.bind((host, port))
+    return sock
+
+
+def listen(sock: socket.socket, backlog: int) -> str:
+    """Start accepting connections on `sock`; its URL. Two servers can bind one port until one listens,
+    so a port taken while the model loaded fails here."""
+    host, port = sock.getsockname()[:2]
+    with listening_errors(sock, host, port):
+        sock.listen(backlog)
+    return f"http://{address(host, port)}"
+
+
+def server_config(service: Service, **options: Any) -> "uvicorn.Config":
+    """uvicorn's settings for `service`, with its keep-alive (see the module docstring)."""
     import uvicorn
 
-    uvicorn.run(create_app(service), host=service.settings.host, port=service.settings.port)
+    return uvicorn.Config(create_app(service), timeout_keep_alive=service.settings.keep_alive_seconds, **options)
+
+
+def run(service: Service, sock: socket.socket) -> None:
+    """Serve on `sock` (from `bind`) until interrupted; on Ctrl-C requests in flight are answered before it stops."""
+    import uvicorn
+
+    server = uvicorn.Server(server_config(service))
+    url = listen(sock, server.config.backlog)
+    log.info("Uvicorn running on %s (Press CTRL+C to quit)", url)  # uvicorn's own line, which it skips for a given socket
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: exit 0, as uvicorn.run does
+        server.run(sockets=[sock])
