@@ -159,11 +159,8 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
         uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
         try:
             served = serving.load_served(task, uri, settings.runtime)
-        except (MlflowException, ValueError) as exc:
-            raise ModelError(
-                f"cannot serve '{uri}' from {tracking.tracking_uri()}: {getattr(exc, 'message', exc)} "
-                "(run `dvc repro` first, or pass --model models:/NAME/VERSION)"
-            ) from None
+        except MlflowException as exc:
+            raise tracking.registry_error(uri, exc) from None
         print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
         serving.run(serving.Service(task, uri, settings, served), sock)
 

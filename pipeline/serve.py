@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from pipeline.config import ServingConfig
-from pipeline.errors import ServiceError
+from pipeline.errors import ModelError, ServiceError
 from pipeline.stages.register import load_registered
 from pipeline.tasks.base import Task
 
@@ -54,7 +54,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
     match = MODEL_URI.fullmatch(uri)
     if match is None:
-        raise ValueError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got '{uri}'")
+        raise ModelError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got '{uri}'")
     return match["name"], match["alias"], match["version"]
 
 

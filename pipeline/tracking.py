@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.config import TaskConfig, section_hash
-from pipeline.errors import TrackingError
+from pipeline.errors import ModelError, TrackingError, UserError
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, save_json
 
@@ -76,6 +76,15 @@ def is_not_found(exc: Exception) -> bool:
     """Whether an MlflowException says the model, version or alias does not exist (rather than the store failing)."""
     code = getattr(exc, "error_code", "")
     return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def registry_error(uri: str, exc: Exception) -> UserError:
+    """The user's view of an MlflowException about `uri`: no such model (ModelError), or a failing store (TrackingError)."""
+    where = f"'{uri}' from {tracking_uri()}: {getattr(exc, 'message', exc)}"
+    if is_not_found(exc):
+        return ModelError(f"cannot load model {where} (register one with `dvc repro`, or name another: "
+                          "models:/NAME/VERSION, models:/NAME@ALIAS or a model folder)")
+    return TrackingError(f"the model registry failed loading {where}")
 
 
 @contextmanager

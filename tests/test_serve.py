@@ -290,7 +290,7 @@ def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
 
 def test_serve_command_explains_a_missing_model(registry, capsys):
     assert main(["serve", "--port", "0", "--model", f"models:/{NAME}/99"]) == 4
-    assert f"cannot serve 'models:/{NAME}/99'" in capsys.readouterr().err
+    assert f"error: cannot load model 'models:/{NAME}/99'" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--model", NAME]) == 4
     assert "must be models:/NAME@ALIAS or models:/NAME/VERSION" in capsys.readouterr().err
 
@@ -309,7 +309,7 @@ def taken_port() -> Iterator[int]:
 
 
 def test_serve_refuses_a_port_in_use_before_loading_a_model(workspace, taken_port):
-    # The workspace has no registry: a load before the bind would end in "cannot serve", exit 4.
+    # The workspace has no registry: a load before the bind would end in "cannot load model", exit 4.
     done = subprocess.run([str(FINETUNE), "serve", "--port", str(taken_port)], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (
         5, f"error: cannot listen on 127.0.0.1:{taken_port}: the port is in use (another finetune serve?); {PORT_FIX}\n")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline import adapters
 from pipeline.config import TaskConfig
-from pipeline.errors import ConfigError, ModelError, TrackingError
+from pipeline.errors import ConfigError
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_json, load_records, save_json
@@ -55,11 +55,7 @@ def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
     except MlflowException as exc:
-        where = f"'{uri}' from {tracking.tracking_uri()}: {exc.message}"
-        if tracking.is_not_found(exc):
-            raise ModelError(f"cannot load model {where} (register one with `dvc repro`, or name another: "
-                             "models:/NAME/VERSION, models:/NAME@ALIAS or a model folder)") from None
-        raise TrackingError(f"the model registry failed loading {where}") from None
+        raise tracking.registry_error(uri, exc) from None
     if "transformers" not in flavors:
         return load_pyfunc_components(uri)
     with tempfile.TemporaryDirectory(prefix="model-") as downloads:
