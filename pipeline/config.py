@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,9 @@ import yaml
 from pipeline.errors import ConfigError, DataError
 
 PARAMS_FILE = Path("params.yaml")
+SPLIT_NAMES = ("train", "val", "test")  # the keys of a pre-split data.source, and the splits the split stage writes
+# data.format: what the readers read (pipeline/readers.py); parallel is two aligned files, PREFIX.<source> and PREFIX.<target>
+DataFormat = Literal["csv", "tsv", "jsonl", "parquet", "phrasebank", "conll", "parallel"]
 
 
 # value ranges -------------------------------------------------------------------------------------
@@ -88,10 +92,21 @@ def labels_problems(labels: list[str], label_map: dict[str, str]) -> Iterator[tu
 
 @dataclass
 class SourceConfig:
-    source: str | dict[str, str]
-    format: str = "csv"
+    source: str | dict[str, str]  # a file, a drop folder, or a {train, val, test} mapping of files split as published
+    format: DataFormat = "csv"
     encoding: str | None = None  # None: the format's own (latin-1 for phrasebank, else utf-8)
     incoming: str = "data/incoming"  # drop folder of new labelled batches, read as well as `source` when it exists
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if isinstance(self.source, dict):
+            unknown = [name for name in self.source if name not in SPLIT_NAMES]
+            if unknown:
+                yield "source", f"names unknown split(s) {', '.join(map(repr, unknown))} (use {', '.join(SPLIT_NAMES)})"
+        if self.encoding is not None:
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                yield "encoding", f"is {self.encoding!r}, an encoding Python does not know (e.g. utf-8, latin-1, cp1252)"
 
 
 @dataclass
@@ -203,6 +218,10 @@ class TranslationModelConfig(ModelConfig):
 class LanguagesConfig:
     source: str = "de"  # also the file suffix of the parallel format and the column name in tsv/jsonl
     target: str = "en"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.source.strip().casefold() == self.target.strip().casefold():
+            yield "target", f"is {self.target}, the same as source: a translation needs two languages"
 
 
 @dataclass
@@ -366,10 +385,16 @@ class Params:
     serving: ServingConfig = field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    file: str = str(PARAMS_FILE)  # where these params were read from, for messages
 
     def task(self, name: str) -> TaskConfig:
+        from pipeline.tasks import TASKS
+
+        if name not in TASKS:
+            raise ConfigError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
         if name not in self.task_configs:
-            raise ConfigError(f"params.yaml: no section '{name}:' for task '{name}'")
+            raise ConfigError(f"{self.file}: no section '{name}:' for task '{name}' "
+                              f"(it configures {', '.join(self.task_configs) or 'no task'}: name one of those, or add a '{name}:' section)")
         return self.task_configs[name]
 
 
@@ -377,7 +402,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and check params.yaml; every problem is reported with the file and its key path."""
     raw = _read_yaml(Path(path))
     try:
-        return _parse(raw)
+        return dataclasses.replace(_parse(raw), file=str(path))
     except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
         raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
 
@@ -393,10 +418,22 @@ def _read_yaml(path: Path) -> dict:
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return raw
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: where (1-based line and column) and what, then its context."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        return f"{where} ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return where
 
 
 def _parse(raw: dict) -> Params:
@@ -414,6 +451,7 @@ def _parse(raw: dict) -> Params:
         if key not in TASKS:
             raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
         task_configs[key] = _build(task_class(key).config_class, section, key)
+        check_augment(key, task_configs[key].augment, task_class(key).augment_methods)
     for name in tasks:
         if name not in TASKS:
             raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
@@ -423,6 +461,16 @@ def _parse(raw: dict) -> Params:
         tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
+
+
+def check_augment(task: str, augment: AugmentConfig, known: tuple[str, ...]) -> None:
+    """A ConfigError unless `augment.methods` names only the task's methods, and back_translation only with its models set."""
+    unknown = [method for method in augment.methods if method not in known]
+    if unknown:
+        raise ConfigError(f"params.yaml: '{task}.augment.methods' names unknown method {unknown[0]!r} (known: {', '.join(known)})")
+    if "back_translation" in augment.methods and augment.back_translation is None:
+        raise ConfigError(f"params.yaml: '{task}.augment.methods' names back_translation but {task}.augment.back_translation "
+                          "is not set (to_pivot and from_pivot: models:/NAME@ALIAS, a hub id or a model folder)")
 
 
 def section_hash(config: Any) -> str:

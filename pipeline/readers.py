@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 from pipeline.errors import DataError
 from pipeline.records import Record
 
-SPLIT_NAMES = ("train", "val", "test")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".conll": "conll"}
 DOCUMENT_START = "-DOCSTART-"
 FORMAT_ENCODINGS = {"phrasebank": "latin-1"}  # the published PhraseBank files are not UTF-8
@@ -45,21 +44,20 @@ def read_source(
     `languages` names the two files of the `parallel` format: PREFIX.<source> and PREFIX.<target>.
     """
     encoding = encoding or FORMAT_ENCODINGS.get(fmt, "utf-8")
-    if isinstance(source, dict):
-        unknown = set(source) - set(SPLIT_NAMES)
-        if unknown:
-            raise DataError(f"data.source: unknown split(s) {sorted(unknown)}; use {list(SPLIT_NAMES)}")
+    if isinstance(source, dict):  # its keys (train, val, test) are checked when params load
         records = []
         for split, path in source.items():
-            for record in read_path(Path(path), fmt, encoding, languages):
+            for record in read_path(Path(path), fmt, encoding, languages, key=f"data.source.{split}"):
                 record["given_split"] = split
                 records.append(record)
         return records
     return read_path(Path(source), fmt, encoding, languages)
 
 
-def read_path(path: Path, fmt: str, encoding: str, languages: tuple[str, str] | None = None) -> list[Record]:
-    """Read one file, or every batch file of a drop folder (format taken from each extension)."""
+def read_path(
+    path: Path, fmt: str, encoding: str, languages: tuple[str, str] | None = None, key: str = "data.source"
+) -> list[Record]:
+    """Read one file, or every batch file of a drop folder (format taken from each extension); `key` names it in params.yaml."""
     if fmt == "parallel" and not path.is_dir():
         if languages is None:
             raise DataError(f"{path}: the parallel format needs a language pair (translation.languages)")
@@ -67,7 +65,7 @@ def read_path(path: Path, fmt: str, encoding: str, languages: tuple[str, str] | 
     if path.is_dir():
         return [record for batch in batch_files(path) for record in read_batch(batch, encoding)]
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder (data.source in params.yaml)")
+        raise DataError(f"{path}: no such file or folder ({key} in params.yaml)")
     return read_file(path, fmt, encoding)
 
 

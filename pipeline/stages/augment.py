@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from pipeline.augmentation import BACK_TRANSLATION
-from pipeline.config import AugmentConfig
+from pipeline.config import AugmentConfig, check_augment
 from pipeline.paths import TaskPaths
 from pipeline.records import Record, load_records, save_records
 from pipeline.tasks.base import Task
@@ -17,9 +17,7 @@ from pipeline.tasks.base import Task
 
 def run(task: Task, settings: AugmentConfig, paths: TaskPaths) -> int:
     """Write the training split plus `copies` marked synthetic rows per example; returns the count added."""
-    unknown = [m for m in settings.methods if m not in task.augment_methods]
-    if unknown:
-        raise ValueError(f"{task.name}.augment.methods: unknown {unknown} (known: {', '.join(task.augment_methods)})")
+    check_augment(task.name, settings, task.augment_methods)  # as params load; again for a config built otherwise
     rng = random.Random(settings.seed)
     train = load_records(paths.split("train"))
     task.prepare_augmentation(train)
@@ -42,12 +40,7 @@ def back_translate(task: Task, train: list[Record], settings: AugmentConfig) -> 
     """A paraphrase of each row's text: translated into the pivot language and back (new texts only)."""
     from pipeline.tasks.translation import load_translator, translate
 
-    models = settings.back_translation
-    if models is None:
-        raise ValueError(
-            f"{task.name}.augment.methods names back_translation but {task.name}.augment.back_translation is not set "
-            "(to_pivot and from_pivot: models:/NAME@ALIAS, a hub id or a model folder)"
-        )
+    models = settings.back_translation  # set: check_augment made sure
     texts = [example["text"] for example in train]
     print(f"augment[{task.name}]: back-translating {len(texts)} texts via {models.to_pivot} and {models.from_pivot}")
     pivots = translate(*load_translator(models.to_pivot), texts, max_length=512, batch_size=models.batch_size)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.config import SplitConfig
+from pipeline.config import SPLIT_NAMES, SplitConfig
 from pipeline.errors import DataError
 from pipeline.paths import TaskPaths
-from pipeline.readers import SPLIT_NAMES
 from pipeline.records import load_records, save_records
 from pipeline.tasks.base import Task
 
