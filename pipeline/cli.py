@@ -5,9 +5,11 @@ and `finetune deploy`."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
 from pipeline.paths import TaskPaths
@@ -56,10 +58,12 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
 
 
 def require_inputs(stage: str, paths: TaskPaths) -> None:
-    """A UsageError naming the first input of `stage` that no earlier stage has written yet."""
+    """A UsageError naming the first input of `stage` that no earlier stage has written yet, and the stage that writes it."""
     missing = [path for path in paths.inputs(stage) if not path.exists()]
     if missing:
-        raise UsageError(f"{missing[0]}: not found: run the stages before {stage} first (`dvc repro {stage}@{paths.task}` runs them)")
+        writer = paths.writer(missing[0])
+        raise UsageError(f"{missing[0]}: not found: the {writer} stage writes it "
+                         f"(`dvc repro {writer}@{paths.task}` runs the stages up to it)")
 
 
 def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
@@ -205,7 +209,28 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` number within the bounds; anything else is argparse's usage error (exit 2)."""
+    allowed = f"in {low:g}..{high:g}" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+    wrong = f"must be {'an integer' if kind is int else 'a number'} {allowed}, got %r"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(wrong % text) from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(wrong % text)
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.tasks import TASKS  # only the registry of names: cheap
+
+    tasks = tuple(TASKS)
     parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its message")
@@ -213,38 +238,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stage.add_argument("name", choices=(SOURCES, *STAGES))
-    stage.add_argument("--task", default="sentiment", help="the task (sources covers every task in `tasks`)")
+    stage.add_argument("--task", default="sentiment", choices=tasks, help="the task (sources covers every task in `tasks`)")
 
     pred = commands.add_parser("predict", help="label texts with a registered or local model")
     pred.add_argument("texts", nargs="*", help="texts to label (default: read stdin, one a line)")
     pred.add_argument("--file", help="a file with one text a line")
-    pred.add_argument("--task", default="sentiment")
+    pred.add_argument("--task", default="sentiment", choices=tasks)
     pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
     sel = commands.add_parser("select", help="active learning: queue the pool texts the champion is least sure about")
-    sel.add_argument("--task", default="sentiment")
+    sel.add_argument("--task", default="sentiment", choices=tasks)
     sel.add_argument("--pool", help="unlabelled texts: .txt (one a line), csv/tsv/jsonl/parquet or a folder (default: active_learning.pool)")
     sel.add_argument("--strategy", choices=("least_confidence", "margin", "entropy", "random"), help="default: active_learning.strategy")
-    sel.add_argument("--k", type=int, help="texts to queue (default: active_learning.k)")
-    sel.add_argument("--diversity", type=float, help="weight of the redundancy penalty (default: active_learning.diversity)")
+    sel.add_argument("--k", type=bounded(int, 1), help="texts to queue (default: active_learning.k)")
+    sel.add_argument("--diversity", type=bounded(float, 0), help="weight of the redundancy penalty (default: active_learning.diversity)")
     sel.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
     hps = commands.add_parser("search", help="Optuna search over the train settings (space: <task>.search in params.yaml)")
-    hps.add_argument("--task", default="sentiment")
-    hps.add_argument("--trials", type=int, help="default: search.trials")
+    hps.add_argument("--task", default="sentiment", choices=tasks)
+    hps.add_argument("--trials", type=bounded(int, 1), help="default: search.trials")
     hps.add_argument("--apply", action="store_true", help="write the best settings into params.yaml")
 
     srv = commands.add_parser("serve", help="serve a registered model over HTTP (settings: serving in params.yaml)")
     srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
-    srv.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
+    srv.add_argument("--port", type=bounded(int, 0, 65535), help="port (default: serving.port, 8000)")
     srv.add_argument("--model", help="models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION (default: the champion)")
 
     load = commands.add_parser("loadtest", help="concurrent clients against a running `finetune serve`: status counts, p50/p99")
     load.add_argument("texts", nargs="*", help="texts to send (default: read stdin, one a line)")
     load.add_argument("--file", help="a file with one text a line")
     load.add_argument("--url", help="the server (default: http://serving.host:serving.port)")
-    load.add_argument("--clients", type=int, default=50, help="concurrent clients (default: 50)")
-    load.add_argument("--seconds", type=float, default=30.0, help="how long to keep sending (default: 30)")
+    load.add_argument("--clients", type=bounded(int, 1), default=50, help="concurrent clients (default: 50)")
+    load.add_argument("--seconds", type=bounded(float, 0, low_open=True), default=30.0, help="how long to keep sending (default: 30)")
 
     commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
     return parser

@@ -39,6 +39,13 @@ class TaskPaths:
             "register": [self.model_dir, self.metrics, self.split("val")],
         }.get(stage, [])
 
+    def writer(self, path: Path) -> str:
+        """The stage that writes `path`, one of the stages' inputs."""
+        return {
+            self.raw: "collect", self.clean: "validate", self.augmented_train: "augment", self.model_dir: "train",
+            self.metrics: "evaluate", **{self.split(name): "split" for name in ("train", "val", "test")},
+        }[path]
+
     @property
     def raw(self) -> Path:
         return Path("data/raw") / f"{self.task}.jsonl"
