@@ -10,7 +10,7 @@ import random
 
 from pipeline.augmentation import BACK_TRANSLATION
 from pipeline.config import AugmentConfig, check_augment
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_records
 from pipeline.tasks.base import Task
 
@@ -18,6 +18,7 @@ from pipeline.tasks.base import Task
 def run(task: Task, settings: AugmentConfig, paths: TaskPaths) -> int:
     """Write the training split plus `copies` marked synthetic rows per example; returns the count added."""
     check_augment(task.name, settings, task.augment_methods)  # as params load; again for a config built otherwise
+    ensure_writable(paths.augmented_train.parent)
     rng = random.Random(settings.seed)
     train = load_records(paths.split("train"))
     task.prepare_augmentation(train)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pipeline.config import PretrainConfig
 from pipeline.models import pretrained_kwargs, resolve_model, use_all_cores
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.readers import decode
 from pipeline.records import load_records, save_json
 from pipeline.errors import DataError
 from pipeline.tasks.base import Task
@@ -29,13 +30,14 @@ def read_texts(task: Task, settings: PretrainConfig, paths: TaskPaths) -> list[s
     for name in settings.texts:
         path = Path(name)
         if not path.is_file():
-            raise DataError(f"{path}: pretrain.texts file not found")
-        texts += path.read_text(encoding="utf-8").splitlines()
+            raise DataError(f"{path}: no such file ({task.name}.pretrain.texts in params.yaml)")
+        texts += decode(path, "utf-8", hint="save the file as UTF-8").splitlines()
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
 def run(task: Task, settings: PretrainConfig, base_model: str, paths: TaskPaths) -> dict:
     """Write models/<task>-pretrained (or, when disabled, only a note saying so) and its report."""
+    ensure_writable(paths.pretrained.parent, paths.reports)
     shutil.rmtree(paths.pretrained, ignore_errors=True)
     paths.pretrained.mkdir(parents=True)
     if not settings.enabled:

@@ -11,7 +11,7 @@ import hashlib
 
 from pipeline.config import SPLIT_NAMES, SplitConfig
 from pipeline.errors import DataError
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_records, save_records
 from pipeline.tasks.base import Task
 
@@ -28,6 +28,7 @@ def assign_split(key: str, ratios: SplitConfig) -> str:
 
 def run(task: Task, ratios: SplitConfig, paths: TaskPaths) -> dict[str, int]:
     """Write the train, val and test tables; returns their sizes."""
+    ensure_writable(paths.split_dir)
     splits: dict[str, list] = {name: [] for name in SPLIT_NAMES}
     for example in load_records(paths.clean):
         name = example.get("given_split") or assign_split(task.split_key(example), ratios)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.config import ValidateConfig
 from pipeline.errors import ValidationError
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
@@ -27,6 +27,7 @@ MOST_COMMON = 3  # reasons named in the message that stops a run with too many r
 
 def run(task: Task, rules: ValidateConfig, paths: TaskPaths) -> dict:
     """Split the raw table into clean rows and quarantined rows; stop on dataset-level problems."""
+    ensure_writable(paths.clean.parent, paths.quarantine.parent, paths.reports)
     raw = load_records(paths.raw)
     examples = [task.normalise(example) for example in raw]
     failures, gx_summary = row_failures(task, examples, paths.data_docs)
