@@ -19,9 +19,25 @@ ADAPTER_DIR = "adapter"
 MERGEABLE = ("lora", "adalora")
 
 
-def wrap(model: Any, settings: PeftSettings, task_type: str, steps_per_epoch: int, total_steps: int) -> Any:
-    """The model with trainable adapters; everything else frozen except the new task head."""
+def module_names(model: Any) -> str:
+    """The distinct last parts of a model's module names (what target_modules names), for messages."""
+    parts = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    return ", ".join(sorted(part for part in parts if not part.isdigit()))  # not the indices of layer lists
+
+
+def targets_nothing(model: Any, targets: list[str]) -> bool:
+    """Whether no module name is, or ends with, one of `targets` (how peft matches a list of names)."""
+    return not any(name == target or name.endswith("." + target) for name, _ in model.named_modules() for target in targets)
+
+
+def wrap(model: Any, settings: PeftSettings, task_type: str, steps_per_epoch: int, total_steps: int, key: str = "train.peft") -> Any:
+    """The model with trainable adapters; everything else frozen except the new task head. A setting the
+    model cannot take is a ConfigError naming `key`."""
     from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    if settings.method in MERGEABLE and targets_nothing(model, settings.target_modules):
+        raise ConfigError(f"params.yaml: {key}.target_modules [{', '.join(settings.target_modules)}] match no module of the model "
+                          f"(its module names: {module_names(model)})")
 
     common = {"task_type": task_type}
     pruned_by = max(1, steps_per_epoch // 2)
@@ -42,16 +58,14 @@ def wrap(model: Any, settings: PeftSettings, task_type: str, steps_per_epoch: in
     else:
         if "past_key_values" not in inspect.signature(model.forward).parameters:  # peft would fail only at the first step
             raise ConfigError(
-                f"params.yaml: train.peft.method prefix_tuning: a {type(model).__name__} takes no past key values to prefix; "
+                f"params.yaml: {key}.method prefix_tuning: a {type(model).__name__} takes no past key values to prefix; "
                 "use prompt_tuning or lora"
             )
         config = PrefixTuningConfig(num_virtual_tokens=settings.virtual_tokens, **common)
     try:
         return get_peft_model(model, config)
-    except ValueError as exc:  # e.g. target_modules that name no module of this model
-        modules = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
-        raise ConfigError(f"params.yaml: train.peft: {str(exc).splitlines()[0]} (module names of this model: "
-                          f"{', '.join(m for m in modules if not m.isdigit())})") from None
+    except ValueError as exc:  # another setting peft refuses for this model
+        raise ConfigError(f"params.yaml: {key}: {str(exc).splitlines()[0]} (module names of this model: {module_names(model)})") from None
 
 
 def trainable_parameters(model: Any) -> dict[str, float]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.errors import ModelError
+from pipeline.errors import ConfigError, ModelError
 
 PACKAGE_PREFIX = "package:"
 
@@ -86,18 +86,21 @@ def batched_by_length(
     return results
 
 
-def keep_layers(model: Any, count: int) -> Any:
+def keep_layers(model: Any, count: int, key: str = "model.layers") -> Any:
     """Cut the encoder to `count` evenly spaced layers (first and last kept), as DistilBERT's student
-    is initialised from its teacher; the model's config is updated so it saves and loads as cut."""
+    is initialised from its teacher; the model's config is updated so it saves and loads as cut.
+    A count the model cannot give is a ConfigError naming `key`."""
     import torch
 
     stacks = [(name, module) for name, module in model.named_modules()
               if name.endswith("encoder.layer") and not name.startswith("decoder.") and isinstance(module, torch.nn.ModuleList)]
     if len(stacks) != 1:
-        raise ValueError(f"model.layers: cannot find the encoder layers of a {type(model).__name__} (a BERT-style encoder is needed)")
+        raise ConfigError(f"params.yaml: {key}: cannot find the encoder layers of a {type(model).__name__} "
+                          "(a BERT-style encoder is needed; set it to null to keep every layer)")
     name, layers = stacks[0]
     if not 1 <= count <= len(layers):
-        raise ValueError(f"model.layers: {count} is not between 1 and the model's {len(layers)} layers")
+        raise ConfigError(f"params.yaml: {key} is {count}, but the model has {len(layers)} layers "
+                          f"(set it from 1 to {len(layers)}, or null to keep every layer)")
     keep = sorted({round(i * (len(layers) - 1) / max(count - 1, 1)) for i in range(count)})
     parent = model.get_submodule(name.rsplit(".", 1)[0])
     parent.layer = torch.nn.ModuleList([layers[i] for i in keep])

@@ -133,7 +133,7 @@ def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
     """(model, tokenizer) with the task's head, cut to model.layers when set."""
     model, tokenizer = task.load_model(path)
     if config.model.layers is not None:
-        keep_layers(model, config.model.layers)
+        keep_layers(model, config.model.layers, f"{task.name}.model.layers")
     return model, tokenizer
 
 
@@ -178,7 +178,8 @@ def build_trainer(
     train_dataset = task.encode(tokenizer, train_examples)
     if settings.peft is not None:
         per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
-        model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs))
+        model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs),
+                              key=f"{task.name}.train.peft")
         if settings.peft.method == "adalora":
             callbacks.append(AdaLoraBudget(model))
     if settings.distillation is not None:
