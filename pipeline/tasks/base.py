@@ -5,6 +5,7 @@ The stages are written against this interface only; a new task is one module imp
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -30,13 +31,39 @@ def normalise_text(text: str) -> str:
     return WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
 
 
+def plain(value: Any) -> Any:
+    """A cell as a plain Python value (parquet gives numpy arrays and scalars)."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def json_kind(value: Any) -> str | None:
+    """'list', 'object' or 'boolean' for a cell that holds one of those rather than text or a number; else None."""
+    value = plain(value)
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "object"
+    return "list" if isinstance(value, (list, tuple)) else None
+
+
 def cell_text(value: Any) -> str | None:
-    """A table cell as text: None for a missing one (None, NaN), 1 for a float 1.0 (pandas reads integer columns with gaps as floats)."""
+    """A table cell as text: None for a missing one (None, NaN), 1 for a float 1.0 (pandas reads integer columns
+    with gaps as floats), JSON for a list, object or boolean (which `cell_problems` reports)."""
+    value = plain(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if json_kind(value):
+        return json.dumps(value, ensure_ascii=False, default=str)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def cell_problems(example: Record, cells: dict[str, Any]) -> Record:
+    """`example` with a `cell_problem` naming each of `cells` (field: the value read) that holds a JSON list,
+    object or boolean where text belongs; validation quarantines such a row rather than train on its JSON."""
+    problems = [f"{field} is a JSON {json_kind(value)}, not text" for field, value in cells.items() if json_kind(value)]
+    return {**example, "cell_problem": "; ".join(problems)} if problems else example
 
 
 def label_key(label: str) -> str:
@@ -113,8 +140,16 @@ class Task(ABC):
         """Row-level Great Expectations checks; a row failing any of them is quarantined."""
 
     def check_columns(self, example: Record) -> Record:
-        """Extra columns, derived from an example, that the expectations look at."""
-        return {}
+        """Extra columns, derived from an example, that the expectations look at: by default
+        `cell_problem`, set by `cell_problems` (see `cell_expectations`)."""
+        return {"cell_problem": example.get("cell_problem")}
+
+    @staticmethod
+    def cell_expectations() -> list[Any]:
+        """The check of `cell_problem`: a row whose text is a JSON list, object or boolean fails it."""
+        import great_expectations as gx
+
+        return [gx.expectations.ExpectColumnValuesToBeNull(column="cell_problem")]
 
     @abstractmethod
     def dataset_problems(self, examples: list[Record]) -> list[str]:

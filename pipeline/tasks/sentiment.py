@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
 from pipeline.records import Record
-from pipeline.tasks.base import Task, cell_text, label_key, label_lookup, normalise_text
+from pipeline.tasks.base import Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
 
 
 class SentimentTask(Task):
@@ -30,8 +30,8 @@ class SentimentTask(Task):
     # data -----------------------------------------------------------------------------------
     def to_example(self, record: Record) -> Record:
         text, label, provenance = self.read_fields(record)
-        label = (cell_text(label) or "").strip()
-        return {"text": cell_text(text), "label": label or None, **provenance}  # an empty cell is a missing label
+        example = {"text": cell_text(text), "label": (cell_text(label) or "").strip() or None, **provenance}  # an empty cell is a missing label
+        return cell_problems(example, {"text": text, "label": label})
 
     def normalise(self, example: Record) -> Record:
         """Normalised text; the label as declared when it matches one (ignoring case and spaces) or label_map maps it."""
@@ -56,6 +56,7 @@ class SentimentTask(Task):
             ),
             gx.expectations.ExpectColumnValuesToNotBeNull(column="label"),
             gx.expectations.ExpectColumnValuesToBeInSet(column="label", value_set=rules.labels),
+            *self.cell_expectations(),
         ]
 
     def dataset_problems(self, examples: list[Record]) -> list[str]:

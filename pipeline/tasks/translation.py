@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
 from pipeline.readers import read_source
 from pipeline.records import Record
-from pipeline.tasks.base import Task, cell_text, normalise_text
+from pipeline.tasks.base import Task, cell_problems, cell_text, normalise_text
 
 SAMPLE_ROWS = 25  # translations per split in the MLflow table
 LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 10_000))  # source words, for the BLEU-by-length plot
@@ -114,7 +114,8 @@ class TranslationTask(Task):
 
     def to_example(self, record: Record) -> Record:
         source, target, provenance = self.read_fields(record)
-        return {"text": cell_text(source), "translation": cell_text(target), **provenance}
+        example = {"text": cell_text(source), "translation": cell_text(target), **provenance}
+        return cell_problems(example, {"text": source, "translation": target})
 
     def normalise(self, example: Record) -> Record:
         return {
@@ -130,7 +131,7 @@ class TranslationTask(Task):
 
     def check_columns(self, example: Record) -> Record:
         words = [len(str(example[k] or "").split()) for k in ("text", "translation")]
-        return {"length_ratio": max(words) / min(words) if min(words) else None}
+        return {**super().check_columns(example), "length_ratio": max(words) / min(words) if min(words) else None}
 
     def expectations(self) -> list[Any]:
         import great_expectations as gx
@@ -147,6 +148,7 @@ class TranslationTask(Task):
                 column="length_ratio", min_value=1.0, max_value=rules.max_length_ratio,
                 meta={"notes": f"words of the longer side ({languages.source} or {languages.target}) per word of the shorter"},
             ),
+            *self.cell_expectations(),
         ]
 
     def dataset_problems(self, examples: list[Record]) -> list[str]:
