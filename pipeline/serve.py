@@ -251,10 +251,13 @@ def create_app(service: Service) -> FastAPI:
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
-        """413 before a byte of an oversized body is read, 411 for a /predict body of unknown length."""
+        """413 before a byte of an oversized body is read, 411 for a /predict body of unknown length,
+        400 for a length that is no number (uvicorn's parser answers that itself; another ASGI server may not)."""
         declared = request.headers.get("content-length")
-        if request.url.path == "/predict" and declared is None:
+        if request.method == "POST" and request.url.path == "/predict" and declared is None:
             return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+        if declared is not None and not declared.strip().isdigit():
+            return JSONResponse({"detail": f"the Content-Length header must be a number of bytes, got {declared!r}"}, status_code=400)
         if declared is not None and int(declared) > body_limit:
             return JSONResponse({"detail": f"the body has {declared} bytes; at most {body_limit} are accepted "
                                            "(serving.max_texts_per_request x serving.max_text_chars)"}, status_code=413)
