@@ -88,6 +88,12 @@ def labels_problems(labels: list[str], label_map: dict[str, str]) -> Iterator[tu
             yield f"label_map.{source}", f"maps onto '{target}', which is not in labels [{', '.join(labels)}]"
 
 
+def named(key: str, name: str) -> Iterator[tuple[str, str]]:
+    """A name MLflow stores (an experiment, a registered model) must not be blank."""
+    if not name.strip():
+        yield key, f"must not be blank, got {name!r}"
+
+
 # sections -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -308,6 +314,9 @@ class RegistryConfig:
     onnx: Literal["int8", "fp32"] | None = None  # also log an ONNX Runtime export of each version, for serving.runtime: onnx
     onnx_max_drop: float = at_least(0, 0.005)  # the export is not kept when its validation metric is more than this below the model's
 
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from named("name", self.name)
+
 
 @dataclass
 class TaskConfig:
@@ -341,6 +350,9 @@ class TranslationConfig(TaskConfig):
 @dataclass
 class TrackingConfig:
     experiment: str = "finetune-pipeline"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from named("experiment", self.experiment)
 
 
 @dataclass
@@ -452,6 +464,9 @@ def _parse(raw: dict) -> Params:
             raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
         task_configs[key] = _build(task_class(key).config_class, section, key)
         check_augment(key, task_configs[key].augment, task_class(key).augment_methods)
+    for key, named_task in (("serving.task", serving.task), ("monitoring.task", monitoring.task)):
+        if named_task not in TASKS:
+            raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(TASKS)}, got {named_task!r}")
     for name in tasks:
         if name not in TASKS:
             raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
