@@ -29,7 +29,7 @@ def resolve_model(name: str, key: str = "model.name") -> str:
         if hasattr(module, "get_model_path"):
             return str(module.get_model_path())
         return str(Path(module.__file__).parent / "model")
-    if Path(name).is_dir():
+    if name.strip() and Path(name).is_dir():  # Path("") is the current folder
         return name
     check_hub_id(name, key)
     return name
@@ -84,6 +84,15 @@ def batched_by_length(
         for index, result in zip(batch, run_batch(batch)):
             results[index] = result
     return results
+
+
+def check_max_length(model: Any, max_length: int, key: str) -> None:
+    """A ConfigError naming `key` when `max_length` tokens are more than the model has positions for:
+    training would otherwise fail only when it meets the first text that long."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise ConfigError(f"params.yaml: {key} is {max_length}, but the model takes at most {positions} tokens "
+                          f"(set it to {positions} or less)")
 
 
 def keep_layers(model: Any, count: int, key: str = "model.layers") -> Any:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import PretrainConfig
-from pipeline.models import pretrained_kwargs, resolve_model, use_all_cores
+from pipeline.models import check_max_length, pretrained_kwargs, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.readers import decode
 from pipeline.records import load_records, save_json
@@ -59,6 +59,7 @@ def run(task: Task, settings: PretrainConfig, base_model: str, paths: TaskPaths)
     source = resolve_model(base_model, f"{task.name}.model.name")
     tokenizer = AutoTokenizer.from_pretrained(source, **pretrained_kwargs())
     model = AutoModelForMaskedLM.from_pretrained(source, **pretrained_kwargs())
+    check_max_length(model, settings.max_length, f"{task.name}.pretrain.max_length")
 
     def encode(batch: list[str]) -> list[dict]:
         encoded = tokenizer(batch, truncation=True, max_length=settings.max_length, return_special_tokens_mask=True)

@@ -18,7 +18,7 @@ from pipeline import adapters, distributed, tracking
 from pipeline.config import TaskConfig
 from pipeline.errors import ConfigError
 from pipeline.distillation import check_vocabularies, distilling
-from pipeline.models import keep_layers, resolve_model, use_all_cores
+from pipeline.models import check_max_length, keep_layers, resolve_model, use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.records import Record, load_json, load_records, save_json
@@ -132,6 +132,7 @@ def base_model_path(config: TaskConfig, paths: TaskPaths) -> str:
 def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
     """(model, tokenizer) with the task's head, cut to model.layers when set."""
     model, tokenizer = task.load_model(path)
+    check_max_length(model, config.train.max_length, f"{task.name}.train.max_length")
     if config.model.layers is not None:
         keep_layers(model, config.model.layers, f"{task.name}.model.layers")
     return model, tokenizer
