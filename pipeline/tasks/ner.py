@@ -18,7 +18,7 @@ from pipeline.config import NerConfig
 from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length
 from pipeline.records import Record
-from pipeline.tasks.base import IGNORED, Task, label_key, label_lookup, normalise_text
+from pipeline.tasks.base import IGNORED, Task, label_key, label_lookup, normalise_text, plain
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
 # separators (1,200 3.5 7-1/2 AT&T), a possessive 's, then any other character on its own.
@@ -138,7 +138,7 @@ class NerTask(Task):
     def _tag_problem(self, example: Record) -> str | None:
         tokens, tags = example["tokens"], example["tags"]
         if not isinstance(tokens, list) or not isinstance(tags, list):
-            return "tokens or tags missing"
+            return "tokens or tags missing (give each as a list, or as one string of space-separated items)"
         if len(tokens) != len(tags):
             return f"{len(tokens)} tokens but {len(tags)} tags"
         empty = [i + 1 for i, token in enumerate(tokens) if not token]
@@ -371,12 +371,14 @@ class NerTask(Task):
 
 
 def _as_list(value: Any) -> list[str] | None:
-    """Tokens or tags as a list: JSON lists stay, a whitespace-separated string is split."""
+    """Tokens or tags as a list: JSON lists stay, a whitespace-separated string is split; anything else
+    (missing, a number, an object) is None, which validation quarantines."""
+    value = plain(value)
     if isinstance(value, str):
         return value.split()
-    if value is None:
-        return None
-    return [str(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return None
 
 
 def _words(example: Record) -> tuple[list[str], list[tuple[int, int]] | None]:
