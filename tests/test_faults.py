@@ -23,7 +23,7 @@ from pipeline.paths import TaskPaths
 from pipeline.records import load_json
 from tests.conftest import tiny_params, write_params
 from tests.test_dvc_pipeline import BIN, init_repo, sh
-from tests.test_promotion import aliases, train_and_register
+from tests.test_promotion import USELESS, aliases, train_and_register
 
 PATHS = TaskPaths("sentiment")
 PARAMS = Path("params.yaml")
@@ -124,7 +124,7 @@ sys.exit(main(["stage", "register", "--task", "sentiment"]))
 def test_sigkill_in_register_before_the_alias_moves_leaves_the_aliases_alone(workspace, tiny_model):
     import mlflow
 
-    first = train_and_register(tiny_model, 0.0)  # a useless model: v1, the champion
+    first = train_and_register(tiny_model, USELESS)  # a useless model: v1, the champion
     assert first["promoted"] and aliases() == {"champion": "1"}
     write_params(workspace, tiny_params(tiny_model))  # a model that learns: it should win
     run_stages("train", "evaluate")

@@ -16,10 +16,11 @@ from tests.conftest import make_rows, tiny_params, write_csv, write_params
 PATHS = TaskPaths("sentiment")
 PARAMS = Path("params.yaml")
 NAME = "fin-sentiment"
+USELESS = 1.0e-9  # a learning rate that leaves the random head as it was (0 is rejected: it must be > 0)
 
 
 def train_and_register(tiny_model: Path, learning_rate: float, **overrides) -> dict:
-    """Train a tiny model (learning_rate 0 gives a useless one) and run the register stage."""
+    """Train a tiny model (learning_rate USELESS gives a useless one) and run the register stage."""
     write_params(Path("."), tiny_params(tiny_model, sentiment__train__learning_rate=learning_rate, **overrides))
     for stage in ("collect", "validate", "split", "augment", "train", "evaluate", "register"):
         run_stage(stage, "sentiment", PARAMS)
@@ -44,7 +45,7 @@ def test_decision_rule(challenger, champion, min_delta, promoted):
 def test_first_better_and_worse_models(workspace, tiny_model):
     import mlflow
 
-    first = train_and_register(tiny_model, 0.0)
+    first = train_and_register(tiny_model, USELESS)
     assert first["promoted"] and first["champion"] is None and first["challenger"]["version"] == "1"
     assert aliases() == {"champion": "1"}
 
@@ -53,7 +54,7 @@ def test_first_better_and_worse_models(workspace, tiny_model):
     assert better["champion"] == {"version": "1", "score": pytest.approx(first["challenger"]["score"])}
     assert aliases() == {"champion": "2"}
 
-    worse = train_and_register(tiny_model, 0.0, sentiment__train__seed=7)
+    worse = train_and_register(tiny_model, USELESS, sentiment__train__seed=7)
     assert not worse["promoted"] and worse["alias"] == "challenger"
     assert aliases() == {"champion": "2", "challenger": "3"}
 
@@ -78,7 +79,7 @@ def test_equal_score_is_not_promoted(workspace, tiny_model):
 
 
 def test_a_failing_register_leaves_the_aliases_alone(workspace, tiny_model, monkeypatch):
-    train_and_register(tiny_model, 0.0)
+    train_and_register(tiny_model, USELESS)
     write_params(Path("."), tiny_params(tiny_model))
     for stage in ("train", "evaluate"):
         run_stage(stage, "sentiment", PARAMS)
