@@ -73,6 +73,23 @@ def check_reachable(uri: str | None = None) -> None:
 
 
 @contextmanager
+def registry_errors(action: str) -> Iterator[None]:
+    """Raise any MLflow failure inside (a server error, a timeout, a refused permission) as one
+    TrackingError naming what failed and the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise TrackingError(f"{action}: the MLflow store {tracking_uri()} failed: {exc.message}") from None
+
+
+def does_not_exist(exc: Exception) -> bool:
+    """The registry answered that the model (or run, or version) asked for does not exist."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+@contextmanager
 def resume_run(model_dir: Path, experiment: str) -> Iterator[object]:
     """Continue the MLflow run that trained the model in `model_dir`."""
     import mlflow

@@ -35,13 +35,22 @@ def decide(challenger: float, champion: float | None, min_delta: float, metric: 
 
 
 def champion_version(client: Any, name: str) -> Any | None:
-    """The version that holds the champion alias, or None when there is none yet."""
+    """The version that holds the champion alias; None only when the model or the alias does not exist yet.
+
+    Any other failure (a server error, a timeout, a refused permission) is raised: taken for "no
+    champion", it would promote the challenger over a champion that exists. The alias is read from
+    the registered model because a missing alias is reported as INVALID_PARAMETER_VALUE, like a
+    malformed request."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if tracking.does_not_exist(exc):
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, version)
 
 
 def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
@@ -68,8 +77,6 @@ def load_pyfunc_components(uri: str) -> tuple[Any, Any]:
 
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
     """Register the trained model and decide on promotion; writes reports/<task>/promotion.json."""
-    import mlflow
-
     use_all_cores()
     if config.registry.onnx and not task.exports_onnx:
         raise ConfigError(f"params.yaml: {task.name}.registry.onnx: the {task.name} task has no ONNX export (sentiment has); set it to null")
@@ -77,6 +84,19 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     # tracking store (configure checks it), stops the stage while the aliases are untouched.
     ensure_writable(paths.reports)
     tracking.configure(experiment)
+    with tracking.registry_errors(f"register[{task.name}], no alias moved"):
+        decision, export_report = register(task, config, paths, experiment)
+    save_json(paths.promotion, decision)
+    save_json(paths.export_report, export_report)
+    print(f"register[{task.name}]: {decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}: {decision['reason']}")
+    return decision
+
+
+def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> tuple[dict, dict]:
+    """Re-score the champion, register the model, decide and move an alias, the very last step;
+    returns (decision, ONNX export report)."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     name, metric = config.registry.name, task.primary_metric
     val = load_records(paths.split("val"))
@@ -85,7 +105,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     champion = champion_version(client, name)
     champion_score = None
     if champion is not None:
-        model, tokenizer = load_registered(task, f"models:/{name}@{CHAMPION}")
+        model, tokenizer = load_registered(task, f"models:/{name}/{champion.version}")  # pinned: the alias may move meanwhile
         champion_score = score(task, model, tokenizer, val)[0][metric]
         print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={champion_score:.4f}")
     promote, reason = decide(challenger_score, champion_score, config.promotion.min_delta, metric)
@@ -111,10 +131,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
         mlflow.log_dict(decision, "promotion.json")
         mlflow.set_tag("promotion", decision["alias"])
     client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
-    save_json(paths.promotion, decision)
-    save_json(paths.export_report, export_report)
-    print(f"register[{task.name}]: {name} v{version} -> @{decision['alias']}: {reason}")
-    return decision
+    return decision, export_report
 
 
 def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, version: str) -> dict:
