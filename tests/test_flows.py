@@ -85,11 +85,15 @@ def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
 
 
 def test_new_batch_in_drop_folder_leads_to_a_new_model_version(repo):
+    from prefect.artifacts import Artifact
+
     from flows.retrain import retrain
 
     write_csv(repo / "data" / "incoming" / "batch-001.csv", make_rows(360, seed=5)[300:])
     decision = retrain()["sentiment"]
     assert decision["challenger"]["version"] == "2"
+    low, high = decision["test"]["interval"]  # a champion to test against this time: the artifact shows the test
+    assert f"| paired_bootstrap | {decision['delta']:+.4f} | 95%: [{low:+.4f}, {high:+.4f}] |" in Artifact.get("retrain-sentiment").data
     provenance = (repo / "data" / "raw" / "sentiment.provenance.json").read_text()
     assert "batch-001.csv" in provenance
 
