@@ -109,3 +109,16 @@ def test_the_champion_is_rescored_on_todays_validation_split(workspace, tiny_mod
     val = load_records(PATHS.split("val"))
     assert decision["champion"]["score"] == pytest.approx(score(task, model, tokenizer, val)[0]["f1_macro"])
     assert decision["challenger"]["score"] == pytest.approx(load_json(PATHS.metrics)["val"]["f1_macro"])
+
+
+def test_register_without_evaluates_predictions_says_what_to_run(workspace):
+    from pipeline.errors import UsageError
+    from pipeline.records import save_records
+
+    task = get_task("sentiment", load_params().task("sentiment"))
+    val = [{"text": "Profit rose.", "label": "positive"}, {"text": "Sales fell.", "label": "negative"}]
+    with pytest.raises(UsageError, match=r"val_predictions.jsonl not found: run `dvc repro evaluate@sentiment` first"):
+        register.challenger_predictions(task, PATHS, val)
+    save_records(PATHS.val_predictions, [{"label": "positive", "score": 0.9}])  # from an older, smaller split
+    with pytest.raises(UsageError, match="holds 1 predictions for 2 validation examples"):
+        register.challenger_predictions(task, PATHS, val)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline import adapters
 from pipeline.config import PromotionConfig, TaskConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UsageError
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
@@ -149,7 +149,7 @@ def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) 
     client = mlflow.MlflowClient()
     name, metric = config.registry.name, task.primary_metric
     val = load_records(paths.split("val"))
-    predictions = load_records(paths.val_predictions)  # the challenger's, from the evaluate stage
+    predictions = challenger_predictions(task, paths, val)
 
     champion = champion_version(client, name)
     champion_predictions = None
@@ -171,6 +171,17 @@ def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) 
         log_decision(decision, verdict)
     client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
     return decision, export_report
+
+
+def challenger_predictions(task: Task, paths: TaskPaths, val: list[Record]) -> list[Record]:
+    """The model's validation predictions that the evaluate stage kept, one per example of today's split."""
+    rerun = f"run `dvc repro evaluate@{task.name}` first"
+    if not paths.val_predictions.exists():
+        raise UsageError(f"{paths.val_predictions} not found: {rerun}")
+    predictions = load_records(paths.val_predictions)
+    if len(predictions) != len(val):
+        raise UsageError(f"{paths.val_predictions} holds {len(predictions)} predictions for {len(val)} validation examples: {rerun}")
+    return predictions
 
 
 def decision_record(verdict: Verdict, promotion: PromotionConfig, name: str, metric: str, version: str, champion: Any | None) -> dict:
