@@ -9,8 +9,10 @@ validation split, with promotion.test: none and with paired_bootstrap (min_delta
 Better: the same config trained on the whole train split; it must be promoted over every seed's
 model (and its test score says whether it really is better). A finer estimate: for each pair of
 seed models, SIMULATIONS pairs whose members take one model's prediction or the other's on each
-example by a coin flip, so they are of equal quality by construction. Also: the time the test
-takes for 1,000 resamples of 1,000 examples on one core, and the noise in the scores.
+example by a coin flip, so they are of equal quality by construction. Each pair of trained models
+also records its gain on the test split: a move to a model that is not better there is a move on
+noise. Also: the time the test takes for 1,000 resamples of 1,000 examples on one core, and the
+noise in the scores. With --cache, trained models are kept and reused by the next run.
 Writes benchmarks/results/promotion_noise.json.
 
     python benchmarks/promotion_noise.py [--seeds 5] [--cache DIR] [--set train.epochs=3 ...]
@@ -58,13 +60,12 @@ def as_predictions(labels: list[str]) -> list[dict]:
 def cached_model(cache: Path | None, name: str, make) -> dict:
     """A trained model's record from the cache folder, or made now (and cached)."""
     path = cache / f"{name}.json" if cache else None
-    if path and path.exists():
-        return json.loads(path.read_text())
-    model = make()
-    if path:
+    cached = bool(path and path.exists())
+    model = json.loads(path.read_text()) if cached else make()
+    if path and not cached:
         path.write_text(json.dumps(model))
     print(f"promotion_noise: {name}: val macro-F1 {model['val_f1_macro']:.4f}, test {model['test_f1_macro']:.4f}, "
-          f"{model['train_seconds']:.0f} s", flush=True)
+          f"trained in {model['train_seconds']:.0f} s" + (" (from the cache)" if cached else ""), flush=True)
     return model
 
 
@@ -79,29 +80,38 @@ def compare(task, val: list, challenger: list[str], champion: list[str], promoti
     return row
 
 
-def pair_rates(task, val: list, pairs: list[tuple[str, list, list]], tested, untested) -> dict:
-    """Each (name, challenger, champion) with the test and without: how often the champion moves."""
+def pair_rates(task, val: list, pairs: list[tuple[str, dict, dict]], tested, untested) -> dict:
+    """Each (name, challenger, champion) with the test and without: how often the champion moves and,
+    for trained models, how often it moves to one that is not better on the test split."""
     rows = []
     for name, challenger, champion in pairs:
-        with_test = compare(task, val, challenger, champion, tested)
-        rows.append({"pair": name, **with_test, "promoted_without_test": compare(task, val, challenger, champion, untested)["promoted"]})
+        first, second = challenger["labels"]["val"], champion["labels"]["val"]
+        row = {"pair": name, **compare(task, val, first, second, tested),
+               "promoted_without_test": compare(task, val, first, second, untested)["promoted"]}
+        if "test_f1_macro" in challenger:
+            row["test_gain"] = round(challenger["test_f1_macro"] - champion["test_f1_macro"], 4)
+        rows.append(row)
     moved = sum(r["promoted"] for r in rows)
     moved_without = sum(r["promoted_without_test"] for r in rows)
-    return {"pairs": len(rows), "promoted_with_test": moved, "promoted_without_test": moved_without,
-            "swap_rate_with_test": round(moved / len(rows), 4), "swap_rate_without_test": round(moved_without / len(rows), 4),
-            "comparisons": rows}
+    summary = {"pairs": len(rows), "promoted_with_test": moved, "promoted_without_test": moved_without,
+               "swap_rate_with_test": round(moved / len(rows), 4), "swap_rate_without_test": round(moved_without / len(rows), 4)}
+    if all("test_gain" in r for r in rows):
+        summary["moves_to_a_model_not_better_on_test"] = {
+            "with_test": sum(r["promoted"] and r["test_gain"] <= 0 for r in rows),
+            "without_test": sum(r["promoted_without_test"] and r["test_gain"] <= 0 for r in rows)}
+    return {**summary, "comparisons": rows}
 
 
-def coin_flip_pairs(seed_models: dict[str, dict]) -> list[tuple[str, list, list]]:
+def coin_flip_pairs(seed_models: dict[str, dict]) -> list[tuple[str, dict, dict]]:
     """SIMULATIONS pairs per pair of seed models, each example's two predictions shared out at random."""
     pairs = []
     for (a, first), (b, second) in itertools.combinations(seed_models.items(), 2):
         for k in range(SIMULATIONS):
             rng = random.Random(k)
             flips = [rng.random() < 0.5 for _ in first["labels"]["val"]]
-            pairs.append((f"{a}~{b}#{k}",
-                          [x if f else y for x, y, f in zip(first["labels"]["val"], second["labels"]["val"], flips)],
-                          [y if f else x for x, y, f in zip(first["labels"]["val"], second["labels"]["val"], flips)]))
+            shares = zip(first["labels"]["val"], second["labels"]["val"], flips)
+            mixed = [(x, y) if f else (y, x) for x, y, f in shares]
+            pairs.append((f"{a}~{b}#{k}", {"labels": {"val": [x for x, _ in mixed]}}, {"labels": {"val": [y for _, y in mixed]}}))
     return pairs
 
 
@@ -156,18 +166,19 @@ def main() -> None:
     half = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), len(train) // 2))]
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
+    from_cache = sorted(p.stem for p in args.cache.glob("*.json")) if args.cache else []
     seed_models = {f"seed{s}": cached_model(args.cache, f"seed{s}", lambda s=s: train_predict(task, config, half, val, test, s))
                    for s in range(1, args.seeds + 1)}
     full = cached_model(args.cache, "full", lambda: train_predict(task, config, train, val, test, FULL_SEED))
 
     tested = dataclasses.replace(config.promotion, min_delta=0.0, test="paired_bootstrap")
     untested = dataclasses.replace(tested, test="none")
-    labels = {name: m["labels"]["val"] for name, m in seed_models.items()}
-    equal = pair_rates(task, val, [(f"{a} over {b}", labels[a], labels[b]) for a, b in itertools.permutations(labels, 2)], tested, untested)
+    ordered = itertools.permutations(seed_models.items(), 2)
+    equal = pair_rates(task, val, [(f"{a} over {b}", first, second) for (a, first), (b, second) in ordered], tested, untested)
     simulated = pair_rates(task, val, coin_flip_pairs(seed_models), tested, untested)
     simulated.pop("comparisons")  # thousands of rows: the rates say it
-    better = pair_rates(task, val, [(f"full over {b}", full["labels"]["val"], labels[b]) for b in labels], tested, untested)
-    worse = pair_rates(task, val, [(f"{b} over full", labels[b], full["labels"]["val"]) for b in labels], tested, untested)
+    better = pair_rates(task, val, [(f"full over {b}", full, model) for b, model in seed_models.items()], tested, untested)
+    worse = pair_rates(task, val, [(f"{b} over full", model, full) for b, model in seed_models.items()], tested, untested)
     both = {"val": val, "test": test}
     speed_examples = (val + test)[:SPEED_EXAMPLES]
     speed_labels = [(m["labels"]["val"] + m["labels"]["test"])[:SPEED_EXAMPLES] for m in list(seed_models.values())[:2]]
@@ -184,6 +195,7 @@ def main() -> None:
         "noise": noise(task, both, seed_models, tested),
         "speed": test_speed(task, speed_examples, *speed_labels, tested),
         "models": {name: {k: v for k, v in m.items() if k != "labels"} for name, m in {**seed_models, "full": full}.items()},
+        "models_from_cache": from_cache,  # trained by an earlier run (their train_seconds are from then)
         "train": params["sentiment"]["train"],
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
