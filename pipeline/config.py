@@ -70,13 +70,18 @@ def repeated(values: list[str]) -> str | None:
     return None
 
 
-def labels_problems(labels: list[str]) -> Iterator[tuple[str, str]]:
+def labels_problems(labels: list[str], label_map: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """A declared label set must be non-empty and without repeats; label_map may only map onto it."""
     if not labels:
         yield "labels", "must name at least one label"
     elif repeated(labels) is not None:
         yield "labels", f"names '{repeated(labels)}' twice (labels match ignoring case and spaces)"
     elif any(not label.strip() for label in labels):
         yield "labels", "holds an empty label"
+    declared = {label.strip().casefold() for label in labels}
+    for source, target in label_map.items():
+        if target.strip().casefold() not in declared:
+            yield f"label_map.{source}", f"maps onto '{target}', which is not in labels [{', '.join(labels)}]"
 
 
 # sections -----------------------------------------------------------------------------------------
@@ -98,13 +103,14 @@ class DataConfig(SourceConfig):
 @dataclass
 class ValidateConfig:
     labels: list[str]
+    label_map: dict[str, str] = field(default_factory=dict)  # a source's own labels onto these, e.g. {0: negative}
     min_chars: int = at_least(0, 3)
     max_chars: int = at_least(1, 2000)
     min_rows_per_class: int = at_least(0, 5)
     max_reject_fraction: float = fraction(0.2)
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        yield from labels_problems(self.labels)
+        yield from labels_problems(self.labels, self.label_map)
         if self.min_chars > self.max_chars:
             yield "min_chars", f"({self.min_chars}) must not exceed max_chars ({self.max_chars})"
 
@@ -112,13 +118,15 @@ class ValidateConfig:
 @dataclass
 class NerValidateConfig:
     labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
+    label_map: dict[str, str] = field(default_factory=dict)  # a source's own entity types onto these, e.g. {PERSON: PER}
+    tag_names: list[str] | None = None  # tags given as integer ids: the tag of each id, as Hugging Face datasets list them
     invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
     max_tokens: int = at_least(1, 1000)  # longer sentences are quarantined (they are split into windows, never truncated)
     min_mentions_per_type: int = at_least(0, 5)
     max_reject_fraction: float = fraction(0.2)
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        yield from labels_problems(self.labels)
+        yield from labels_problems(self.labels, self.label_map)
 
 
 @dataclass

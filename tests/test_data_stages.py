@@ -36,7 +36,10 @@ def test_bad_rows_are_quarantined_with_reasons(workspace):
     quarantine = {r["text"]: r for r in load_records(PATHS.quarantine)}
     assert "text length outside 3..2000" in quarantine[""]["reason"]
     assert "text length outside" in quarantine["   "]["reason"]
-    assert "label not in [negative, neutral, positive]" in quarantine["Profit rose sharply in the quarter"]["reason"]
+    assert quarantine["Profit rose sharply in the quarter"]["reason"] == (
+        "label 'bullish' not in [negative, neutral, positive] "
+        "(add it to sentiment.validate.labels, or map it onto one with sentiment.validate.label_map)"
+    )
     assert "text length outside" in quarantine["x" * 3000]["reason"]
     duplicate = quarantine["Sales fell in January"]
     assert duplicate["reason"].startswith("duplicate of data/sample.csv row 66 with different label")
@@ -53,7 +56,7 @@ def test_too_few_rows_of_a_class_stops_the_run_naming_the_file(workspace):
     rows = [r for r in make_rows(80) if r["label"] != "negative"] + [{"text": "Loss widened", "label": "negative"}]
     write_csv(workspace / "data" / "sample.csv", rows)
     run_data_stages("collect")
-    with pytest.raises(ValidationError, match=r"data/sample.csv failed:\n  - label 'negative' has 1 clean rows"):
+    with pytest.raises(ValidationError, match=r"data/sample.csv failed: label 'negative' has 1 clean rows, fewer than sentiment.validate.min_rows_per_class=3 \(report"):
         run_data_stages("validate")
     assert len(load_records(PATHS.clean)) == len(rows)  # the report and tables are still written
 

@@ -85,7 +85,7 @@ def test_invalid_iob_is_repaired_or_quarantined_with_its_reason(tmp_path, monkey
     assert reasons == [
         "2 tokens but 1 tags",
         "n_tokens 0 outside 1..1000",
-        "tag 1 'B-CITY' is not one of O, B-/I- of PER, ORG, LOC, MISC",
+        "tag 1 'B-CITY' is not one of O, B-/I-/S-/E- of PER, ORG, LOC, MISC (map other entity types with ner.validate.label_map)",
     ]
 
     write_params(tmp_path, ner_params(tiny_model, data=data, validate={"invalid_iob": "reject"}))
@@ -95,7 +95,7 @@ def test_invalid_iob_is_repaired_or_quarantined_with_its_reason(tmp_path, monkey
     assert quarantined[0]["reason"] == "tag 3 'I-ORG' follows O (invalid IOB2; validate.invalid_iob: repair fixes it)"
 
     write_params(tmp_path, ner_params(tiny_model, data=data, validate={"min_mentions_per_type": 1000}))
-    with pytest.raises(ValidationError, match="entity type 'PER' has .* mentions .* fewer than min_mentions_per_type=1000"):
+    with pytest.raises(ValidationError, match="entity type 'PER' has .* mentions .* fewer than ner.validate.min_mentions_per_type=1000"):
         run_stage("validate", "ner", PARAMS)
 
 

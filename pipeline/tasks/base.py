@@ -5,7 +5,10 @@ The stages are written against this interface only; a new task is one module imp
 
 from __future__ import annotations
 
+import math
 import random
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,32 @@ from pipeline.records import Record
 
 PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages
 IGNORED = -100  # the label losses and metrics skip: padding, special tokens, sub-tokens after a word's first
+WHITESPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC unicode, single spaces, no leading or trailing space."""
+    return WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def cell_text(value: Any) -> str | None:
+    """A table cell as text: None for a missing one (None, NaN), 1 for a float 1.0 (pandas reads integer columns with gaps as floats)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def label_key(label: str) -> str:
+    """How labels are matched: ignoring case, surrounding spaces and unicode variants (" Positive " is positive)."""
+    return normalise_text(label).casefold()
+
+
+def label_lookup(labels: list[str], label_map: dict[str, str]) -> dict[str, str]:
+    """Each spelling a source may use (a declared label, a label_map key), by label_key, to the declared label."""
+    declared = {label_key(label): label for label in labels}
+    return {**declared, **{label_key(source): declared[label_key(target)] for source, target in label_map.items()}}
 
 
 class Task(ABC):
@@ -57,6 +86,11 @@ class Task(ABC):
     @property
     def column_hint(self) -> str:
         return f"set {self.name}.data.text_column / label_column in params.yaml"
+
+    @property
+    def unknown_label_hint(self) -> str:
+        """The fix for a label outside the declared set (validate's quarantine reason)."""
+        return f"add it to {self.name}.validate.labels, or map it onto one with {self.name}.validate.label_map"
 
     @abstractmethod
     def to_example(self, record: Record) -> Record:

@@ -18,8 +18,7 @@ from pipeline.config import NerConfig
 from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length
 from pipeline.records import Record
-from pipeline.tasks.base import IGNORED, Task
-from pipeline.tasks.sentiment import normalise_text
+from pipeline.tasks.base import IGNORED, Task, label_key, label_lookup, normalise_text
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
 # separators (1,200 3.5 7-1/2 AT&T), a possessive 's, then any other character on its own.
@@ -28,6 +27,9 @@ NO_ENTITY = "none"  # the confusion plot's row and column for a missed or invent
 # The bundled model is uncased; with `model.case_marker` a word starting with a capital gets this
 # suffix, which the tokenizer splits off as a sub-token of the same word (the tag stays on the first).
 CASE_MARK = "^"
+# Tag prefixes as IOB2 writes them: BIOES/IOBES's S- (single) and E- (end), BILOU's U- and L-.
+IOB2_PREFIX = {"B": "B", "I": "I", "S": "B", "E": "I", "U": "B", "L": "I"}
+PREFIXED_TAG = re.compile(r"(?P<prefix>[A-Za-z])-(?P<kind>.+)")
 
 
 def entities(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -88,6 +90,7 @@ class NerTask(Task):
         super().__init__(config)
         # The tag set: O, then B- and I- of each entity type (looked up per token, so built once).
         self.tags = ["O"] + [f"{prefix}-{kind}" for kind in config.validate.labels for prefix in "BI"]
+        self.type_spellings = label_lookup(config.validate.labels, config.validate.label_map)
         self.mentions: dict[str, list[tuple[str, ...]]] = {}
 
     # data -----------------------------------------------------------------------------------
@@ -102,10 +105,24 @@ class NerTask(Task):
         if not isinstance(tokens, list) or not isinstance(tags, list):
             return example
         tokens = [normalise_text(str(t)) for t in tokens]
-        tags = [str(t).strip() for t in tags]
+        tags = [self.iob2_tag(str(t).strip()) for t in tags]
         if self.config.validate.invalid_iob == "repair":
             tags = repair_iob(tags)
         return {**example, "tokens": tokens, "tags": tags}
+
+    def iob2_tag(self, tag: str) -> str:
+        """A tag as IOB2 spells it, when it can be read: an integer id through `validate.tag_names`,
+        S-/E- (BIOES) and U-/L- (BILOU) as B-/I-, the entity type as declared (ignoring case, or
+        through `validate.label_map`). Anything else is left as it was, for validation to name."""
+        names = self.config.validate.tag_names
+        if tag.isdigit() and names is not None and int(tag) < len(names):
+            tag = names[int(tag)]
+        if tag.upper() == "O":
+            return "O"
+        match = PREFIXED_TAG.fullmatch(tag)
+        kind = match and self.type_spellings.get(label_key(match["kind"]))
+        prefix = match and IOB2_PREFIX.get(match["prefix"].upper())
+        return f"{prefix}-{kind}" if kind and prefix else tag
 
     def content_key(self, example: Record) -> str:
         # Within a document: the same short line ("LONDON 1996-08-30") recurs across documents.
@@ -129,13 +146,24 @@ class NerTask(Task):
             return f"token {empty[0]} is empty"
         unknown = [(i + 1, tag) for i, tag in enumerate(tags) if tag not in self.tags]
         if unknown:
-            return f"tag {unknown[0][0]} '{unknown[0][1]}' is not one of O, B-/I- of {', '.join(self.config.validate.labels)}"
+            return self._unknown_tag(*unknown[0])
         invalid = invalid_iob(tags)
         if invalid:
             i = invalid[0]
             previous = tags[i - 1] if i else "the sentence start"
             return f"tag {i + 1} '{tags[i]}' follows {previous} (invalid IOB2; validate.invalid_iob: repair fixes it)"
         return None
+
+    def _unknown_tag(self, position: int, tag: str) -> str:
+        """Why a tag is not one of the tag set, and the key that fixes it."""
+        names = self.config.validate.tag_names
+        if tag.isdigit() and names is None:
+            return (f"tag {position} '{tag}' is an integer id: set ner.validate.tag_names to the data set's tag list, "
+                    "in id order (e.g. [O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC, I-MISC])")
+        if tag.isdigit():
+            return f"tag {position} is id {tag}, but ner.validate.tag_names lists only {len(names)} tags (ids 0..{len(names) - 1})"
+        return (f"tag {position} '{tag}' is not one of O, B-/I-/S-/E- of {', '.join(self.config.validate.labels)} "
+                "(map other entity types with ner.validate.label_map)")
 
     def expectations(self) -> list[Any]:
         import great_expectations as gx
@@ -149,10 +177,11 @@ class NerTask(Task):
         counts = {kind: 0 for kind in self.config.validate.labels}
         for example in examples:
             for kind, _, _ in entities(example["tags"]):
-                counts[kind] += 1
+                if kind in counts:  # validate lets no other type through; never a KeyError here
+                    counts[kind] += 1
         minimum = self.config.validate.min_mentions_per_type
         return [
-            f"entity type '{kind}' has {count} mentions in the clean rows, fewer than min_mentions_per_type={minimum}"
+            f"entity type '{kind}' has {count} mentions in the clean rows, fewer than ner.validate.min_mentions_per_type={minimum}"
             for kind, count in counts.items()
             if count < minimum
         ]

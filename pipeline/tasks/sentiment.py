@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
 from pipeline.records import Record
-from pipeline.tasks.base import Task
-
-WHITESPACE = re.compile(r"\s+")
-
-
-def normalise_text(text: str) -> str:
-    """NFKC unicode, single spaces, no leading or trailing space."""
-    return WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+from pipeline.tasks.base import Task, cell_text, label_key, label_lookup, normalise_text
 
 
 class SentimentTask(Task):
@@ -28,6 +19,10 @@ class SentimentTask(Task):
     augment_methods = (*METHODS, BACK_TRANSLATION)
     exports_onnx = True
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.label_spellings = label_lookup(config.validate.labels, config.validate.label_map)
+
     @property
     def labels(self) -> list[str]:
         return self.config.validate.labels
@@ -35,17 +30,17 @@ class SentimentTask(Task):
     # data -----------------------------------------------------------------------------------
     def to_example(self, record: Record) -> Record:
         text, label, provenance = self.read_fields(record)
-        label = None if label is None else str(label).strip()
-        return {
-            "text": None if text is None else str(text),
-            "label": label or None,  # an empty cell is a missing label, not an unknown one
-            **provenance,
-        }
+        label = (cell_text(label) or "").strip()
+        return {"text": cell_text(text), "label": label or None, **provenance}  # an empty cell is a missing label
 
     def normalise(self, example: Record) -> Record:
-        if isinstance(example["text"], str):
-            return {**example, "text": normalise_text(example["text"])}
-        return example
+        """Normalised text; the label as declared when it matches one (ignoring case and spaces) or label_map maps it."""
+        text, label = example["text"], example["label"]
+        return {
+            **example,
+            "text": normalise_text(text) if isinstance(text, str) else text,
+            "label": self.label_spellings.get(label_key(label), label) if isinstance(label, str) else label,
+        }
 
     def content_key(self, example: Record) -> str:
         return str(example["text"]).casefold()
@@ -66,10 +61,11 @@ class SentimentTask(Task):
     def dataset_problems(self, examples: list[Record]) -> list[str]:
         counts = {label: 0 for label in self.labels}
         for example in examples:
-            counts[example["label"]] += 1
+            if example["label"] in counts:  # validate lets no other label through; never a KeyError here
+                counts[example["label"]] += 1
         minimum = self.config.validate.min_rows_per_class
         return [
-            f"label '{label}' has {count} clean rows, fewer than min_rows_per_class={minimum}"
+            f"label '{label}' has {count} clean rows, fewer than {self.name}.validate.min_rows_per_class={minimum}"
             for label, count in counts.items()
             if count < minimum
         ]

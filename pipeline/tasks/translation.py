@@ -19,8 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
 from pipeline.readers import read_source
 from pipeline.records import Record
-from pipeline.tasks.base import Task
-from pipeline.tasks.sentiment import normalise_text
+from pipeline.tasks.base import Task, cell_text, normalise_text
 
 SAMPLE_ROWS = 25  # translations per split in the MLflow table
 LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 10_000))  # source words, for the BLEU-by-length plot
@@ -122,11 +121,7 @@ class TranslationTask(Task):
 
     def to_example(self, record: Record) -> Record:
         source, target, provenance = self.read_fields(record)
-        return {
-            "text": None if source is None else str(source),
-            "translation": None if target is None else str(target),
-            **provenance,
-        }
+        return {"text": cell_text(source), "translation": cell_text(target), **provenance}
 
     def normalise(self, example: Record) -> Record:
         return {
@@ -150,6 +145,7 @@ class TranslationTask(Task):
         rules = self.config.validate
         languages = self.config.languages
         return [
+            *(gx.expectations.ExpectColumnValuesToNotBeNull(column=column) for column in ("text", "translation")),
             *(
                 gx.expectations.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1, max_value=rules.max_chars)
                 for column in ("text", "translation")
@@ -162,7 +158,7 @@ class TranslationTask(Task):
 
     def dataset_problems(self, examples: list[Record]) -> list[str]:
         minimum = self.config.validate.min_pairs
-        return [] if len(examples) >= minimum else [f"{len(examples)} clean sentence pairs, fewer than min_pairs={minimum}"]
+        return [] if len(examples) >= minimum else [f"{len(examples)} clean sentence pairs, fewer than translation.validate.min_pairs={minimum}"]
 
     def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
         words = augment_words(example["text"].split(), method, rate, rng)  # the reference stays as it is
