@@ -105,7 +105,7 @@ def proxy(tracking_server) -> Iterator[FlakyProxy]:
     proxy.server_close()
 
 
-@pytest.mark.slow  # about 50 s: a server to start, a model to train, the command to load
+@pytest.mark.slow  # 30 s on idle cores, 50 s on busy ones: a server to start, a model to train, a command to load
 def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_model, tracking_server, proxy, monkeypatch):
     import mlflow
 
