@@ -280,7 +280,7 @@ class ActiveLearningConfig:
 
 @dataclass
 class PromotionConfig:
-    """When the register stage moves the champion alias (README: Promotion)."""
+    """When the register stage moves the champion alias (docs/registry.md: Promotion)."""
 
     min_delta: float = at_least(0, 0.0)  # the challenger must beat the champion by more than this
     test: Literal["paired_bootstrap", "none"] = "paired_bootstrap"  # ... and so must the interval's lower end
