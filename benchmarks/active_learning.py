@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PHRASEBANK, RESULTS, benchmark_parser, phrasebank_params, run_in_scratch, write_result
+from common import PHRASEBANK, RESULTS, benchmark_parser, phrasebank_params, scratch_splits, write_result
 
 TARGET = {"uncertainty_labels_to_reach_full_minus_1pt_at_most": 0.5, "uncertainty_beats_random": "every round"}
 START, END = 0.10, 0.50  # shares of the train split labelled at the first and the last round
@@ -93,20 +93,9 @@ def main() -> None:
     shares = round_shares(args.step)
     params = phrasebank_params(args.set)
     started = time.time()
-    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "pretrain"), "bench-al-")
-
-    from pipeline.config import load_params
-    from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
+    task, config, train, val, test = scratch_splits(params, "sentiment", "bench-al-")
     from pipeline.plots import label_curves_png
-    from pipeline.records import load_records
-    from pipeline.tasks import get_task
 
-    use_all_cores()
-    config = load_params(Path("params.yaml")).task("sentiment")
-    task = get_task("sentiment", config)
-    paths = TaskPaths("sentiment")
-    train, val, test = (load_records(paths.split(s)) for s in ("train", "val", "test"))
     full_f1 = round(train_and_score(task, config, train, val, test, config.train.epochs)[0], 4)
     print(f"active_learning: all {len(train)} labelled -> test macro-F1 {full_f1:.4f}", flush=True)
     order = list(range(len(train)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -78,6 +79,21 @@ def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str
     return workspace
 
 
+def scratch_splits(params: dict, task_name: str, prefix: str) -> tuple:
+    """Run the data stages of one task in a new scratch workspace (now cwd); (task, config, train, val, test)."""
+    run_in_scratch(params, task_name, ("collect", "validate", "split", "pretrain"), prefix)
+    from pipeline.config import load_params
+    from pipeline.models import use_all_cores
+    from pipeline.paths import TaskPaths
+    from pipeline.records import load_records
+    from pipeline.tasks import get_task
+
+    use_all_cores()
+    config = load_params(Path("params.yaml")).task(task_name)
+    paths = TaskPaths(task_name)
+    return (get_task(task_name, config), config, *(load_records(paths.split(s)) for s in ("train", "val", "test")))
+
+
 def run_variant(params: dict, task: str, stages: tuple[str, ...]) -> dict:
     """Run stages with `params` in the current workspace, in a fresh process so its peak memory is its own.
 
@@ -124,6 +140,15 @@ def run_facts(params: dict, task: str, overrides: list[str], started: float) -> 
         "overrides": overrides,
         "cpu_threads": len(os.sched_getaffinity(0)),
     }
+
+
+def cpu_facts() -> dict:
+    """The CPU a speed was measured on: its model name, the SIMD extensions it offers, the threads this process may use."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return {"cpu_model": model, "cpu_flags": sorted(f for f in flags if f.startswith(("sse4", "avx", "fma"))),
+            "cpu_threads": len(os.sched_getaffinity(0))}
 
 
 def write_result(name: str, overrides: list[str], result: dict) -> None:

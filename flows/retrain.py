@@ -98,6 +98,20 @@ def report_rejected_batches(task_name: str, since: datetime) -> None:
             get_run_logger().warning("%s: batch %s set aside: %s", task_name, batch["file"], batch["reason"])
 
 
+def paired_test_markdown(decision: dict) -> str:
+    """The gain and the paired test behind the decision, as a table (nothing for a first model)."""
+    test = decision["test"]
+    if test is None:
+        return ""
+    interval = p_value = resamples = "-"
+    if test["method"] != "none":
+        low, high = test["interval"]
+        interval = f"{test['confidence']:.0%}: [{low:+.4f}, {high:+.4f}]"
+        p_value, resamples = f"{test['p_value']:.3f}", f"{test['resamples']} of {test['examples']} examples"
+    return ("| test | gain | interval | p-value | resamples | min_delta |\n|---|---|---|---|---|---|\n"
+            f"| {test['method']} | {decision['delta']:+.4f} | {interval} | {p_value} | {resamples} | {decision['min_delta']} |\n\n")
+
+
 def summary_markdown(task_name: str, experiment: str) -> str:
     """Metrics, promotion decision, batches set aside and MLflow run of a task, as markdown."""
     paths = TaskPaths(task_name)
@@ -118,6 +132,7 @@ def summary_markdown(task_name: str, experiment: str) -> str:
         f"| | challenger | champion |\n|---|---|---|\n"
         f"| version | {decision['challenger']['version']} | {champion['version']} |\n"
         f"| {decision['metric']} | {decision['challenger']['score']:.4f} | {champion_score} |\n\n"
+        f"{paired_test_markdown(decision)}"
         f"## Metrics (`{paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n{set_aside}"
         f"## MLflow run\n\n{mlflow_run_link(run_id, experiment)}\n"
     )

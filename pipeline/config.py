@@ -305,7 +305,14 @@ class ActiveLearningConfig:
 
 @dataclass
 class PromotionConfig:
+    """When the register stage moves the champion alias (docs/registry.md: Promotion)."""
+
     min_delta: float = at_least(0, 0.0)  # the challenger must beat the champion by more than this
+    test: Literal["paired_bootstrap", "none"] = "paired_bootstrap"  # ... and so must the interval's lower end
+    confidence: float = ranged(0.95, 0, 1, low_open=True, high_open=True)  # of the interval of the gain
+    resamples: int = at_least(100, 1000)  # bootstrap resamples of the validation examples
+    seed: int = 13  # of the resamples: the same data and models give the same decision
+    min_score: float | None = None  # with no champion yet, the first model must reach this validation score
 
 
 @dataclass

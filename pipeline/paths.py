@@ -113,6 +113,12 @@ class TaskPaths:
         return self.reports / "evaluation"
 
     @property
+    def val_predictions(self) -> Path:
+        """The model's prediction for each validation example, in the split's order (evaluate writes,
+        register compares them with the champion's)."""
+        return self.reports / "val_predictions.jsonl"
+
+    @property
     def validation_report(self) -> Path:
         return self.reports / "validation.json"
 

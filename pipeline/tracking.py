@@ -72,19 +72,32 @@ def check_reachable(uri: str | None = None) -> None:
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {exc} ({hint})") from None
 
 
-def is_not_found(exc: Exception) -> bool:
-    """Whether an MlflowException says the model, version or alias does not exist (rather than the store failing)."""
-    code = getattr(exc, "error_code", "")
+def does_not_exist(exc: Exception) -> bool:
+    """The registry answered that the model, version or alias asked for does not exist (rather than failing).
+    MLflow reports a missing alias as INVALID_PARAMETER_VALUE, 'Registered model alias X not found'."""
+    code = getattr(exc, "error_code", None)
     return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
 def registry_error(uri: str, exc: Exception) -> UserError:
     """The user's view of an MlflowException about `uri`: no such model (ModelError), or a failing store (TrackingError)."""
     where = f"'{uri}' from {tracking_uri()}: {getattr(exc, 'message', exc)}"
-    if is_not_found(exc):
+    if does_not_exist(exc):
         return ModelError(f"cannot load model {where} (register one with `dvc repro`, or name another: "
                           "models:/NAME/VERSION, models:/NAME@ALIAS or a model folder)")
     return TrackingError(f"the model registry failed loading {where}")
+
+
+@contextmanager
+def registry_errors(action: str) -> Iterator[None]:
+    """Raise any MLflow failure inside (a server error, a timeout, a refused permission) as one
+    TrackingError naming what failed and the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise TrackingError(f"{action}: the MLflow store {tracking_uri()} failed: {exc.message}") from None
 
 
 @contextmanager

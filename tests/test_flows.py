@@ -112,6 +112,8 @@ def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
     (repo / "data" / "incoming" / "batch-002.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a screenshot dropped by mistake
     decision = retrain()["sentiment"]
     assert decision["challenger"]["version"] == "2"  # trained, registered and judged despite the bad batch
+    low, high = decision["test"]["interval"]  # a champion to test against this time: the artifact shows the test
+    assert f"| paired_bootstrap | {decision['delta']:+.4f} | 95%: [{low:+.4f}, {high:+.4f}] |" in Artifact.get("retrain-sentiment").data
     provenance = load_json(repo / "data" / "raw" / "sentiment.provenance.json")
     assert "data/incoming/batch-001.csv" in provenance["files"]
     assert [b["file"] for b in provenance["rejected_batches"]] == ["data/incoming/batch-002.csv"]

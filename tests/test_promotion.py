@@ -33,15 +33,6 @@ def aliases() -> dict[str, str]:
     return {alias: str(version) for alias, version in mlflow.MlflowClient().get_registered_model(NAME).aliases.items()}
 
 
-@pytest.mark.parametrize(
-    "challenger, champion, min_delta, promoted",
-    [(0.80, None, 0.0, True), (0.81, 0.80, 0.0, True), (0.80, 0.80, 0.0, False),
-     (0.79, 0.80, 0.0, False), (0.805, 0.80, 0.01, False), (0.82, 0.80, 0.01, True)],
-)
-def test_decision_rule(challenger, champion, min_delta, promoted):
-    assert register.decide(challenger, champion, min_delta, "f1_macro")[0] is promoted
-
-
 def test_first_better_and_worse_models(workspace, tiny_model):
     import mlflow
 
@@ -53,6 +44,9 @@ def test_first_better_and_worse_models(workspace, tiny_model):
     assert better["promoted"] and better["delta"] > 0
     assert better["champion"] == {"version": "1", "score": pytest.approx(first["challenger"]["score"])}
     assert aliases() == {"champion": "2"}
+    test = better["test"]
+    assert test["method"] == "paired_bootstrap" and test["resamples"] == 1000 and test["examples"] == len(load_records(PATHS.split("val")))
+    assert 0 < test["interval"][0] <= better["delta"] <= test["interval"][1] and test["p_value"] == 0
 
     worse = train_and_register(tiny_model, UNTRAINED, sentiment__train__seed=7)
     assert not worse["promoted"] and worse["alias"] == "challenger"
@@ -60,10 +54,11 @@ def test_first_better_and_worse_models(workspace, tiny_model):
 
     client = mlflow.MlflowClient()
     version = client.get_model_version(NAME, "3")
-    assert version.description.startswith("Not promoted: validation f1_macro")
+    assert version.description.startswith("Not promoted: validation f1_macro") and "95% interval" in version.description
     assert {"git_commit", "data_hash", "params_hash", "run_id", "val_f1_macro"} <= version.tags.keys()
     run = client.get_run(version.tags["run_id"])
     assert {"val_f1_macro", "test_f1_macro", "train_seconds"} <= run.data.metrics.keys()
+    assert run.data.metrics["promotion_p_value"] == worse["test"]["p_value"] and run.data.tags["promotion_reason"] == worse["reason"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for folder in ("plots", "data") for a in client.list_artifacts(run.info.run_id, folder)
     }
@@ -75,7 +70,17 @@ def test_equal_score_is_not_promoted(workspace, tiny_model):
     run_stage("register", "sentiment", PARAMS)  # the same model again: identical score
     decision = load_json(PATHS.promotion)
     assert decision["delta"] == 0 and not decision["promoted"]
+    assert decision["test"]["interval"] == [0, 0] and decision["test"]["p_value"] == 1
     assert aliases() == {"champion": "1", "challenger": "2"}
+
+
+def test_a_first_model_below_min_score_does_not_become_champion(workspace, tiny_model):
+    broken = train_and_register(tiny_model, UNTRAINED, sentiment__promotion__min_score=0.5)
+    assert not broken["promoted"] and broken["champion"] is None and "below min_score 0.5" in broken["reason"]
+    assert aliases() == {"challenger": "1"}
+    good = train_and_register(tiny_model, 1.0e-3, sentiment__promotion__min_score=0.5)
+    assert good["promoted"] and good["champion"] is None and "reaches min_score 0.5" in good["reason"]
+    assert aliases() == {"champion": "2", "challenger": "1"}
 
 
 def test_a_failing_register_leaves_the_aliases_alone(workspace, tiny_model, monkeypatch):
@@ -104,3 +109,16 @@ def test_the_champion_is_rescored_on_todays_validation_split(workspace, tiny_mod
     val = load_records(PATHS.split("val"))
     assert decision["champion"]["score"] == pytest.approx(score(task, model, tokenizer, val)[0]["f1_macro"])
     assert decision["challenger"]["score"] == pytest.approx(load_json(PATHS.metrics)["val"]["f1_macro"])
+
+
+def test_register_without_evaluates_predictions_says_what_to_run(workspace):
+    from pipeline.errors import UsageError
+    from pipeline.records import save_records
+
+    task = get_task("sentiment", load_params().task("sentiment"))
+    val = [{"text": "Profit rose.", "label": "positive"}, {"text": "Sales fell.", "label": "negative"}]
+    with pytest.raises(UsageError, match=r"val_predictions.jsonl not found: run `dvc repro evaluate@sentiment` first"):
+        register.challenger_predictions(task, PATHS, val)
+    save_records(PATHS.val_predictions, [{"label": "positive", "score": 0.9}])  # from an older, smaller split
+    with pytest.raises(UsageError, match="holds 1 predictions for 2 validation examples"):
+        register.challenger_predictions(task, PATHS, val)

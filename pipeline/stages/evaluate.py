@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
-from pipeline.records import Record, load_records, save_json
+from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 from pipeline import tracking
 
@@ -15,7 +15,7 @@ EVAL_SPLITS = ("val", "test")
 
 
 def score(task: Task, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[dict, list[Record]]:
-    """Metrics and predictions of a model on examples; the champion is re-scored with this too."""
+    """Metrics and predictions of a model on examples."""
     predictions = task.predict(model, tokenizer, examples)
     return task.metrics(examples, predictions), predictions
 
@@ -33,6 +33,8 @@ def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
     for split in EVAL_SPLITS:
         examples = load_records(paths.split(split))
         metrics[split], predictions = score(task, model, tokenizer, examples)
+        if split == "val":
+            save_records(paths.val_predictions, predictions)
         images += task.write_plots(examples, predictions, paths.evaluation, split)
         tables[split] = task.sample_table(examples, predictions)
     save_json(paths.metrics, metrics)

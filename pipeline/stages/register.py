@@ -1,5 +1,6 @@
 """register: log the model to MLflow, re-score the champion on the same validation split,
-and move the `champion` alias only when the new version is better by `min_delta`.
+and move the `champion` alias only when the new version is better by more than `min_delta`,
+beyond the noise of which validation examples happen to be in the split (a paired bootstrap).
 
 The alias is the last thing written: a run that fails anywhere leaves the aliases as they were.
 """
@@ -7,16 +8,17 @@ The alias is the last thing written: a run that fails anywhere leaves the aliase
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import adapters
-from pipeline.config import TaskConfig
-from pipeline.errors import ConfigError
+from pipeline.config import PromotionConfig, TaskConfig
+from pipeline.errors import ConfigError, UsageError
 from pipeline.models import use_all_cores
 from pipeline.paths import TaskPaths, ensure_writable
-from pipeline.records import load_json, load_records, save_json
-from pipeline.stages.evaluate import score
+from pipeline.records import Record, load_records, save_json
+from pipeline.significance import PairedTest, paired_bootstrap
 from pipeline.tasks.base import Task
 from pipeline import tracking
 
@@ -24,24 +26,80 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 NO_EXPORT = {"kept": False, "precision": None, "reason": "registry.onnx is null"}
 
 
-def decide(challenger: float, champion: float | None, min_delta: float, metric: str) -> tuple[bool, str]:
-    """Promote when there is no champion, or the challenger beats it by more than min_delta."""
+@dataclass(frozen=True)
+class Verdict:
+    """Challenger against champion on the same validation examples, and what to do about it."""
+
+    challenger: float  # the task's primary metric
+    champion: float | None  # None: there is no champion yet
+    test: PairedTest | None  # None: no champion, or promotion.test is none
+    promote: bool
+    reason: str
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.champion is None else self.challenger - self.champion
+
+
+def judge(task: Task, promotion: PromotionConfig, val: list[Record], challenger: list[Record], champion: list[Record] | None) -> Verdict:
+    """Score both models' predictions on the validation examples, test the gain, decide."""
+    metric = task.primary_metric
+    challenger_score = task.metrics(val, challenger)[metric]
+    champion_score = None if champion is None else task.metrics(val, champion)[metric]
+    test = None
+    if champion is not None and promotion.test == "paired_bootstrap":
+        test = paired_bootstrap(task.metric_statistics(val, challenger), task.metric_statistics(val, champion),
+                                task.metric_from_statistics, promotion.min_delta, promotion.confidence,
+                                promotion.resamples, promotion.seed)
+    return Verdict(challenger_score, champion_score, test, *decide(challenger_score, champion_score, promotion, metric, test))
+
+
+def decide(challenger: float, champion: float | None, promotion: PromotionConfig, metric: str,
+           test: PairedTest | None = None) -> tuple[bool, str]:
+    """(promote, reason): the first model when it reaches min_score; a later one when it beats the
+    champion by more than min_delta and, with a paired test, so does the lower end of the interval."""
     if champion is None:
+        return first_model(challenger, promotion.min_score, metric)
+    delta, min_delta = challenger - champion, promotion.min_delta
+    scores = f"validation {metric} {challenger:.4f} vs the champion's {champion:.4f}: gain {delta:+.4f}"
+    if test is not None:
+        scores += (f", {test.confidence:.0%} interval [{test.low:+.4f}, {test.high:+.4f}], p = {test.p_value:.3f} "
+                   f"({test.resamples} resamples of {test.examples} examples)")
+    if delta <= min_delta:
+        return False, f"{scores}: the gain is not more than min_delta {min_delta}"
+    if test is None:
+        return True, f"{scores}: the gain is more than min_delta {min_delta}"
+    if test.low <= min_delta:
+        return False, f"{scores}: the interval reaches down to min_delta {min_delta}, so the gain may be noise"
+    return True, f"{scores}: the gain and the whole interval are above min_delta {min_delta}"
+
+
+def first_model(challenger: float, min_score: float | None, metric: str) -> tuple[bool, str]:
+    """(promote, reason) with no champion yet: it becomes champion unless it misses min_score."""
+    if min_score is None:
         return True, "first registered model: it becomes champion"
-    delta = challenger - champion
-    if delta > min_delta:
-        return True, f"validation {metric} {challenger:.4f} beats the champion's {champion:.4f} by {delta:+.4f} (> {min_delta})"
-    return False, f"validation {metric} {challenger:.4f} vs the champion's {champion:.4f}: {delta:+.4f} is not more than min_delta {min_delta}"
+    if challenger >= min_score:
+        return True, f"first registered model: validation {metric} {challenger:.4f} reaches min_score {min_score}: it becomes champion"
+    return False, f"no champion yet, and validation {metric} {challenger:.4f} is below min_score {min_score}: it does not become champion"
 
 
 def champion_version(client: Any, name: str) -> Any | None:
-    """The version that holds the champion alias, or None when there is none yet."""
+    """The version that holds the champion alias; None only when the model or the alias does not exist yet.
+
+    Any other failure (a server error, a timeout, a refused permission) is raised: taken for "no
+    champion", it would promote the challenger over a champion that exists. The alias is read from
+    the registered model because a missing alias is reported as INVALID_PARAMETER_VALUE, like a
+    malformed request."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if tracking.does_not_exist(exc):
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, version)
 
 
 def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
@@ -73,8 +131,6 @@ def load_pyfunc_components(uri: str) -> tuple[Any, Any]:
 
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
     """Register the trained model and decide on promotion; writes reports/<task>/promotion.json."""
-    import mlflow
-
     use_all_cores()
     if config.registry.onnx and not task.exports_onnx:
         raise ConfigError(f"params.yaml: {task.name}.registry.onnx: the {task.name} task has no ONNX export (sentiment has); set it to null")
@@ -82,44 +138,87 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> di
     # tracking store (configure checks it), stops the stage while the aliases are untouched.
     ensure_writable(paths.reports)
     tracking.configure(experiment)
+    with tracking.registry_errors(f"register[{task.name}], no alias moved"):
+        decision, export_report = register(task, config, paths, experiment)
+    save_json(paths.promotion, decision)
+    save_json(paths.export_report, export_report)
+    print(f"register[{task.name}]: {decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}: {decision['reason']}")
+    return decision
+
+
+def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> tuple[dict, dict]:
+    """Re-score the champion, register the model, decide and move an alias, the very last step;
+    returns (decision, ONNX export report)."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     name, metric = config.registry.name, task.primary_metric
     val = load_records(paths.split("val"))
-    challenger_score = load_json(paths.metrics)["val"][metric]
+    predictions = challenger_predictions(task, paths, val)
 
     champion = champion_version(client, name)
-    champion_score = None
+    champion_predictions = None
     if champion is not None:
-        model, tokenizer = load_registered(task, f"models:/{name}@{CHAMPION}")
-        champion_score = score(task, model, tokenizer, val)[0][metric]
-        print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={champion_score:.4f}")
-    promote, reason = decide(challenger_score, champion_score, config.promotion.min_delta, metric)
+        model, tokenizer = load_registered(task, f"models:/{name}/{champion.version}")  # pinned: the alias may move meanwhile
+        champion_predictions = task.predict(model, tokenizer, val)
+    verdict = judge(task, config.promotion, val, predictions, champion_predictions)
+    if champion is not None:
+        print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={verdict.champion:.4f}")
 
     with tracking.resume_run(paths.model_dir, experiment) as run:
         version = log_model(task, paths, name)
-        tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id, f"val_{metric}": f"{challenger_score:.4f}"}
+        tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id, f"val_{metric}": f"{verdict.challenger:.4f}"}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         export_report = log_export(task, config, paths, val, version) if config.registry.onnx else NO_EXPORT
-        decision = {
-            "model_name": name,
-            "metric": f"val_{metric}",
-            "challenger": {"version": version, "score": challenger_score},
-            "champion": None if champion is None else {"version": str(champion.version), "score": champion_score},
-            "delta": None if champion_score is None else challenger_score - champion_score,
-            "min_delta": config.promotion.min_delta,
-            "promoted": promote,
-            "alias": CHAMPION if promote else CHALLENGER,
-            "reason": reason,
-        }
-        client.update_model_version(name, version, description=("Promoted to champion: " if promote else "Not promoted: ") + reason)
-        mlflow.log_dict(decision, "promotion.json")
-        mlflow.set_tag("promotion", decision["alias"])
+        decision = decision_record(verdict, config.promotion, name, metric, version, champion)
+        client.update_model_version(name, version, description=("Promoted to champion: " if verdict.promote else "Not promoted: ") + verdict.reason)
+        log_decision(decision, verdict)
     client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
-    save_json(paths.promotion, decision)
-    save_json(paths.export_report, export_report)
-    print(f"register[{task.name}]: {name} v{version} -> @{decision['alias']}: {reason}")
-    return decision
+    return decision, export_report
+
+
+def challenger_predictions(task: Task, paths: TaskPaths, val: list[Record]) -> list[Record]:
+    """The model's validation predictions that the evaluate stage kept, one per example of today's split."""
+    rerun = f"run `dvc repro evaluate@{task.name}` first"
+    if not paths.val_predictions.exists():
+        raise UsageError(f"{paths.val_predictions} not found: {rerun}")
+    predictions = load_records(paths.val_predictions)
+    if len(predictions) != len(val):
+        raise UsageError(f"{paths.val_predictions} holds {len(predictions)} predictions for {len(val)} validation examples: {rerun}")
+    return predictions
+
+
+def decision_record(verdict: Verdict, promotion: PromotionConfig, name: str, metric: str, version: str, champion: Any | None) -> dict:
+    """What promotion.json says: both versions and scores, the rule's settings, the test, the outcome."""
+    if verdict.test is not None:
+        test = verdict.test.as_dict()
+    else:
+        test = None if champion is None else {"method": promotion.test}
+    return {
+        "model_name": name,
+        "metric": f"val_{metric}",
+        "challenger": {"version": version, "score": verdict.challenger},
+        "champion": None if champion is None else {"version": str(champion.version), "score": verdict.champion},
+        "delta": verdict.delta,
+        "min_delta": promotion.min_delta,
+        "min_score": promotion.min_score,
+        "test": test,
+        "promoted": verdict.promote,
+        "alias": CHAMPION if verdict.promote else CHALLENGER,
+        "reason": verdict.reason,
+    }
+
+
+def log_decision(decision: dict, verdict: Verdict) -> None:
+    """The decision into the active run: promotion.json, tags, and the test's figures as metrics."""
+    import mlflow
+
+    mlflow.log_dict(decision, "promotion.json")
+    mlflow.set_tags({"promotion": decision["alias"], "promotion_reason": verdict.reason})
+    if verdict.test is not None:
+        mlflow.log_metrics({"promotion_delta": verdict.delta, "promotion_interval_low": verdict.test.low,
+                            "promotion_interval_high": verdict.test.high, "promotion_p_value": verdict.test.p_value})
 
 
 def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, version: str) -> dict:

@@ -232,6 +232,17 @@ class Task(ABC):
         """The evaluation metrics of predictions against the examples' gold labels."""
 
     @abstractmethod
+    def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
+        """Per-example sufficient statistics of primary_metric, a float array [examples, columns]:
+        summed over any set of the examples, `metric_from_statistics` gives the metric on that set
+        (the paired bootstrap of the register stage resamples these rows)."""
+
+    @abstractmethod
+    def metric_from_statistics(self, totals: Any) -> Any:
+        """primary_metric of each row of summed statistics [rows, columns], as an array [rows];
+        equal to `metrics` on the same examples."""
+
+    @abstractmethod
     def write_plots(
         self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
     ) -> list[Path]:

@@ -344,6 +344,23 @@ class NerTask(Task):
             },
         }
 
+    def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
+        """Entities per sentence: (correct, predicted, gold), which seqeval sums over sentences."""
+        import numpy as np
+
+        rows = []
+        for example, prediction in zip(examples, predictions):
+            gold, predicted = set(entities(example["tags"])), set(entities(prediction["tags"]))
+            rows.append((len(gold & predicted), len(predicted), len(gold)))
+        return np.array(rows, dtype=float).reshape(-1, 3)
+
+    def metric_from_statistics(self, totals: Any) -> Any:
+        """Entity micro-F1 of each row of summed (correct, predicted, gold)."""
+        from pipeline.significance import f1
+
+        correct, predicted, gold = totals.T
+        return f1(correct, predicted - correct, gold - correct)
+
     def write_plots(
         self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
     ) -> list[Path]:

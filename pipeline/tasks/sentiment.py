@@ -161,6 +161,25 @@ class SentimentTask(Task):
             },
         }
 
+    def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
+        """One confusion-matrix cell per example: column gold * K + predicted holds a 1."""
+        import numpy as np
+
+        index, k = {label: i for i, label in enumerate(self.labels)}, len(self.labels)
+        cells = [index[e["label"]] * k + index[p["label"]] for e, p in zip(examples, predictions)]
+        return np.eye(k * k)[cells]
+
+    def metric_from_statistics(self, totals: Any) -> Any:
+        """Macro-F1 over the declared labels from each row's summed confusion matrix."""
+        import numpy as np
+
+        from pipeline.significance import f1
+
+        k = len(self.labels)
+        confusion = totals.reshape(-1, k, k)  # [rows, gold, predicted]
+        correct = np.diagonal(confusion, axis1=1, axis2=2)
+        return f1(correct, confusion.sum(axis=1) - correct, confusion.sum(axis=2) - correct).mean(axis=1)
+
     def write_plots(
         self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str
     ) -> list[Path]:

@@ -39,11 +39,18 @@ def decode(tokenizer: Any, ids: Any) -> list[str]:
     return [detokenize(t.strip()) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
+def bleu_metric(lowercase: bool) -> Any:
+    """sacreBLEU's BLEU as this task scores it: 13a tokenisation, exp smoothing, optionally lowercased."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(lowercase=lowercase)
+
+
 def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool) -> dict[str, Any]:
     """sacreBLEU corpus BLEU (13a tokenisation) and chrF, each with the signature that makes it reproducible."""
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import CHRF
 
-    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    bleu, chrf = bleu_metric(lowercase), CHRF(lowercase=lowercase)
     return {
         "bleu": bleu.corpus_score(hypotheses, [references]).score,
         "chrf": chrf.corpus_score(hypotheses, [references]).score,
@@ -252,6 +259,22 @@ class TranslationTask(Task):
             [p["translation"] for p in predictions], [e["translation"] for e in examples], self.config.model.lowercase_bleu
         )
         return {**scores, "n": len(examples), "direction": self.direction}
+
+    def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
+        """sacreBLEU's per-sentence statistics: hypothesis and reference length, then the matching and
+        total n-grams of each order. (Its own paired bootstrap resamples the same rows.)"""
+        import numpy as np
+
+        bleu = bleu_metric(self.config.model.lowercase_bleu)
+        rows = bleu._extract_corpus_statistics([p["translation"] for p in predictions], [[e["translation"] for e in examples]])
+        return np.array(rows, dtype=float).reshape(len(examples), -1)
+
+    def metric_from_statistics(self, totals: Any) -> Any:
+        """Corpus BLEU of each row of summed statistics, by sacreBLEU's own formula."""
+        import numpy as np
+
+        bleu = bleu_metric(self.config.model.lowercase_bleu)
+        return np.array([bleu._compute_score_from_stats(row.astype(int).tolist()).score for row in totals])
 
     def write_plots(
         self, examples: list[Record], predictions: list[Record], out_dir: Path, split: str

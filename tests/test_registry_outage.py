@@ -1,0 +1,141 @@
+"""The registry fails closed: a failing model registry stops the register stage and moves no alias.
+
+A real `mlflow server` (SQLite backend) sits behind a small HTTP proxy in this process. The proxy
+forwards everything until it is switched to answer 500 to every model-registry call; the register
+stage then runs as the `finetune` command and must end in one `error:` line, exit 5, with the
+aliases on the server as they were.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from pipeline import tracking
+from tests.conftest import ROOT
+from tests.test_promotion import NAME, train_and_register
+from tests.test_tracking_server import MLFLOW, free_port, wait_for_health
+
+FINETUNE = Path(sys.executable).parent / "finetune"
+REGISTRY_CALL = re.compile(r"/(registered-models|model-versions)/")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class FlakyProxy(ThreadingHTTPServer):
+    """Forwards every request to `upstream`; once `failing` is set, answers registry calls with 500."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str):
+        super().__init__(("127.0.0.1", 0), Forward)
+        self.upstream = urlsplit(upstream)
+        self.failing = False
+        self.refused = 0
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Forward(BaseHTTPRequestHandler):
+    server: FlakyProxy
+
+    def forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.server.failing and REGISTRY_CALL.search(self.path):
+            self.server.refused += 1
+            return self.reply(500, [("Content-Type", "text/plain")], b"registry unavailable")
+        upstream = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=120)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        self.reply(response.status, [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP], response.read())
+        upstream.close()
+
+    def reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+    def log_message(self, format: str, *args) -> None:  # quiet: pytest shows failures, not every request
+        pass
+
+
+@pytest.fixture
+def tracking_server(tmp_path_factory) -> Iterator[str]:
+    """`mlflow server` on SQLite and a local artifact folder, on a free loopback port."""
+    base = tmp_path_factory.mktemp("mlflow-server")
+    url, log = f"http://127.0.0.1:{free_port()}", base / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
+             "--port", url.rsplit(":", 1)[1], "--workers", "1"],
+            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_health(url, server, log)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def proxy(tracking_server) -> Iterator[FlakyProxy]:
+    proxy = FlakyProxy(tracking_server)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.mark.slow  # 30 s on idle cores, 50 s on busy ones: a server to start, a model to train, a command to load
+def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_model, tracking_server, proxy, monkeypatch):
+    import mlflow
+
+    monkeypatch.setattr(tracking, "USER_TRACKING_URI", proxy.url)  # what MLFLOW_TRACKING_URI sets at import
+    assert train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=1)["alias"] == "champion"
+
+    proxy.failing = True  # then register again: it would be version 2
+    # Two quick retries instead of MLflow's default 7 with exponential backoff (about 4 minutes).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": proxy.url,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+    done = subprocess.run([str(FINETUNE), "stage", "register", "--task", "sentiment"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: register[sentiment], no alias moved: the MLflow store") and "500" in last, last
+    assert proxy.refused == 3  # the first try and two retries, then it gave up
+    client = mlflow.MlflowClient(tracking_uri=tracking_server)  # straight to the server, past the proxy
+    assert {alias: str(v) for alias, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "1"}
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
+def test_no_model_and_no_alias_mean_no_champion(workspace):
+    import mlflow
+
+    from pipeline.stages.register import champion_version
+
+    tracking.configure("test")
+    client = mlflow.MlflowClient()
+    assert champion_version(client, NAME) is None  # no registered model
+    client.create_registered_model(NAME)
+    assert champion_version(client, NAME) is None  # a model without the alias
