@@ -307,10 +307,9 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listen_problem(exc: OSError | OverflowError) -> str:
-    """Why a socket could not bind or listen, and what to change."""
-    if isinstance(exc, OverflowError):
-        return f"ports are 0 to 65535 (0: any free port); {PORT_FIX}"
+def listen_problem(exc: OSError) -> str:
+    """Why a socket could not bind or listen, and what to change (a port outside 0-65535 never gets here:
+    params.yaml and --port refuse it)."""
     if isinstance(exc, socket.gaierror):
         return f"the host name is not known ({exc.strerror}); {HOST_FIX}"
     return LISTEN_PROBLEMS.get(exc.errno, f"{exc.strerror or exc}; {HOST_FIX}, or {PORT_FIX}")
@@ -321,7 +320,7 @@ def listening_errors(sock: socket.socket, host: str, port: int) -> Iterator[None
     """A failure to bind or listen closes the socket and becomes a ServiceError that says why and the fix."""
     try:
         yield
-    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+    except OSError as exc:
         sock.close()
         raise ServiceError(f"cannot listen on {address(host, port)}: {listen_problem(exc)}") from None
 
