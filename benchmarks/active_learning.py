@@ -42,8 +42,8 @@ def epochs_for(config, labelled: int, full: int) -> float:
 
 def train_and_score(task, config, labelled: list, val: list, test: list, epochs: float) -> tuple[float, object, object]:
     """Fine-tune from the pretrained model on `labelled` for `epochs`; (test macro-F1, model, tokenizer)."""
-    from pipeline.stages.train import base_model_path, build_trainer
     from pipeline.paths import TaskPaths
+    from pipeline.stages.train import base_model_path, build_trainer
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     with tempfile.TemporaryDirectory(prefix="al-") as output:
@@ -65,7 +65,7 @@ def train_round(task, config, train: list, labelled: list[int], val: list, test:
 def simulate(task, config, train: list, val: list, test: list, start: tuple, shares: list[float], strategy: str,
              seed: int, diversity: float = 0.0) -> list[dict]:
     """One active-learning run from the shared first round; a record per round."""
-    from pipeline.active_learning import pick, uncertainty
+    from pipeline.techniques.active_learning import pick, uncertainty
 
     labelled, pool, (record, model, tokenizer) = start[0][:], start[1][:], start[2]
     rounds = [record]

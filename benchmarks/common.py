@@ -82,11 +82,10 @@ def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str
 def scratch_splits(params: dict, task_name: str, prefix: str) -> tuple:
     """Run the data stages of one task in a new scratch workspace (now cwd); (task, config, train, val, test)."""
     run_in_scratch(params, task_name, ("collect", "validate", "split", "pretrain"), prefix)
-    from pipeline.config import load_params
     from pipeline.models import use_all_cores
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_task, load_params
 
     use_all_cores()
     config = load_params(Path("params.yaml")).task(task_name)

@@ -16,7 +16,6 @@ import time
 from common import PHRASEBANK, benchmark_parser, phrasebank_params, run_in_scratch, run_variant, write_result
 
 
-
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--texts", nargs="*", default=[], help="extra unlabelled in-domain text files (one text a line)")

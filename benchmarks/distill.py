@@ -49,11 +49,10 @@ def main() -> None:
     print(f"== student: {args.layers} layers, distilled", flush=True)
     student = run_variant(student_params, "sentiment", ("train", "evaluate"))
 
-    from pipeline.config import load_params
     from pipeline.models import use_all_cores
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_task, load_params
 
     use_all_cores()
     task = get_task("sentiment", load_params(Path("params.yaml")).task("sentiment"))

@@ -71,12 +71,11 @@ def main() -> None:
 
     from transformers import pipeline as hf_pipeline
 
-    from pipeline import export
-    from pipeline.config import load_params
     from pipeline.models import use_all_cores
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_task, load_params
+    from pipeline.techniques import export
 
     use_all_cores()
     project = load_params(Path("params.yaml"))
@@ -122,7 +121,7 @@ def main() -> None:
     result = {
         "data": PHRASEBANK,
         "baseline": f"transformers.pipeline('text-classification', batch_size={args.batch_size}) on the PyTorch model",
-        "optimized": "the ONNX Runtime int8 export (pipeline/export.py) through the task's length-sorted predict",
+        "optimized": "the ONNX Runtime int8 export (pipeline/techniques/export.py) through the task's length-sorted predict",
         "baseline_throughput": round(throughput["baseline"], 1),
         "optimized_throughput": round(throughput["optimized"], 1),
         "speedup": round(throughput["optimized"] / throughput["baseline"], 2),

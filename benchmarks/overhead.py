@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import ROOT, benchmark_parser, write_result
 
 TARGET = {"noop_repro_seconds": 3.0, "flow_over_repro": 1.10}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from common import SHARED_DATA, run_facts, run_in_scratch, task_params, write_result
 

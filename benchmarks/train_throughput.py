@@ -36,13 +36,19 @@ def run_glue_baseline(workspace: Path) -> None:
     os.chdir(workspace)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from sklearn.metrics import f1_score
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments,
-                              default_data_collator, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
 
-    from pipeline.config import load_params
     from pipeline.models import resolve_model
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
+    from pipeline.tasks import load_params
 
     config = load_params(Path("params.yaml")).task("sentiment")
     settings, labels, paths = config.train, config.validate.labels, TaskPaths("sentiment")

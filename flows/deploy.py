@@ -18,7 +18,7 @@ from prefect.events import DeploymentEventTrigger
 from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, emit, workspace_resource
 from flows.monitor import monitor
 from flows.retrain import retrain
-from pipeline.config import Params
+from pipeline.params import Params
 from pipeline.readers import batch_files
 
 

@@ -27,17 +27,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.events import DRIFT_DETECTED, emit
 from pipeline import tracking
-from pipeline.active_learning import rank, write_queue
-from pipeline.config import MonitoringConfig, load_params
 from pipeline.errors import DataError
 from pipeline.models import use_all_cores
+from pipeline.params import MonitoringConfig
 from pipeline.paths import TaskPaths
 from pipeline.plots import sentiment_index_html, sentiment_index_png
 from pipeline.readers import read_file
 from pipeline.records import Record, load_json, load_records, save_json
-from pipeline.stages.register import CHAMPION, load_registered
-from pipeline.tasks import get_task
+from pipeline.registry import CHAMPION, load_registered
+from pipeline.tasks import get_task, load_params
 from pipeline.tasks.base import Task
+from pipeline.techniques.active_learning import rank, write_queue
 
 REPORT = Path("reports/monitor.json")
 PLOTS = Path("reports/monitor")

@@ -28,10 +28,10 @@ from prefect.concurrency.sync import concurrency
 
 from flows.events import BATCH_REJECTED, emit
 from pipeline import tracking
-from pipeline.cli import SOURCES, STAGES
-from pipeline.config import load_params
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
+from pipeline.stages import SOURCES, STAGES
+from pipeline.tasks import load_params
 
 CONCURRENCY_LIMIT = "finetune-dvc-workspace"
 LOCK_FILE = Path(".dvc/tmp/finetune-retrain.lock")  # inside .dvc/tmp: never tracked, always there in a DVC repo

@@ -13,72 +13,21 @@ from typing import Callable
 
 from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
 from pipeline.paths import TaskPaths
-
-SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
-STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")  # per task, in order
-
-
-def run_stage(stage: str, task_name: str, params_file: Path) -> None:
-    """Run one stage of one task (`sources`: of every task) with the settings in params.yaml."""
-    import importlib
-
-    from pipeline import distributed
-    from pipeline.config import load_params
-    from pipeline.tasks import get_task
-
-    params = load_params(params_file)
-    if stage == SOURCES:
-        from pipeline.stages import sources
-
-        sources.run(params)
-        return
-    config = params.task(task_name)
-    if stage == "train" and config.train.processes > 1 and not distributed.launched():
-        code = distributed.relaunch(config.train.processes, ["--params", str(params_file), "stage", "train", "--task", task_name])
-        if code:
-            print(f"train[{task_name}]: the DDP workers failed (exit {code}); their output is above", file=sys.stderr)
-            raise SystemExit(code)
-        return
-    task = get_task(task_name, config)
-    paths = TaskPaths(task_name)
-    require_inputs(stage, paths)
-    module = importlib.import_module(f"pipeline.stages.{stage}")
-    experiment = params.tracking.experiment
-    arguments = {
-        "collect": (task, config.data, paths),
-        "validate": (task, config.validate, paths),
-        "split": (task, config.split, paths),
-        "augment": (task, config.augment, paths),
-        "pretrain": (task, config.pretrain, config.model.name, paths),
-        "train": (task, config, paths, experiment),
-        "evaluate": (task, paths, experiment),
-        "register": (task, config, paths, experiment),
-    }[stage]
-    module.run(*arguments)
-
-
-def require_inputs(stage: str, paths: TaskPaths) -> None:
-    """A UsageError naming the first input of `stage` that no earlier stage has written yet, and the stage that writes it."""
-    missing = [path for path in paths.inputs(stage) if not path.exists()]
-    if missing:
-        writer = paths.writer(missing[0])
-        raise UsageError(f"{missing[0]}: not found: the {writer} stage writes it "
-                         f"(`dvc repro {writer}@{paths.task}` runs the stages up to it)")
+from pipeline.stages import SOURCES, STAGES, require_inputs, run_stage
 
 
 def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
     """(task, model, tokenizer): a local folder, a registered version, or the task's champion by default."""
-    from pipeline.config import load_params
-    from pipeline.models import use_all_cores
-    from pipeline.stages.register import CHAMPION, load_registered
-    from pipeline.tasks import get_task
     from pipeline import tracking
+    from pipeline.models import use_all_cores
+    from pipeline.registry import champion_uri, load_registered
+    from pipeline.tasks import get_task, load_params
 
     params = load_params(params_file)
     config = params.task(task_name)
     task = get_task(task_name, config)
     use_all_cores()
-    uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
+    uri = model_uri or champion_uri(config.registry.name)
     if Path(uri).is_dir():
         return (task, *task.load_model(uri))
     if not uri.startswith("models:/"):
@@ -99,8 +48,9 @@ def select(args: argparse.Namespace) -> None:
     """Rank an unlabelled pool with the champion and write the top k to the labelling queue."""
     import mlflow
 
-    from pipeline import active_learning, tracking
-    from pipeline.config import load_params
+    from pipeline import tracking
+    from pipeline.tasks import load_params
+    from pipeline.techniques import active_learning
 
     config = load_params(args.params).task(args.task)
     settings = config.active_learning
@@ -124,9 +74,8 @@ def select(args: argparse.Namespace) -> None:
 def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -> None:
     """Optuna over the train settings on the current splits; --apply writes the best into params.yaml."""
     from pipeline import search as study
-    from pipeline.config import load_params
     from pipeline.models import use_all_cores
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_task, load_params
 
     params = load_params(params_file)
     config = params.task(task_name)
@@ -140,16 +89,16 @@ def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -
 
 
 def serve(host: str | None, port: int | None, model_uri: str | None, params_file: Path) -> None:
-    """Serve a registered model over HTTP until interrupted (see pipeline/serve.py); the champion by default."""
+    """Serve a registered model over HTTP until interrupted (see pipeline/serving/serve.py); the champion by default."""
     import dataclasses
 
     from mlflow.exceptions import MlflowException
 
-    from pipeline import serve as serving, tracking
-    from pipeline.config import load_params
+    from pipeline import tracking
     from pipeline.models import use_all_cores
-    from pipeline.stages.register import CHAMPION
-    from pipeline.tasks import get_task
+    from pipeline.registry import champion_uri, registry_error
+    from pipeline.serving import serve as serving
+    from pipeline.tasks import get_task, load_params
 
     params = load_params(params_file)
     settings = dataclasses.replace(
@@ -160,11 +109,11 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
     with serving.bind(settings.host, settings.port) as sock:  # before the slow load: a port in use fails at once
         use_all_cores()
         tracking.configure(params.tracking.experiment)
-        uri = model_uri or f"models:/{config.registry.name}@{CHAMPION}"
+        uri = model_uri or champion_uri(config.registry.name)
         try:
             served = serving.load_served(task, uri, settings.runtime)
         except MlflowException as exc:
-            raise tracking.registry_error(uri, exc) from None
+            raise registry_error(uri, exc) from None
         print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
         serving.run(serving.Service(task, uri, settings, served), sock)
 
@@ -173,8 +122,8 @@ def loadtest(args: argparse.Namespace) -> None:
     """Load a running server with concurrent clients; print the report as JSON, exit 1 on any 5xx."""
     import json
 
-    from pipeline.config import load_params
-    from pipeline.loadtest import load_test
+    from pipeline.serving.loadtest import load_test
+    from pipeline.tasks import load_params
 
     texts = read_texts(args)
     serving = load_params(args.params).serving
@@ -188,7 +137,7 @@ def loadtest(args: argparse.Namespace) -> None:
 def deploy(params_file: Path) -> None:
     """Serve the Prefect deployments (retrain: cron + new-batch and drift triggers; monitor: cron) until interrupted."""
     from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
-    from pipeline.config import load_params
+    from pipeline.tasks import load_params
 
     serve_deployments(load_params(params_file))
 
@@ -196,7 +145,7 @@ def deploy(params_file: Path) -> None:
 def read_texts(args: argparse.Namespace) -> list[str]:
     """The non-blank texts of --file, the arguments or stdin; a UsageError when there are none."""
     if args.file:
-        from pipeline.readers import decode
+        from pipeline.decoding import decode
 
         lines = decode(Path(args.file), "utf-8", hint="save the file as UTF-8").splitlines()
     elif args.texts:

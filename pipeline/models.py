@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from pipeline.errors import ConfigError, ModelError
 
 PACKAGE_PREFIX = "package:"
+IGNORED = -100  # the label losses and metrics skip: padding, special tokens, sub-tokens after a word's first
 
 
 def resolve_model(name: str, key: str = "model.name") -> str:

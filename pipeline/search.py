@@ -17,12 +17,12 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pipeline import tracking
-from pipeline.adapters import MERGEABLE
-from pipeline.config import TaskConfig
+from pipeline.params import TaskConfig
 from pipeline.paths import TaskPaths
 from pipeline.records import load_records, save_json
 from pipeline.stages.train import base_model_path, build_trainer
 from pipeline.tasks.base import Task
+from pipeline.techniques.adapters import MERGEABLE
 
 
 def suggest(trial: Any, config: TaskConfig) -> dict[str, Any]:

@@ -6,11 +6,38 @@ task's predictions; `unwrap_python_model()` gives the model and tokenizer themse
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import Any
 
 import mlflow.pyfunc
 
-from pipeline.config import TaskConfig
+from pipeline.params import TaskConfig
+
+# Where each config class lived when it was pickled into a registered pyfunc model: params.yaml's
+# sections were all in pipeline/config.py before task types got their own. A model registered then
+# must still load (register re-scores the champion), so that old path resolves to the classes today.
+LEGACY_CONFIG_CLASSES = {
+    "pipeline.params": ("SourceConfig", "DataConfig", "SplitConfig", "BackTranslationConfig", "AugmentConfig", "ModelConfig",
+                        "PretrainConfig", "PeftSettings", "DistillationConfig", "TrainConfig", "SearchConfig",
+                        "ActiveLearningConfig", "PromotionConfig", "RegistryConfig", "TaskConfig"),
+    "pipeline.tasks.sentiment": ("ValidateConfig",),
+    "pipeline.tasks.ner": ("NerValidateConfig", "NerModelConfig", "NerConfig"),
+    "pipeline.tasks.translation": ("TranslationValidateConfig", "TranslationModelConfig", "LanguagesConfig", "TranslationConfig"),
+}
+
+
+def legacy_config_module() -> types.ModuleType:
+    """A stand-in for the old pipeline.config, holding today's classes under their old names."""
+    module = types.ModuleType("pipeline.config", "config classes of models registered before task types had their own")
+    for home, names in LEGACY_CONFIG_CLASSES.items():
+        for name in names:
+            setattr(module, name, getattr(importlib.import_module(home), name))
+    return module
+
+
+sys.modules.setdefault("pipeline.config", legacy_config_module())
 
 
 class TaskModel(mlflow.pyfunc.PythonModel):

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import TaskConfig, section_hash
-from pipeline.errors import ModelError, TrackingError, UserError
+from pipeline.errors import TrackingError
+from pipeline.params import TaskConfig, section_hash
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, save_json
 
@@ -29,6 +29,13 @@ PROBE_TIMEOUT_S = 10  # the early check of a tracking server; MLflow's own clien
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when the user set it (a team server), else SQLite under mlflow/."""
     return USER_TRACKING_URI or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def point_at_store() -> None:
+    """Point MLflow at the tracking store (without an experiment: for reading the registry)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
 
 
 def configure(experiment: str) -> str:
@@ -72,22 +79,6 @@ def check_reachable(uri: str | None = None) -> None:
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {exc} ({hint})") from None
 
 
-def does_not_exist(exc: Exception) -> bool:
-    """The registry answered that the model, version or alias asked for does not exist (rather than failing).
-    MLflow reports a missing alias as INVALID_PARAMETER_VALUE, 'Registered model alias X not found'."""
-    code = getattr(exc, "error_code", None)
-    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
-
-
-def registry_error(uri: str, exc: Exception) -> UserError:
-    """The user's view of an MlflowException about `uri`: no such model (ModelError), or a failing store (TrackingError)."""
-    where = f"'{uri}' from {tracking_uri()}: {getattr(exc, 'message', exc)}"
-    if does_not_exist(exc):
-        return ModelError(f"cannot load model {where} (register one with `dvc repro`, or name another: "
-                          "models:/NAME/VERSION, models:/NAME@ALIAS or a model folder)")
-    return TrackingError(f"the model registry failed loading {where}")
-
-
 @contextmanager
 def registry_errors(action: str) -> Iterator[None]:
     """Raise any MLflow failure inside (a server error, a timeout, a refused permission) as one
@@ -126,7 +117,7 @@ def lineage_tags(task_name: str, config: TaskConfig, paths: TaskPaths) -> dict[s
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
         "data_hash": files_hash([paths.augmented_train, paths.split("val"), paths.split("test")]),
-        "params_hash": section_hash(config),
+        "params_hash": section_hash(config.training_sections()),  # promotion and registry settings can change without it
         "base_model": config.model.name,
         "domain_adapted": str(config.pretrain.enabled).lower(),  # fine-tuned from models/<task>-pretrained
     }

@@ -25,12 +25,12 @@ import pytest
 import yaml
 from transformers.utils import logging as hf_logging
 
-from pipeline.active_learning import read_pool, write_queue
 from pipeline.cli import main
 from pipeline.errors import DataError
 from pipeline.paths import TaskPaths
 from pipeline.readers import FORMULA_STARTS, read_source
 from pipeline.records import load_json, load_records
+from pipeline.techniques.active_learning import read_pool, write_queue
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
 from tests.ner_data import make_sentences, ner_params
 from tests.test_translation import translation_section
@@ -357,9 +357,9 @@ def client(tmp_path_factory, tiny_model) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from pipeline import tracking
-    from pipeline.config import ServingConfig, load_params
-    from pipeline.serve import Service, create_app, load_served
-    from pipeline.tasks import get_task
+    from pipeline.params import ServingConfig
+    from pipeline.serving.serve import Service, create_app, load_served
+    from pipeline.tasks import get_task, load_params
     from tests.test_promotion import NAME, train_and_register
 
     with pytest.MonkeyPatch.context() as patch:
@@ -381,8 +381,8 @@ def client(tmp_path_factory, tiny_model) -> Iterator[Any]:
 def send(client: Any, request: dict) -> Any:
     """One request: `json`, `content` (raw text), `form`, `chunks` (sent chunked: no Content-Length), `oversized`
     (a body one byte past the limit) or `texts` {count, chars} (a generated JSON body); `headers` as given."""
-    from pipeline.config import ServingConfig
-    from pipeline.serve import max_body_bytes
+    from pipeline.params import ServingConfig
+    from pipeline.serving.serve import max_body_bytes
 
     headers = {"content-type": "application/json", **request.get("headers", {})}
     body: Any = None
@@ -418,7 +418,10 @@ def run_server_case(case: dict, client: Any) -> None:
 
 
 # the corpus ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
+@pytest.mark.parametrize("case", [
+    pytest.param(case, id=case["id"], marks=[pytest.mark.model] if case["entry"] == "server" else [])  # a served champion
+    for case in CASES
+])
 def test_bad_input(case, tmp_path, monkeypatch, capsys, request):
     monkeypatch.chdir(tmp_path)
     entry = case["entry"]

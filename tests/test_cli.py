@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.cli import main, run_stage
+import pytest
+
+from pipeline.cli import main
+from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 
 FINETUNE = Path(sys.executable).parent / "finetune"
@@ -14,6 +17,7 @@ def finetune(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProc
     return subprocess.run([str(FINETUNE), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.model
 def test_predict_from_the_champion_a_folder_and_stdin(workspace, tiny_model, capsys):
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=6))
     for stage in ("collect", "validate", "split", "augment", "train", "evaluate", "register"):

@@ -3,9 +3,8 @@
 import pytest
 import yaml
 
-from pipeline.config import load_params
-
 from pipeline.errors import ConfigError
+from pipeline.tasks import load_params
 from tests.conftest import ROOT, tiny_params, write_params
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import run_stage
-from pipeline.config import SplitConfig
-from pipeline.paths import TaskPaths
 from pipeline.errors import DataError, ValidationError
+from pipeline.params import SplitConfig
+from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
+from pipeline.stages import run_stage
 from pipeline.stages.split import assign_split
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
 
@@ -139,7 +139,7 @@ def test_synonym_replacement_keeps_sentiment_words_polarity():
 
 
 def test_sources_fingerprints_files_folders_and_parallel_prefixes(tmp_path, monkeypatch):
-    from pipeline.config import SourceConfig
+    from pipeline.params import SourceConfig
     from pipeline.stages.sources import fingerprint
 
     monkeypatch.chdir(tmp_path)

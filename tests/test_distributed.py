@@ -22,7 +22,7 @@ def train_and_evaluate(tiny_model: Path, processes: int) -> tuple[dict, dict]:
     return load_json(Path("reports/sentiment/train_summary.json")), load_json(Path("metrics/sentiment.json"))["test"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_ddp_workers_reach_the_quality_of_one_process(workspace, tiny_model, capsys):
     import mlflow
 

@@ -53,7 +53,7 @@ def repo(tmp_path, tiny_model) -> Path:
     return tmp_path
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
     import mlflow
 
@@ -90,7 +90,7 @@ def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
     assert (repo / "plots_out" / "index.html").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model):
     import mlflow
 
@@ -111,11 +111,11 @@ def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model
     assert str(champion.version) == "1" and champion.tags["val_f1"] == f"{metrics['val']['f1']:.4f}"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, tiny_model, monkeypatch):
     import mlflow
 
-    from pipeline.tasks.translation import load_translator
+    from pipeline.registry import load_translator
     from tests.test_translation import SAMPLE, translation_section
 
     (tmp_path / "data").mkdir()
@@ -141,7 +141,7 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     assert str(champion.version) == "1"
     artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
     assert {"samples_val.json", "samples_test.json", "plots"} <= artifacts
-    model, tokenizer = load_translator("models:/translation@champion")  # what back-translation may name
+    model, tokenizer = load_translator("models:/translation@champion", "augment.back_translation.from_pivot")  # what back-translation may name
     assert type(model).__name__ == "EncoderDecoderModel"
     printed = sh("finetune", "predict", "--task", "translation", "Die Bank meldete einen Verlust.", cwd=tmp_path)
     assert printed.strip()

@@ -6,18 +6,20 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import export
-from pipeline.config import ServingConfig, load_params
 from pipeline.errors import ConfigError
+from pipeline.params import ServingConfig
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
-from pipeline.serve import Service, create_app, load_served
+from pipeline.serving.serve import Service, create_app, load_served
 from pipeline.stages import register
-from pipeline.tasks import get_task
+from pipeline.tasks import get_task, load_params
+from pipeline.techniques import export
 from tests.conftest import tiny_params, write_params
 from tests.ner_data import ner_params
 from tests.test_promotion import NAME, train_and_register
 from tests.test_serve import NEUTRAL, POSITIVE
+
+pytestmark = pytest.mark.model
 
 PATHS = TaskPaths("sentiment")
 
@@ -86,9 +88,9 @@ def test_an_export_scoring_too_low_is_refused_and_serving_falls_back(workspace, 
 
 def test_registry_onnx_is_refused_for_tasks_without_an_export(tmp_path, tiny_model):
     params = ner_params(tiny_model, registry={"onnx": "int8"})
-    config = load_params(write_params(tmp_path, params)).task("ner")
+    loaded = load_params(write_params(tmp_path, params))
     with pytest.raises(ConfigError, match="ner.registry.onnx: the ner task has no ONNX export"):
-        register.run(get_task("ner", config), config, TaskPaths("ner"), "test")
+        register.run(get_task("ner", loaded.task("ner")), loaded, TaskPaths("ner"))
 
 
 def test_registry_onnx_takes_int8_fp32_or_null(tmp_path, tiny_model):

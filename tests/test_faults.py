@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main, run_stage
+from pipeline.cli import main
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
+from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 from tests.test_dvc_pipeline import BIN, init_repo, sh
 from tests.test_promotion import UNTRAINED, aliases, train_and_register
@@ -53,7 +54,7 @@ def complete_checkpoints() -> list[Path]:
 # 1. SIGKILL during training, then `dvc repro` again
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_during_training_then_dvc_repro_resumes_from_the_last_checkpoint(workspace, tiny_model):
     import mlflow
 
@@ -120,7 +121,7 @@ sys.exit(main(["stage", "register", "--task", "sentiment"]))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_in_register_before_the_alias_moves_leaves_the_aliases_alone(workspace, tiny_model):
     import mlflow
 
@@ -155,7 +156,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tracking_server_down_gives_a_clear_error_and_promotes_nothing(workspace, tiny_model):
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1))
     run_stages(*PREPARE, "train", "evaluate")  # a model ready to register, trained with the local store
@@ -177,7 +178,7 @@ def test_tracking_server_down_gives_a_clear_error_and_promotes_nothing(workspace
 # 4. Two retrains at once
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_retrains_at_once_take_turns_on_the_workspace_lock(workspace, tiny_model):
     """Two threads do what the retrain flow does around DVC: hold flows.retrain.workspace_lock
     while a real `dvc repro` runs. The second waits for the first; both succeed."""

@@ -18,7 +18,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 SHIFTED = [  # another domain and style: recipes, sports chat, weather
     "Preheat the oven and whisk the eggs with sugar until fluffy",
@@ -133,7 +133,7 @@ def test_deployment_has_nightly_schedule_and_event_triggers(repo):
 
     from flows.deploy import build_deployments
     from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, workspace_resource
-    from pipeline.config import load_params
+    from pipeline.tasks import load_params
 
     retrain, monitor = build_deployments(load_params())
     assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.cli import main, run_stage
-from pipeline.config import load_params
+from pipeline.cli import main
 from pipeline.errors import ConfigError, DataError, ValidationError
-from pipeline.crf import constrained_viterbi
 from pipeline.paths import TaskPaths
 from pipeline.readers import read_file
 from pipeline.records import load_json, load_records
-from pipeline.tasks import get_task
+from pipeline.stages import run_stage
+from pipeline.tasks import get_task, load_params
 from pipeline.tasks.ner import word_windows, words_with_spans
+from pipeline.techniques.crf import constrained_viterbi
 from tests.conftest import SHARED_DATA, write_params
 from tests.ner_data import make_sentences, ner_params, write_conll
 
@@ -235,6 +235,7 @@ def test_seqeval_figures_on_a_known_example(tmp_path, monkeypatch, tiny_model):
 
 
 # stages end to end ----------------------------------------------------------------------------
+@pytest.mark.model
 def test_ner_stages_with_crf_train_register_and_predict_spans(ner_workspace, tiny_model, capsys):
     write_params(ner_workspace, ner_params(tiny_model, model={"crf": True}))
     for stage in ("collect", "validate", "split", "augment", "train", "evaluate", "register"):

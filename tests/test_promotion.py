@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import run_stage
-from pipeline.config import load_params
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
-from pipeline.stages import register
+from pipeline.registry import load_registered
+from pipeline.stages import register, run_stage
 from pipeline.stages.evaluate import score
-from pipeline.tasks import get_task
+from pipeline.tasks import get_task, load_params
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
+
+pytestmark = pytest.mark.model
 
 PATHS = TaskPaths("sentiment")
 PARAMS = Path("params.yaml")
@@ -105,7 +106,7 @@ def test_the_champion_is_rescored_on_todays_validation_split(workspace, tiny_mod
     decision = train_and_register(tiny_model, 1.0e-3, sentiment__train__seed=3)
 
     task = get_task("sentiment", load_params().task("sentiment"))
-    model, tokenizer = register.load_registered(task, f"models:/{NAME}/1")
+    model, tokenizer = load_registered(task, f"models:/{NAME}/1")
     val = load_records(PATHS.split("val"))
     assert decision["champion"]["score"] == pytest.approx(score(task, model, tokenizer, val)[0]["f1_macro"])
     assert decision["challenger"]["score"] == pytest.approx(load_json(PATHS.metrics)["val"]["f1_macro"])

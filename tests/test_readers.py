@@ -5,9 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.readers import read_source
-
 from pipeline.errors import DataError
+from pipeline.readers import read_source
 from tests.conftest import make_rows, write_csv
 
 

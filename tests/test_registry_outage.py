@@ -105,7 +105,7 @@ def proxy(tracking_server) -> Iterator[FlakyProxy]:
     proxy.server_close()
 
 
-@pytest.mark.slow  # 30 s on idle cores, 50 s on busy ones: a server to start, a model to train, a command to load
+@pytest.mark.e2e  # 30 s on idle cores, 50 s on busy ones: a server to start, a model to train, a command to load
 def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_model, tracking_server, proxy, monkeypatch):
     import mlflow
 
@@ -132,7 +132,7 @@ def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_mo
 def test_no_model_and_no_alias_mean_no_champion(workspace):
     import mlflow
 
-    from pipeline.stages.register import champion_version
+    from pipeline.registry import champion_version
 
     tracking.configure("test")
     client = mlflow.MlflowClient()

@@ -22,13 +22,15 @@ import pytest
 
 from pipeline import tracking
 from pipeline.cli import main
-from pipeline.config import ServingConfig, load_params
 from pipeline.errors import ConfigError, ServiceError
-from pipeline.serve import Service, bind, listen, load_served, max_body_bytes, server_config
-from pipeline.tasks import get_task
+from pipeline.params import ServingConfig
+from pipeline.serving.serve import Service, bind, listen, load_served, max_body_bytes, server_config
+from pipeline.tasks import get_task, load_params
 from pipeline.tasks.sentiment import SentimentTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
 from tests.test_promotion import NAME, train_and_register
+
+pytestmark = pytest.mark.e2e
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 CHAMPION_URI = f"models:/{NAME}@champion"

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.config import PromotionConfig, load_params
+from pipeline.params import PromotionConfig
 from pipeline.significance import paired_bootstrap
 from pipeline.stages.register import decide, judge
-from pipeline.tasks import get_task
+from pipeline.tasks import get_task, load_params
 from tests.conftest import LABELS, ROOT
 
 PARAMS = load_params(ROOT / "params.yaml")

@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from pipeline.active_learning import pick, uncertainty
-from pipeline.cli import main, run_stage
-from pipeline.config import load_params
+from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.distillation import distillation_loss
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
-from pipeline.tasks import get_task
+from pipeline.stages import run_stage
+from pipeline.tasks import get_task, load_params
+from pipeline.techniques.active_learning import pick, uncertainty
+from pipeline.techniques.distillation import distillation_loss
 from tests.conftest import tiny_params, write_params
 
 PATHS = TaskPaths("sentiment")
@@ -40,7 +40,7 @@ def task_and_config():
 
 def local_and_registered_predictions(uri: str) -> tuple[list, list]:
     from pipeline import tracking
-    from pipeline.stages.register import load_registered
+    from pipeline.registry import load_registered
 
     task, _ = task_and_config()
     examples = load_records(PATHS.split("test"))
@@ -56,6 +56,7 @@ def same_predictions(first: list, second: list) -> bool:
 
 
 # PEFT ------------------------------------------------------------------------------------------
+@pytest.mark.model
 def test_lora_on_the_bundled_model_trains_a_small_fraction_merges_registers_and_loads_alike(workspace):
     import mlflow
 
@@ -75,6 +76,7 @@ def test_lora_on_the_bundled_model_trains_a_small_fraction_merges_registers_and_
     assert same_predictions(*local_and_registered_predictions("models:/fin-sentiment@champion"))
 
 
+@pytest.mark.model
 def test_prompt_tuning_keeps_base_and_adapter_and_the_registered_pyfunc_predicts_alike(workspace, tiny_model):
     import mlflow
 
@@ -113,6 +115,7 @@ def test_distillation_loss_matches_a_hand_computed_kl():
     assert distillation_loss(*tokens, 2.0).item() == pytest.approx(0.0)  # identical, per position
 
 
+@pytest.mark.model
 def test_a_half_depth_student_distils_from_the_champion_and_competes_for_it(workspace, tiny_model):
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=6))
     run_stages(*DATA_STAGES, "train", "evaluate", "register")  # the teacher: v1, champion
@@ -153,8 +156,8 @@ def test_diversity_skips_a_near_copy_of_a_text_already_picked():
 
 
 def test_a_pool_folder_reads_text_and_table_files_once_each_and_skips_the_rest(tmp_path):
-    from pipeline.active_learning import read_pool
     from pipeline.errors import DataError
+    from pipeline.techniques.active_learning import read_pool
 
     (tmp_path / "a.txt").write_text("Sales rose.\n\nProfit fell.\n", encoding="utf-8")
     (tmp_path / "b.csv").write_text("id,body\n1,Profit fell.\n2,The CEO resigned.\n", encoding="utf-8")
@@ -164,6 +167,7 @@ def test_a_pool_folder_reads_text_and_table_files_once_each_and_skips_the_rest(t
         read_pool(str(tmp_path / "b.csv"))
 
 
+@pytest.mark.model
 def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_model):
     import mlflow
 
@@ -182,6 +186,7 @@ def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_m
 
 
 # Domain-adaptive pretraining ------------------------------------------------------------------
+@pytest.mark.model
 def test_pretrain_stage_adapts_the_encoder_and_fine_tuning_starts_from_it(workspace, tiny_model):
     from transformers import AutoModel
 
@@ -211,6 +216,7 @@ def test_pretrain_off_writes_only_a_note(workspace):
 
 
 # Hyperparameter search -------------------------------------------------------------------------
+@pytest.mark.model
 def test_search_runs_trials_as_mlflow_child_runs_and_applies_the_best(workspace, tiny_model):
     import mlflow
 
@@ -236,6 +242,7 @@ def test_search_runs_trials_as_mlflow_child_runs_and_applies_the_best(workspace,
 
 
 # Other tasks -----------------------------------------------------------------------------------
+@pytest.mark.model
 def test_ner_with_lora_under_the_crf_and_a_distilled_student_save_plain_token_classifiers(tmp_path, monkeypatch, tiny_model):
     from tests.ner_data import make_sentences, ner_params, write_conll
 
@@ -258,15 +265,17 @@ def test_ner_with_lora_under_the_crf_and_a_distilled_student_save_plain_token_cl
 
 
 def test_peft_a_task_cannot_take_is_refused_before_training(tiny_model):
-    from pipeline.config import NerConfig, _build
+    from pipeline.params import build_section
+    from pipeline.tasks.ner import NerConfig
     from tests.ner_data import ner_params
 
     section = ner_params(tiny_model)["ner"]
-    ner = get_task("ner", _build(NerConfig, {**section, "train": {"peft": {"method": "prompt_tuning"}}}, "ner"))
+    ner = get_task("ner", build_section(NerConfig, {**section, "train": {"peft": {"method": "prompt_tuning"}}}, "ner"))
     with pytest.raises(ConfigError, match="ner.train.peft.method must be lora or adalora"):
         ner.peft_task_type(None)
 
     from transformers import EncoderDecoderModel
+
     from tests.test_translation import task_for
 
     translation = task_for(tiny_model, train={"peft": {"method": "lora"}})

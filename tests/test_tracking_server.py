@@ -153,14 +153,13 @@ def tracking_server() -> Iterator[TrackingServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(tracking_server, tmp_path, tiny_model, monkeypatch):
     import mlflow
     import psycopg2
 
-    from pipeline.config import load_params
-    from pipeline.stages.register import load_registered
-    from pipeline.tasks import get_task
+    from pipeline.registry import load_registered
+    from pipeline.tasks import get_task, load_params
 
     # Small and quick: 150 rows, one epoch of the tiny model.
     write_csv(tmp_path / "data" / "sample.csv", make_rows(150))

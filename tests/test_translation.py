@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from pipeline.config import TranslationConfig, _build
+from pipeline.errors import ConfigError, DataError
+from pipeline.params import build_section
 from pipeline.paths import TaskPaths
-from pipeline.errors import DataError
 from pipeline.records import load_json, load_records, save_records
-from pipeline.stages import augment, collect, validate
+from pipeline.stages import augment, run_stage
 from pipeline.tasks import get_task
-from pipeline.tasks.translation import corpus_scores, detokenize
+from pipeline.tasks.translation import TranslationConfig, corpus_scores, detokenize
 from tests.conftest import ROOT, tiny_params, write_params
 
 PATHS = TaskPaths("translation")
@@ -42,8 +42,16 @@ def translation_section(base_model: Path | str, source: str = "data/pairs", **se
 
 
 def task_for(base_model: Path | str = "unused", **sections):
-    config = _build(TranslationConfig, translation_section(base_model, **sections), "translation")
+    config = build_section(TranslationConfig, translation_section(base_model, **sections), "translation")
     return get_task("translation", config)
+
+
+def run_data_stages(section: dict) -> dict:
+    """collect and validate with `section` as translation's params, as `finetune stage` runs them; the validation report."""
+    write_params(Path("."), {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": section})
+    for stage in ("collect", "validate"):
+        run_stage(stage, "translation", Path("params.yaml"))
+    return load_json(PATHS.validation_report)
 
 
 def write_pair(prefix: Path, german: list[str], english: list[str]) -> Path:
@@ -110,9 +118,7 @@ def test_empty_sides_extreme_length_ratios_and_duplicates_are_quarantined(tmp_pa
     german += [german[0], german[0].replace(" ", "  ")]
     english += [english[0], english[0].upper()]  # the same pair again, exactly and then as a near copy
     write_pair(tmp_path / "data" / "pairs", german, english)
-    task = task_for()
-    collect.run(task, task.config.data, PATHS)
-    report = validate.run(task, task.config.validate, PATHS)
+    report = run_data_stages(translation_section("unused"))
     reasons = {row["row"]: row["reason"] for row in load_records(PATHS.quarantine)}
     assert "text length outside 1..500 characters" in reasons[5]
     assert "length_ratio" in reasons[10] and "outside 1..3" in reasons[10]
@@ -162,8 +168,9 @@ def tiny_translator(tiny_model, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.model
 def test_back_translation_adds_one_marked_paraphrase_per_training_row(tiny_model, tiny_translator, tmp_path, monkeypatch):
-    from pipeline.config import load_params
+    from pipeline.tasks import load_params
 
     monkeypatch.chdir(tmp_path)
     params = tiny_params(tiny_model)
@@ -172,12 +179,13 @@ def test_back_translation_adds_one_marked_paraphrase_per_training_row(tiny_model
         "back_translation": {"to_pivot": str(tiny_translator), "from_pivot": str(tiny_translator)},
     }
     write_params(tmp_path, params)
-    config = load_params().task("sentiment")
+    params = load_params()
+    config = params.task("sentiment")
     paths = TaskPaths("sentiment")
     train = [{"text": f"Profit rose {n} percent.", "label": "positive", "source": "x.csv", "row": n} for n in range(6)]
     save_records(paths.split("train"), train)
 
-    added = augment.run(get_task("sentiment", config), config.augment, paths)
+    added = augment.run(get_task("sentiment", config), params, paths)
     rows = load_records(paths.augmented_train)
     back = [r for r in rows if r.get("augmentation") == "back_translation"]
     assert len(back) == len(train) and added == len(rows) - len(train)
@@ -185,18 +193,13 @@ def test_back_translation_adds_one_marked_paraphrase_per_training_row(tiny_model
     assert {r["row"] for r in back} == {r["row"] for r in train}  # each paraphrase points at its original
 
 
-def test_back_translation_without_models_is_a_clear_error(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    task = task_for(tiny_model, augment={"methods": ["back_translation"]})
-    save_records(PATHS.split("train"), [{"text": "Hallo.", "translation": "Hello.", "source": "x", "row": 1}])
-    with pytest.raises(ValueError, match="augment.back_translation is not set"):
-        augment.run(task, task.config.augment, PATHS)
+def test_back_translation_without_models_is_a_clear_error(tiny_model):
+    with pytest.raises(ConfigError, match="'translation.augment.methods' names back_translation but augment.back_translation is not set"):
+        task_for(tiny_model, augment={"methods": ["back_translation"]})
 
 
 def test_the_bundled_sample_is_aligned_and_clean(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    task = task_for(source=str(SAMPLE))
-    collect.run(task, task.config.data, PATHS)
-    report = validate.run(task, task.config.validate, PATHS)
+    report = run_data_stages(translation_section("unused", str(SAMPLE)))
     assert report["rows"] == 400 and report["quarantined"] == 0
     assert load_json(PATHS.provenance)["files"] == [str(SAMPLE.with_suffix(".de"))]

@@ -1,1 +1,52 @@
-"""The seven DVC stages; each module's `run` reads files and writes files."""
+"""The stages dvc.yaml runs, in order, and how one is run.
+
+`sources` runs once for every task; the others run per task. Each stage module has one `run(task,
+params, paths)`: it reads the files an earlier stage wrote (`paths.inputs`) and writes its own, so
+DVC can cache and skip it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from pipeline import distributed
+from pipeline.errors import UsageError
+from pipeline.paths import TaskPaths
+from pipeline.tasks import get_task, load_params
+
+SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
+STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")  # per task, in order
+
+
+def run_stage(stage: str, task_name: str, params_file: Path) -> None:
+    """Run one stage of one task (`sources`: of every task) with the settings in the params file."""
+    params = load_params(params_file)
+    if stage == SOURCES:
+        importlib.import_module("pipeline.stages.sources").run(params)
+        return
+    config = params.task(task_name)
+    if stage == "train" and config.train.processes > 1 and not distributed.launched():
+        relaunch_under_torchrun(config.train.processes, task_name, params_file)
+        return
+    paths = TaskPaths(task_name)
+    require_inputs(stage, paths)
+    importlib.import_module(f"pipeline.stages.{stage}").run(get_task(task_name, config), params, paths)
+
+
+def require_inputs(stage: str, paths: TaskPaths) -> None:
+    """A UsageError naming the first input of `stage` that no earlier stage has written yet, and the stage that writes it."""
+    missing = [path for path in paths.inputs(stage) if not path.exists()]
+    if missing:
+        writer = paths.writer(missing[0])
+        raise UsageError(f"{missing[0]}: not found: the {writer} stage writes it "
+                         f"(`dvc repro {writer}@{paths.task}` runs the stages up to it)")
+
+
+def relaunch_under_torchrun(processes: int, task_name: str, params_file: Path) -> None:
+    """Run the train stage as `processes` DDP workers; their exit code is this process's when they fail."""
+    code = distributed.relaunch(processes, ["--params", str(params_file), "stage", "train", "--task", task_name])
+    if code:
+        print(f"train[{task_name}]: the DDP workers failed (exit {code}); their output is above", file=sys.stderr)
+        raise SystemExit(code)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import random
 
 from pipeline.augmentation import BACK_TRANSLATION
-from pipeline.config import AugmentConfig, check_augment
+from pipeline.params import AugmentConfig, Params
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_records
 from pipeline.tasks.base import Task
 
 
-def run(task: Task, settings: AugmentConfig, paths: TaskPaths) -> int:
+def run(task: Task, params: Params, paths: TaskPaths) -> int:
     """Write the training split plus `copies` marked synthetic rows per example; returns the count added."""
-    check_augment(task.name, settings, task.augment_methods)  # as params load; again for a config built otherwise
+    settings = task.config.augment
     ensure_writable(paths.augmented_train.parent)
     rng = random.Random(settings.seed)
     train = load_records(paths.split("train"))
@@ -39,13 +39,15 @@ def run(task: Task, settings: AugmentConfig, paths: TaskPaths) -> int:
 
 def back_translate(task: Task, train: list[Record], settings: AugmentConfig) -> list[Record]:
     """A paraphrase of each row's text: translated into the pivot language and back (new texts only)."""
-    from pipeline.tasks.translation import load_translator, translate
+    from pipeline.registry import load_translator
+    from pipeline.tasks.translation import translate
 
     models = settings.back_translation  # set: check_augment made sure
     texts = [example["text"] for example in train]
     print(f"augment[{task.name}]: back-translating {len(texts)} texts via {models.to_pivot} and {models.from_pivot}")
-    pivots = translate(*load_translator(models.to_pivot), texts, max_length=512, batch_size=models.batch_size)
-    returned = translate(*load_translator(models.from_pivot), pivots, max_length=512, batch_size=models.batch_size)
+    key = f"{task.name}.augment.back_translation"
+    pivots = translate(*load_translator(models.to_pivot, f"{key}.to_pivot"), texts, max_length=512, batch_size=models.batch_size)
+    returned = translate(*load_translator(models.from_pivot, f"{key}.from_pivot"), pivots, max_length=512, batch_size=models.batch_size)
     paraphrases = []
     for example, pivot, text in zip(train, pivots, returned):
         variant = {**example, "text": text}

@@ -15,16 +15,17 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import SourceConfig, section_hash
 from pipeline.errors import DataError
+from pipeline.params import Params, section_hash
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.readers import batch_files, file_sha256, read_batch
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
 
-def run(task: Task, data: SourceConfig, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Read `data.source` and the `data.incoming` drop folder, set bad batches aside, write the raw table."""
+    data = task.config.data
     ensure_writable(paths.raw.parent, paths.rejected_batches.parent)
     earlier = {(r["file"], r["sha256"], r["data_params"]): r for r in load_records_if_any(paths.rejected_batches)}
     source_is_folder = isinstance(data.source, str) and Path(data.source).is_dir()

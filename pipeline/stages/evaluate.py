@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from pipeline import tracking
 from pipeline.models import use_all_cores
+from pipeline.params import Params
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
-from pipeline import tracking
 
 EVAL_SPLITS = ("val", "test")
 
@@ -20,8 +21,9 @@ def score(task: Task, model: Any, tokenizer: Any, examples: list[Record]) -> tup
     return task.metrics(examples, predictions), predictions
 
 
-def run(task: Task, paths: TaskPaths, experiment: str) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Write metrics/<task>.json ({val: ..., test: ...}) and the plots, and log both to the model's run."""
+    experiment = params.tracking.experiment
     import mlflow
 
     use_all_cores()

@@ -13,12 +13,12 @@ import random
 import shutil
 from pathlib import Path
 
-from pipeline.config import PretrainConfig
-from pipeline.models import check_max_length, pretrained_kwargs, resolve_model, use_all_cores
-from pipeline.paths import TaskPaths, ensure_writable
-from pipeline.readers import decode
-from pipeline.records import load_records, save_json
+from pipeline.decoding import decode
 from pipeline.errors import DataError
+from pipeline.models import check_max_length, pretrained_kwargs, resolve_model, use_all_cores
+from pipeline.params import Params, PretrainConfig
+from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.records import load_records, save_json
 from pipeline.tasks.base import Task
 
 HELD_OUT = 0.05  # share of the texts kept aside to measure masked-LM loss before and after
@@ -35,8 +35,9 @@ def read_texts(task: Task, settings: PretrainConfig, paths: TaskPaths) -> list[s
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
-def run(task: Task, settings: PretrainConfig, base_model: str, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Write models/<task>-pretrained (or, when disabled, only a note saying so) and its report."""
+    settings, base_model = task.config.pretrain, task.config.model.name
     ensure_writable(paths.pretrained.parent, paths.reports)
     shutil.rmtree(paths.pretrained, ignore_errors=True)
     paths.pretrained.mkdir(parents=True)
@@ -48,7 +49,12 @@ def run(task: Task, settings: PretrainConfig, base_model: str, paths: TaskPaths)
         return report
 
     from transformers import (
-        AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+        set_seed,
     )
 
     use_all_cores()

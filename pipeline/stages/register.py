@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import adapters
-from pipeline.config import PromotionConfig, TaskConfig
+from pipeline import tracking
 from pipeline.errors import ConfigError, UsageError
 from pipeline.models import use_all_cores
+from pipeline.params import Params, PromotionConfig, TaskConfig
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
+from pipeline.registry import CHALLENGER, CHAMPION, champion_version, load_registered
 from pipeline.significance import PairedTest, paired_bootstrap
 from pipeline.tasks.base import Task
-from pipeline import tracking
+from pipeline.techniques import adapters
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 NO_EXPORT = {"kept": False, "precision": None, "reason": "registry.onnx is null"}
 
 
@@ -83,54 +83,9 @@ def first_model(challenger: float, min_score: float | None, metric: str) -> tupl
     return False, f"no champion yet, and validation {metric} {challenger:.4f} is below min_score {min_score}: it does not become champion"
 
 
-def champion_version(client: Any, name: str) -> Any | None:
-    """The version that holds the champion alias; None only when the model or the alias does not exist yet.
-
-    Any other failure (a server error, a timeout, a refused permission) is raised: taken for "no
-    champion", it would promote the challenger over a champion that exists. The alias is read from
-    the registered model because a missing alias is reported as INVALID_PARAMETER_VALUE, like a
-    malformed request."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if tracking.does_not_exist(exc):
-            return None
-        raise
-    version = model.aliases.get(CHAMPION)
-    return None if version is None else client.get_model_version(name, version)
-
-
-def load_registered(task: Task, uri: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a registered model version, e.g. models:/fin-sentiment@champion.
-    A transformers model is loaded from a temporary download that is removed once it is in memory:
-    from a tracking server MLflow would leave a folder behind for every load (a served model's
-    hot-swaps, each register's champion)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        flavors = mlflow.models.get_model_info(uri).flavors
-    except MlflowException as exc:
-        raise tracking.registry_error(uri, exc) from None
-    if "transformers" not in flavors:
-        return load_pyfunc_components(uri)
-    with tempfile.TemporaryDirectory(prefix="model-") as downloads:
-        components = mlflow.transformers.load_model(uri, dst_path=downloads, return_type="components")
-    return components["model"], components["tokenizer"]
-
-
-def load_pyfunc_components(uri: str) -> tuple[Any, Any]:
-    """(model, tokenizer) inside a model registered as a pyfunc (pipeline.task_model.TaskModel)."""
-    import mlflow
-
-    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    return wrapper.model, wrapper.tokenizer
-
-
-def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Register the trained model and decide on promotion; writes reports/<task>/promotion.json."""
+    config, experiment = task.config, params.tracking.experiment
     use_all_cores()
     if config.registry.onnx and not task.exports_onnx:
         raise ConfigError(f"params.yaml: {task.name}.registry.onnx: the {task.name} task has no ONNX export (sentiment has); set it to null")
@@ -226,8 +181,7 @@ def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, vers
     the run (`onnx/`). The version's `onnx` tag says which precision it got, or `refused`."""
     import mlflow
 
-    from pipeline import export
-
+    from pipeline.techniques import export
     with tempfile.TemporaryDirectory(prefix="onnx-") as scratch:
         folder = Path(scratch) / export.ARTIFACT_PATH
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.config import Params, SourceConfig
+from pipeline.params import Params, SourceConfig
 from pipeline.readers import file_sha256
 from pipeline.records import save_json
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.config import SPLIT_NAMES, SplitConfig
 from pipeline.errors import DataError
+from pipeline.params import SPLIT_NAMES, Params, SplitConfig
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import load_records, save_records
 from pipeline.tasks.base import Task
@@ -26,8 +26,9 @@ def assign_split(key: str, ratios: SplitConfig) -> str:
     return "train"
 
 
-def run(task: Task, ratios: SplitConfig, paths: TaskPaths) -> dict[str, int]:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict[str, int]:
     """Write the train, val and test tables; returns their sizes."""
+    ratios = task.config.split
     ensure_writable(paths.split_dir)
     splits: dict[str, list] = {name: [] for name in SPLIT_NAMES}
     for example in load_records(paths.clean):

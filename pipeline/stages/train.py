@@ -14,19 +14,21 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from pipeline import adapters, distributed, tracking
-from pipeline.config import TaskConfig
+from pipeline import distributed, registry, tracking
 from pipeline.errors import ConfigError
-from pipeline.distillation import check_vocabularies, distilling
 from pipeline.models import check_max_length, keep_layers, resolve_model, use_all_cores
+from pipeline.params import Params, TaskConfig, section_hash
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
+from pipeline.techniques import adapters
+from pipeline.techniques.distillation import check_vocabularies, distilling
 
 
-def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Train on the augmented training split, validate each epoch, save the best model."""
+    config, experiment = task.config, params.tracking.experiment
     import mlflow
 
     use_all_cores()
@@ -184,7 +186,7 @@ def build_trainer(
         if settings.peft.method == "adalora":
             callbacks.append(AdaLoraBudget(model))
     if settings.distillation is not None:
-        teacher, teacher_tokenizer = load_teacher(task, settings.distillation.teacher)
+        teacher, teacher_tokenizer = registry.load_reference(task, settings.distillation.teacher, f"{task.name}.train.distillation.teacher")
         check_vocabularies(teacher_tokenizer, tokenizer)
         trainer_class = distilling(
             trainer_class, teacher.to(args.device), settings.distillation.temperature, settings.distillation.alpha
@@ -207,15 +209,6 @@ def per_worker_batch_size(batch_size: int) -> int:
         raise ConfigError(f"params.yaml: train.batch_size {batch_size} does not split evenly between "
                           f"{distributed.world_size()} DDP workers (train.processes)")
     return batch_size // distributed.world_size()
-
-
-def load_teacher(task: Task, reference: str) -> tuple[Any, Any]:
-    """A distillation teacher: a registered version (models:/...), a folder or a hub id."""
-    from pipeline.stages.register import load_registered
-
-    if reference.startswith("models:/"):
-        return load_registered(task, reference)
-    return task.load_model(resolve_model(reference, f"{task.name}.train.distillation.teacher"))
 
 
 class AdaLoraBudget(TrainerCallback):
@@ -260,17 +253,17 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
 
 
 def _fingerprint(config: TaskConfig, inputs: list[Path]) -> str:
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    """The training settings and input data: a checkpoint only resumes a run of the same."""
+    digest = hashlib.sha256(section_hash(config.training_sections()).encode())
     for path in inputs:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def _flat_params(config: TaskConfig) -> dict[str, object]:
-    """Model, pretrain, train and augment settings as flat MLflow params (e.g. train.learning_rate)."""
-    flat = {}
-    for section in ("model", "pretrain", "train", "augment", "split", "promotion"):
-        for key, value in dataclasses.asdict(getattr(config, section)).items():
-            flat[f"{section}.{key}"] = value
+    """What the model was made from, as flat MLflow params (e.g. train.learning_rate): the training
+    sections, and how its data was made (source, split, augment). Not promotion or registry settings."""
+    sections = {**config.training_sections(), "split": config.split, "augment": config.augment}
+    flat = {f"{name}.{key}": value for name, section in sections.items() for key, value in dataclasses.asdict(section).items()}
     flat["data.source"] = json.dumps(config.data.source) if isinstance(config.data.source, dict) else config.data.source
     return flat

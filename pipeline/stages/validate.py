@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ValidateConfig
 from pipeline.errors import ValidationError
+from pipeline.params import Params
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
@@ -25,8 +25,9 @@ from pipeline.tasks.base import Task
 MOST_COMMON = 3  # reasons named in the message that stops a run with too many rejects
 
 
-def run(task: Task, rules: ValidateConfig, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     """Split the raw table into clean rows and quarantined rows; stop on dataset-level problems."""
+    rules = task.config.validate
     ensure_writable(paths.clean.parent, paths.quarantine.parent, paths.reports)
     raw = load_records(paths.raw)
     examples = [task.normalise(example) for example in raw]
@@ -43,7 +44,7 @@ def run(task: Task, rules: ValidateConfig, paths: TaskPaths) -> dict:
 
     counts = Counter(check for found in failures.values() for check, _ in found)
     reject_fraction = len(quarantined) / len(raw) if raw else 1.0
-    problems = [too_many_rejects(raw, failures, task, rules, paths)] if reject_fraction > rules.max_reject_fraction else []
+    problems = [too_many_rejects(raw, failures, task, rules.max_reject_fraction, paths)] if reject_fraction > rules.max_reject_fraction else []
     problems += task.dataset_problems(clean)
     report = {
         "task": task.name,
@@ -147,7 +148,7 @@ def check_agreement(expectations: list[Any], failing: list[Any], gx_result: dict
             raise RuntimeError(f"validate: '{kind(expectation)}' fails {int(rows.sum())} rows here but {counted} in Great Expectations")
 
 
-def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]]], task: Task, rules: ValidateConfig, paths: TaskPaths) -> str:
+def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]]], task: Task, limit: float, paths: TaskPaths) -> str:
     """The stop message for too many rejected rows: the most common reasons, each with its first row."""
     first: dict[str, tuple[int, str]] = {}
     counts: Counter = Counter()
@@ -162,7 +163,7 @@ def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]
     rejected = len(failures)
     return (
         f"{rejected} of {len(raw)} rows ({rejected / len(raw):.0%}) were rejected, more than "
-        f"{task.name}.validate.max_reject_fraction={rules.max_reject_fraction:.0%}; most often: {', '.join(common)}"
+        f"{task.name}.validate.max_reject_fraction={limit:.0%}; most often: {', '.join(common)}"
     )
 
 

@@ -1,10 +1,15 @@
-"""The task registry: name -> module. Adding a task means adding one module and one line here."""
+"""The task types: name -> module, and params.yaml read with each one's config classes.
+
+Adding a task type means one module (its `Task` subclass as `TASK_CLASS`, with its config class)
+and one line in TASKS.
+"""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
-from pipeline.config import TaskConfig
+from pipeline.params import PARAMS_FILE, Params, TaskConfig, read_params
 from pipeline.tasks.base import Task
 
 TASKS = {
@@ -22,3 +27,8 @@ def task_class(name: str) -> type[Task]:
 def get_task(name: str, config: TaskConfig) -> Task:
     """Instantiate the task called `name` with its params section."""
     return task_class(name)(config)
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """params.yaml (or `path`), each task's section read into its task type's config class."""
+    return read_params(Path(path), {name: task_class(name).config_class for name in TASKS})

@@ -14,15 +14,14 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from pipeline import adapters
-from pipeline.config import TaskConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import pretrained_kwargs
+from pipeline.params import TaskConfig
 from pipeline.readers import read_source
 from pipeline.records import Record
+from pipeline.techniques import adapters
 
 PROVENANCE = ("source", "row", "batch", "given_split")  # where a record came from, kept through the stages
-IGNORED = -100  # the label losses and metrics skip: padding, special tokens, sub-tokens after a word's first
 WHITESPACE = re.compile(r"\s+")
 
 
@@ -81,9 +80,8 @@ class Task(ABC):
     name: str
     primary_metric: str  # the validation metric that early stopping and promotion use
     pipeline_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
-    config_class: type[TaskConfig] = TaskConfig  # the dataclass its params.yaml section is read into
-    augment_methods: tuple[str, ...]  # what `augment.methods` may name
-    exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/export.py)
+    config_class: type[TaskConfig]  # the dataclass its params.yaml section is read into (its module defines it)
+    exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/techniques/export.py)
 
     def __init__(self, config: TaskConfig):
         self.config = config

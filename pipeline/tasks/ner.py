@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
 from pipeline.augmentation import augment_words
-from pipeline.adapters import MERGEABLE
-from pipeline.config import NerConfig
 from pipeline.errors import ConfigError
-from pipeline.models import batched_by_length
+from pipeline.models import IGNORED, batched_by_length
+from pipeline.params import DataConfig, ModelConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.base import IGNORED, Task, label_key, label_lookup, normalise_text, plain
+from pipeline.tasks.base import Task, label_key, label_lookup, normalise_text, plain
+from pipeline.techniques.adapters import MERGEABLE
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
 # separators (1,200 3.5 7-1/2 AT&T), a possessive 's, then any other character on its own.
@@ -79,12 +80,41 @@ def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [normalise_text(m.group()) for m in matches], [m.span() for m in matches]
 
 
+@dataclass
+class NerValidateConfig:
+    labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
+    label_map: dict[str, str] = field(default_factory=dict)  # a source's own entity types onto these, e.g. {PERSON: PER}
+    tag_names: list[str] | None = None  # tags given as integer ids: the tag of each id, as Hugging Face datasets list them
+    invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
+    max_tokens: int = at_least(1, 1000)  # longer sentences are quarantined (they are split into windows, never truncated)
+    min_mentions_per_type: int = at_least(0, 5)
+    max_reject_fraction: float = fraction(0.2)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from labels_problems(self.labels, self.label_map)
+
+
+@dataclass
+class NerModelConfig(ModelConfig):
+    crf: bool = False  # a CRF layer over the token classifier: Viterbi decoding, invalid tag sequences forbidden
+    case_marker: bool = False  # mark capitalised words, for models whose tokenizer lowercases
+
+
+@dataclass(kw_only=True)
+class NerConfig(TaskConfig):
+    AUGMENT_METHODS = ("mention", "synonym")  # swap a mention for another of its type; synonyms for O words only
+
+    data: DataConfig
+    validate: NerValidateConfig
+    model: NerModelConfig = field(default_factory=NerModelConfig)
+
+
 class NerTask(Task):
     name = "ner"
     primary_metric = "f1"
     pipeline_task = "token-classification"
     config_class = NerConfig
-    augment_methods = ("mention", "synonym")
+    config: NerConfig
 
     def __init__(self, config: NerConfig):
         super().__init__(config)
@@ -220,12 +250,12 @@ class NerTask(Task):
         return " ".join(example["tokens"])
 
     def training_model(self, model: Any) -> Any:
-        from pipeline.crf import CrfTagger  # late: torch, which collect and validate never need
+        from pipeline.techniques.crf import CrfTagger  # late: torch, which collect and validate never need
 
         return CrfTagger(model, self.tags) if self.config.model.crf else model
 
     def export_model(self, trained: Any) -> Any:
-        from pipeline.crf import CrfTagger
+        from pipeline.techniques.crf import CrfTagger
 
         model = trained.export() if isinstance(trained, CrfTagger) else trained
         model.config.case_marker = self.case_mark  # saved in config.json, so prediction marks words alike
@@ -291,7 +321,7 @@ class NerTask(Task):
         """Tags and entities per example; an example is `tokens`, or raw `text` (spans in characters)."""
         import torch
 
-        from pipeline.crf import decode_words
+        from pipeline.techniques.crf import decode_words
 
         words, spans = zip(*[_words(e) for e in examples]) if examples else ((), ())
         texts = [e.get("text") for e in examples]

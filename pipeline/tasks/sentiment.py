@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
+from pipeline.params import DataConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
 from pipeline.tasks.base import Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
+
+
+@dataclass
+class ValidateConfig:
+    labels: list[str]  # matched ignoring case and surrounding spaces
+    label_map: dict[str, str] = field(default_factory=dict)  # a source's own labels onto these, e.g. {0: negative}
+    min_chars: int = at_least(0, 3)
+    max_chars: int = at_least(1, 2000)
+    min_rows_per_class: int = at_least(0, 5)
+    max_reject_fraction: float = fraction(0.2)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from labels_problems(self.labels, self.label_map)
+        if self.min_chars > self.max_chars:
+            yield "min_chars", f"({self.min_chars}) must not exceed max_chars ({self.max_chars})"
+
+
+@dataclass(kw_only=True)
+class SentimentConfig(TaskConfig):
+    AUGMENT_METHODS = (*METHODS, BACK_TRANSLATION)
+
+    data: DataConfig
+    validate: ValidateConfig
 
 
 class SentimentTask(Task):
     name = "sentiment"
     primary_metric = "f1_macro"
     pipeline_task = "text-classification"
-    augment_methods = (*METHODS, BACK_TRANSLATION)
+    config_class = SentimentConfig
     exports_onnx = True
+    config: SentimentConfig
 
-    def __init__(self, config):
+    def __init__(self, config: SentimentConfig):
         super().__init__(config)
         self.label_spellings = label_lookup(config.validate.labels, config.validate.label_map)
 

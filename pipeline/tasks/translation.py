@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline.augmentation import BACK_TRANSLATION, augment_words
-from pipeline.config import TranslationConfig
 from pipeline.errors import ConfigError
-from pipeline.models import batched_by_length, pretrained_kwargs, resolve_model
+from pipeline.models import batched_by_length, pretrained_kwargs
+from pipeline.params import ModelConfig, SourceConfig, TaskConfig, at_least, fraction
 from pipeline.readers import read_source
 from pipeline.records import Record
 from pipeline.tasks.base import Task, cell_problems, cell_text, normalise_text
@@ -80,20 +81,48 @@ def translate(model: Any, tokenizer: Any, texts: list[str], max_length: int, bat
     return batched_by_length([len(t) for t in texts], batch_size, run_batch)
 
 
-def load_translator(reference: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a translation model: models:/NAME@ALIAS or models:/NAME/VERSION, a hub id or a folder."""
-    if reference.startswith("models:/"):
-        import mlflow
-
-        from pipeline import tracking
-        from pipeline.stages.register import load_pyfunc_components
-
-        mlflow.set_tracking_uri(tracking.tracking_uri())
-        return load_pyfunc_components(reference)
+def load_seq2seq(path: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a sequence-to-sequence model folder (Marian, T5, mBART), e.g. for back-translation."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = resolve_model(reference, "augment.back_translation")
     return AutoModelForSeq2SeqLM.from_pretrained(path, **pretrained_kwargs()), AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+
+
+@dataclass
+class TranslationValidateConfig:
+    max_chars: int = at_least(1, 500)  # per side; longer pairs are quarantined
+    max_length_ratio: float = at_least(1, 3.0)  # words of the longer side per word of the shorter; beyond it a pair is quarantined
+    min_pairs: int = at_least(0, 20)
+    max_reject_fraction: float = fraction(0.2)
+
+
+@dataclass
+class TranslationModelConfig(ModelConfig):
+    decoder_layers: int | None = at_least(1, None)  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
+    num_beams: int = at_least(1, 4)
+    max_new_tokens: int = at_least(1, 64)
+    length_penalty: float = 1.0
+    lowercase_bleu: bool = True  # score BLEU and chrF case-insensitively (the default model's vocabulary is uncased)
+
+
+@dataclass
+class LanguagesConfig:
+    source: str = "de"  # also the file suffix of the parallel format and the column name in tsv/jsonl
+    target: str = "en"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.source.strip().casefold() == self.target.strip().casefold():
+            yield "target", f"is {self.target}, the same as source: a translation needs two languages"
+
+
+@dataclass(kw_only=True)
+class TranslationConfig(TaskConfig):
+    AUGMENT_METHODS = ("swap", "delete", BACK_TRANSLATION)  # source-side noise, or a paraphrase of the source
+
+    data: SourceConfig
+    validate: TranslationValidateConfig
+    model: TranslationModelConfig = field(default_factory=TranslationModelConfig)
+    languages: LanguagesConfig = field(default_factory=LanguagesConfig)
 
 
 class TranslationTask(Task):
@@ -101,7 +130,6 @@ class TranslationTask(Task):
     primary_metric = "bleu"
     pipeline_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
     config_class = TranslationConfig
-    augment_methods = ("swap", "delete", BACK_TRANSLATION)  # source-side noise, or a paraphrase of the source
     config: TranslationConfig
 
     @property

@@ -1,4 +1,11 @@
-"""params.yaml as typed, validated configuration: unknown keys and wrong types are rejected."""
+"""params.yaml as typed, validated configuration: unknown keys, wrong types and values out of range are
+rejected with the key's path.
+
+This module is the ground floor: the sections every task has (data, split, augment, model, train,
+promotion, registry, ...) and the shared ones (tracking, serving, orchestration, monitoring). Each task
+type adds its own sections in its module (pipeline/tasks/), and `pipeline.tasks.load_params` reads
+params.yaml with them.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal, Mapping
 
 import yaml
 
+from pipeline.decoding import decode
 from pipeline.errors import ConfigError, DataError
 
 PARAMS_FILE = Path("params.yaml")
@@ -122,43 +130,6 @@ class DataConfig(SourceConfig):
 
 
 @dataclass
-class ValidateConfig:
-    labels: list[str]
-    label_map: dict[str, str] = field(default_factory=dict)  # a source's own labels onto these, e.g. {0: negative}
-    min_chars: int = at_least(0, 3)
-    max_chars: int = at_least(1, 2000)
-    min_rows_per_class: int = at_least(0, 5)
-    max_reject_fraction: float = fraction(0.2)
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        yield from labels_problems(self.labels, self.label_map)
-        if self.min_chars > self.max_chars:
-            yield "min_chars", f"({self.min_chars}) must not exceed max_chars ({self.max_chars})"
-
-
-@dataclass
-class NerValidateConfig:
-    labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
-    label_map: dict[str, str] = field(default_factory=dict)  # a source's own entity types onto these, e.g. {PERSON: PER}
-    tag_names: list[str] | None = None  # tags given as integer ids: the tag of each id, as Hugging Face datasets list them
-    invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
-    max_tokens: int = at_least(1, 1000)  # longer sentences are quarantined (they are split into windows, never truncated)
-    min_mentions_per_type: int = at_least(0, 5)
-    max_reject_fraction: float = fraction(0.2)
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        yield from labels_problems(self.labels, self.label_map)
-
-
-@dataclass
-class TranslationValidateConfig:
-    max_chars: int = at_least(1, 500)  # per side; longer pairs are quarantined
-    max_length_ratio: float = at_least(1, 3.0)  # words of the longer side per word of the shorter; beyond it a pair is quarantined
-    min_pairs: int = at_least(0, 20)
-    max_reject_fraction: float = fraction(0.2)
-
-
-@dataclass
 class SplitConfig:
     val: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
     test: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
@@ -203,31 +174,6 @@ class PretrainConfig:
     max_length: int = at_least(8, 128)
     mlm_probability: float = ranged(0.15, 0, 1, low_open=True, high_open=True)
     seed: int = 42
-
-
-@dataclass
-class NerModelConfig(ModelConfig):
-    crf: bool = False  # a CRF layer over the token classifier: Viterbi decoding, invalid tag sequences forbidden
-    case_marker: bool = False  # mark capitalised words, for models whose tokenizer lowercases
-
-
-@dataclass
-class TranslationModelConfig(ModelConfig):
-    decoder_layers: int | None = at_least(1, None)  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
-    num_beams: int = at_least(1, 4)
-    max_new_tokens: int = at_least(1, 64)
-    length_penalty: float = 1.0
-    lowercase_bleu: bool = True  # score BLEU and chrF case-insensitively (the default model's vocabulary is uncased)
-
-
-@dataclass
-class LanguagesConfig:
-    source: str = "de"  # also the file suffix of the parallel format and the column name in tsv/jsonl
-    target: str = "en"
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        if self.source.strip().casefold() == self.target.strip().casefold():
-            yield "target", f"is {self.target}, the same as source: a translation needs two languages"
 
 
 @dataclass
@@ -325,10 +271,13 @@ class RegistryConfig:
         yield from named("name", self.name)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TaskConfig:
-    data: DataConfig
-    validate: ValidateConfig
+    """The sections of every task's params; a task type's config class adds `validate` (and what else it needs)."""
+
+    AUGMENT_METHODS: ClassVar[tuple[str, ...]] = ()  # what `augment.methods` may name for the task type
+
+    data: SourceConfig
     registry: RegistryConfig
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -339,19 +288,18 @@ class TaskConfig:
     active_learning: ActiveLearningConfig = field(default_factory=ActiveLearningConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
+    def problems(self) -> Iterator[tuple[str, str]]:
+        unknown = [method for method in self.augment.methods if method not in self.AUGMENT_METHODS]
+        if unknown:
+            yield "augment.methods", f"names unknown method {unknown[0]!r} (known: {', '.join(self.AUGMENT_METHODS)})"
+        elif "back_translation" in self.augment.methods and self.augment.back_translation is None:
+            yield "augment.methods", ("names back_translation but augment.back_translation is not set "
+                                      "(to_pivot and from_pivot: models:/NAME@ALIAS, a hub id or a model folder)")
 
-@dataclass
-class NerConfig(TaskConfig):
-    validate: NerValidateConfig
-    model: NerModelConfig = field(default_factory=NerModelConfig)
-
-
-@dataclass
-class TranslationConfig(TaskConfig):
-    data: SourceConfig
-    validate: TranslationValidateConfig
-    model: TranslationModelConfig = field(default_factory=TranslationModelConfig)
-    languages: LanguagesConfig = field(default_factory=LanguagesConfig)
+    def training_sections(self) -> dict[str, Any]:
+        """The sections the trained model depends on (beside the data): what train hashes and logs.
+        Promotion, registry, search and the rest can change without retraining."""
+        return {name: getattr(self, name) for name in ("model", "pretrain", "train", "validate")}
 
 
 @dataclass
@@ -401,35 +349,33 @@ class Params:
     tasks: list[str]
     tracking: TrackingConfig
     task_configs: dict[str, TaskConfig]
+    known_tasks: tuple[str, ...]  # the task types this installation has (pipeline/tasks/__init__.py)
     serving: ServingConfig = field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     file: str = str(PARAMS_FILE)  # where these params were read from, for messages
 
     def task(self, name: str) -> TaskConfig:
-        from pipeline.tasks import TASKS
-
-        if name not in TASKS:
-            raise ConfigError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+        if name not in self.known_tasks:
+            raise ConfigError(f"unknown task '{name}' (known: {', '.join(self.known_tasks)})")
         if name not in self.task_configs:
             raise ConfigError(f"{self.file}: no section '{name}:' for task '{name}' "
                               f"(it configures {', '.join(self.task_configs) or 'no task'}: name one of those, or add a '{name}:' section)")
         return self.task_configs[name]
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and check params.yaml; every problem is reported with the file and its key path."""
+def read_params(path: Path, task_configs: Mapping[str, type[TaskConfig]]) -> Params:
+    """Read and check a params file whose task sections are read into `task_configs` (name -> config class);
+    every problem is reported with the file and its key path."""
     raw = _read_yaml(Path(path))
     try:
-        return dataclasses.replace(_parse(raw), file=str(path))
+        return dataclasses.replace(_parse(raw, task_configs), file=str(path))
     except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
         raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
 
 
 def _read_yaml(path: Path) -> dict:
     """The top-level mapping of a YAML file; a missing, binary, non-UTF-8 or malformed file is a ConfigError."""
-    from pipeline.readers import decode
-
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (run from the project root)")
     try:
@@ -455,53 +401,41 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return where
 
 
-def _parse(raw: dict) -> Params:
+def _parse(raw: dict, task_configs: Mapping[str, type[TaskConfig]]) -> Params:
     """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
-    from pipeline.tasks import TASKS, task_class  # late: tasks import heavier modules
-
     raw = dict(raw)
+    known = tuple(task_configs)
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
-    tracking = _build(TrackingConfig, raw.pop("tracking", {}), "tracking")
-    serving = _build(ServingConfig, raw.pop("serving", {}), "serving")
-    orchestration = _build(OrchestrationConfig, raw.pop("orchestration", {}), "orchestration")
-    monitoring = _build(MonitoringConfig, raw.pop("monitoring", {}), "monitoring")
-    task_configs = {}
+    tracking = build_section(TrackingConfig, raw.pop("tracking", {}), "tracking")
+    serving = build_section(ServingConfig, raw.pop("serving", {}), "serving")
+    orchestration = build_section(OrchestrationConfig, raw.pop("orchestration", {}), "orchestration")
+    monitoring = build_section(MonitoringConfig, raw.pop("monitoring", {}), "monitoring")
+    sections = {}
     for key, section in raw.items():
-        if key not in TASKS:
-            raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(TASKS)})")
-        task_configs[key] = _build(task_class(key).config_class, section, key)
-        check_augment(key, task_configs[key].augment, task_class(key).augment_methods)
+        if key not in task_configs:
+            raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(known)})")
+        sections[key] = build_section(task_configs[key], section, key)
     for key, named_task in (("serving.task", serving.task), ("monitoring.task", monitoring.task)):
-        if named_task not in TASKS:
-            raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(TASKS)}, got {named_task!r}")
+        if named_task not in known:
+            raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(known)}, got {named_task!r}")
     for name in tasks:
-        if name not in TASKS:
-            raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(TASKS)})")
-        if name not in task_configs:
+        if name not in known:
+            raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(known)})")
+        if name not in sections:
             raise ConfigError(f"tasks lists '{name}' but there is no '{name}:' section")
     return Params(
-        tasks=tasks, tracking=tracking, task_configs=task_configs, serving=serving,
+        tasks=tasks, tracking=tracking, task_configs=sections, known_tasks=known, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
 
 
-def check_augment(task: str, augment: AugmentConfig, known: tuple[str, ...]) -> None:
-    """A ConfigError unless `augment.methods` names only the task's methods, and back_translation only with its models set."""
-    unknown = [method for method in augment.methods if method not in known]
-    if unknown:
-        raise ConfigError(f"params.yaml: '{task}.augment.methods' names unknown method {unknown[0]!r} (known: {', '.join(known)})")
-    if "back_translation" in augment.methods and augment.back_translation is None:
-        raise ConfigError(f"params.yaml: '{task}.augment.methods' names back_translation but {task}.augment.back_translation "
-                          "is not set (to_pivot and from_pivot: models:/NAME@ALIAS, a hub id or a model folder)")
-
-
 def section_hash(config: Any) -> str:
-    """A short, stable hash of a config section, used to tag models with their params."""
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """A short, stable hash of a config section (or a mapping of sections), used to tag models with their params."""
+    plain = {name: dataclasses.asdict(section) for name, section in config.items()} if isinstance(config, dict) else dataclasses.asdict(config)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
+def build_section(cls: type, values: Any, where: str) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and checking types."""
     if not isinstance(values, dict):
         raise ConfigError(f"params.yaml: '{where}' must be a mapping, got {type(values).__name__}")
@@ -533,7 +467,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         raise ConfigError(f"params.yaml: '{key}' must be null, got {value!r}")
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build_section(hint, value, key)
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value in typing.get_args(hint):

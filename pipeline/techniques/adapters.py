@@ -12,8 +12,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PeftSettings
 from pipeline.errors import ConfigError
+from pipeline.params import PeftSettings
 
 ADAPTER_DIR = "adapter"
 MERGEABLE = ("lora", "adalora")

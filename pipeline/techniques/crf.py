@@ -18,7 +18,7 @@ import torch
 from torchcrf import CRF
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from pipeline.tasks.base import IGNORED
+from pipeline.models import IGNORED
 
 FORBIDDEN = -10000.0  # the score of a transition that must never be taken
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import re
 import socket
 from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator, Iterator
@@ -27,13 +26,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from pipeline.config import ServingConfig
-from pipeline.errors import ModelError, ServiceError
-from pipeline.stages.register import load_registered
+from pipeline.errors import ServiceError
+from pipeline.params import ServingConfig
+from pipeline.registry import load_registered, parse_model_uri, registered_version
 from pipeline.tasks.base import Task
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so messages show beside its own
-MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
 
 
 # the served model -------------------------------------------------------------------------------
@@ -50,28 +48,10 @@ class Served:
     tokenizer: Any
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
-    match = MODEL_URI.fullmatch(uri)
-    if match is None:
-        raise ModelError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got '{uri}'")
-    return match["name"], match["alias"], match["version"]
-
-
-def registered_version(uri: str) -> Any:
-    """The registry's ModelVersion that `uri` points at right now (an alias moves on promotion)."""
-    import mlflow
-
-    name, alias, version = parse_model_uri(uri)
-    client = mlflow.MlflowClient()
-    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-
-
 def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
     """Load the version found, by number: the alias may move again while this loads. With runtime
     onnx, its ONNX Runtime export when it has one (registry.onnx), else PyTorch, with a warning."""
-    from pipeline import export
-
+    from pipeline.techniques import export
     precision = found.tags.get(export.VERSION_TAG)
     if runtime == "onnx" and precision in ("int8", "fp32"):
         model, tokenizer = export.load_logged(found.run_id)
@@ -344,8 +324,8 @@ def listen(sock: socket.socket, backlog: int) -> str:
     return f"http://{address(host, port)}"
 
 
-def server_config(service: Service, **options: Any) -> "uvicorn.Config":
-    """uvicorn's settings for `service`, with its keep-alive (see the module docstring)."""
+def server_config(service: Service, **options: Any) -> Any:
+    """A uvicorn.Config for `service`, with its keep-alive (see the module docstring)."""
     import uvicorn
 
     return uvicorn.Config(create_app(service), timeout_keep_alive=service.settings.keep_alive_seconds, **options)

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.decoding import decode
 from pipeline.errors import DataError
-from pipeline.readers import decode, read_source, spreadsheet_safe
+from pipeline.readers import read_source, spreadsheet_safe
 from pipeline.records import Record
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "random")

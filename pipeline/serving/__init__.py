@@ -1,0 +1,1 @@
+"""Serving: the champion behind HTTP (`finetune serve`) and the load test that checks it (`finetune loadtest`)."""
