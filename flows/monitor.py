@@ -165,15 +165,15 @@ def summary_markdown(report: dict) -> str:
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(input: str | None = None) -> dict:
+def monitor(input: str | None = None, task: str | None = None) -> dict:
     """Score new text with the champion, store it, report the index and drift; on drift, ask for a retrain."""
     import mlflow
 
     logger = get_run_logger()
     params = load_params()
     settings = params.monitoring
-    config = params.task(settings.task)
-    task = get_task(settings.task, config)
+    name = task or settings.tasks[0]
+    task = get_task(name, params.task(name))
     db = open_db(Path(settings.db))
     batches = [Path(input)] if input else new_batches(Path(settings.input), db)
     rows = [row for batch in batches for row in read_batch(batch)]
@@ -183,7 +183,7 @@ def monitor(input: str | None = None) -> dict:
 
     use_all_cores()
     experiment_id = tracking.configure(params.tracking.experiment)
-    name = config.registry.name
+    name = task.config.registry.name
     version = str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
     model, tokenizer = load_registered(task, f"models:/{name}/{version}")  # pinned: the alias may move meanwhile
     predictions = task.predict(model, tokenizer, rows)
@@ -201,9 +201,9 @@ def monitor(input: str | None = None) -> dict:
     sentiment_index_png(days, values, PLOTS / "index.png", f"Sentiment index ({name} v{version})")
     sentiment_index_html(days, values, counts, PLOTS / "index.html", f"Sentiment index ({name} v{version})")
     if report["drift_detected"]:
-        picks = config.active_learning  # the same ranking as `finetune select`
+        picks = task.config.active_learning  # the same ranking as `finetune select`
         queued = rank(task, model, tokenizer, [r["text"] for r in rows], picks.strategy, settings.queue_size, picks.diversity, picks.seed)
-        report["labelling_queue"] = str(write_queue(queued, settings.task))
+        report["labelling_queue"] = str(write_queue(queued, task.name))
     save_json(REPORT, report)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name="monitor", tags={"monitor": "true", "model_name": name, "model_version": version}):

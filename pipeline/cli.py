@@ -177,9 +177,6 @@ def bounded(kind: type, low: float, high: float | None = None, low_open: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.tasks import TASKS  # only the registry of names: cheap
-
-    tasks = tuple(TASKS)
     parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its message")
@@ -187,16 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stage.add_argument("name", choices=(SOURCES, *STAGES))
-    stage.add_argument("--task", default="sentiment", choices=tasks, help="the task (sources covers every task in `tasks`)")
+    stage.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml (sources covers every one in `tasks`)")
 
     pred = commands.add_parser("predict", help="label texts with a registered or local model")
     pred.add_argument("texts", nargs="*", help="texts to label (default: read stdin, one a line)")
     pred.add_argument("--file", help="a file with one text a line")
-    pred.add_argument("--task", default="sentiment", choices=tasks)
+    pred.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
     pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
     sel = commands.add_parser("select", help="active learning: queue the pool texts the champion is least sure about")
-    sel.add_argument("--task", default="sentiment", choices=tasks)
+    sel.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
     sel.add_argument("--pool", help="unlabelled texts: .txt (one a line), csv/tsv/jsonl/parquet or a folder (default: active_learning.pool)")
     sel.add_argument("--strategy", choices=("least_confidence", "margin", "entropy", "random"), help="default: active_learning.strategy")
     sel.add_argument("--k", type=bounded(int, 1), help="texts to queue (default: active_learning.k)")
@@ -204,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
     hps = commands.add_parser("search", help="Optuna search over the train settings (space: <task>.search in params.yaml)")
-    hps.add_argument("--task", default="sentiment", choices=tasks)
+    hps.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
     hps.add_argument("--trials", type=bounded(int, 1), help="default: search.trials")
     hps.add_argument("--apply", action="store_true", help="write the best settings into params.yaml")
 

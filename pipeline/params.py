@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -277,6 +279,7 @@ class TaskConfig:
 
     AUGMENT_METHODS: ClassVar[tuple[str, ...]] = ()  # what `augment.methods` may name for the task type
 
+    type: str = ""  # the task type (pipeline/tasks/__init__.py); sections named sentiment, ner or translation imply theirs
     data: SourceConfig
     registry: RegistryConfig
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -314,7 +317,7 @@ class TrackingConfig:
 class ServingConfig:
     host: str = "127.0.0.1"  # loopback: exposing the service is a deliberate choice
     port: int = ranged(8000, 0, 65535)  # 0: any free port
-    task: str = "sentiment"
+    task: str | None = None  # the pipeline behind POST /predict (null: the first in `tasks`); each pipeline has its own route too
     max_batch_size: int = at_least(1, 32)  # texts per model call
     batch_wait_ms: float = at_least(0, 10.0)  # how long a batch waits for more requests
     max_texts_per_request: int = at_least(1, 64)
@@ -334,7 +337,7 @@ class OrchestrationConfig:
 
 @dataclass
 class MonitoringConfig:
-    task: str = "sentiment"
+    tasks: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `tasks`
     input: str = "monitoring/incoming"  # drop folder of csv batches (timestamp,text) for the scheduled monitor
     schedule: str = "0 * * * *"  # cron for the monitor deployment (hourly)
     db: str = "monitoring/predictions.db"  # every prediction, with its model version
@@ -346,30 +349,29 @@ class MonitoringConfig:
 
 @dataclass
 class Params:
-    tasks: list[str]
+    tasks: list[str]  # the pipelines `dvc repro` runs: names of sections below
     tracking: TrackingConfig
-    task_configs: dict[str, TaskConfig]
-    known_tasks: tuple[str, ...]  # the task types this installation has (pipeline/tasks/__init__.py)
+    task_configs: dict[str, TaskConfig]  # every pipeline section, by name
     serving: ServingConfig = field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     file: str = str(PARAMS_FILE)  # where these params were read from, for messages
 
     def task(self, name: str) -> TaskConfig:
-        if name not in self.known_tasks:
-            raise ConfigError(f"unknown task '{name}' (known: {', '.join(self.known_tasks)})")
+        """The section of the pipeline called `name`."""
         if name not in self.task_configs:
-            raise ConfigError(f"{self.file}: no section '{name}:' for task '{name}' "
-                              f"(it configures {', '.join(self.task_configs) or 'no task'}: name one of those, or add a '{name}:' section)")
+            raise ConfigError(f"{self.file}: no pipeline '{name}'{did_you_mean(name, self.task_configs)} (it configures "
+                              f"{', '.join(self.task_configs) or 'none'}: name one of those, or add a '{name}:' section with a type)")
         return self.task_configs[name]
 
 
-def read_params(path: Path, task_configs: Mapping[str, type[TaskConfig]]) -> Params:
-    """Read and check a params file whose task sections are read into `task_configs` (name -> config class);
-    every problem is reported with the file and its key path."""
+def read_params(path: Path, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
+    """Read and check a params file. Each pipeline section is read into the config class of its `type`
+    (`type_configs`: task type -> config class; `implied_types`: section names that need no type).
+    Every problem is reported with the file and its key path."""
     raw = _read_yaml(Path(path))
     try:
-        return dataclasses.replace(_parse(raw, task_configs), file=str(path))
+        return dataclasses.replace(_parse(raw, type_configs, implied_types), file=str(path))
     except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
         raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
 
@@ -401,32 +403,61 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return where
 
 
-def _parse(raw: dict, task_configs: Mapping[str, type[TaskConfig]]) -> Params:
+SHARED = ("tasks", "tracking", "serving", "orchestration", "monitoring")
+PIPELINE_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # it names files and DVC stages (train@NAME)
+
+
+def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
     """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
     raw = dict(raw)
-    known = tuple(task_configs)
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
     tracking = build_section(TrackingConfig, raw.pop("tracking", {}), "tracking")
     serving = build_section(ServingConfig, raw.pop("serving", {}), "serving")
     orchestration = build_section(OrchestrationConfig, raw.pop("orchestration", {}), "orchestration")
-    monitoring = build_section(MonitoringConfig, raw.pop("monitoring", {}), "monitoring")
-    sections = {}
-    for key, section in raw.items():
-        if key not in task_configs:
-            raise ConfigError(f"unknown key '{key}' (known: tasks, tracking, serving, orchestration, monitoring, {', '.join(known)})")
-        sections[key] = build_section(task_configs[key], section, key)
-    for key, named_task in (("serving.task", serving.task), ("monitoring.task", monitoring.task)):
-        if named_task not in known:
-            raise ConfigError(f"params.yaml: '{key}' must be one of {', '.join(known)}, got {named_task!r}")
+    monitoring_section = raw.pop("monitoring", {})
+    if isinstance(monitoring_section, dict) and "task" in monitoring_section:
+        raise ConfigError(f"params.yaml: 'monitoring.task' is now 'monitoring.tasks', a list of pipelines: write "
+                          f"`tasks: [{monitoring_section['task']}]`")
+    monitoring = build_section(MonitoringConfig, monitoring_section, "monitoring")
+    if not tasks:
+        raise ConfigError("params.yaml: 'tasks' lists no pipeline: name at least one section, e.g. tasks: [sentiment]")
+    sections = {name: pipeline_section(name, section, type_configs, implied_types) for name, section in raw.items()}
     for name in tasks:
-        if name not in known:
-            raise ConfigError(f"tasks lists unknown task '{name}' (known: {', '.join(known)})")
         if name not in sections:
-            raise ConfigError(f"tasks lists '{name}' but there is no '{name}:' section")
+            raise ConfigError(f"tasks lists '{name}' but there is no '{name}:' section{did_you_mean(name, sections)}")
+    for key, names in (("serving.task", [serving.task] if serving.task else []), ("monitoring.tasks", monitoring.tasks or [])):
+        for name in names:
+            if name not in sections:
+                raise ConfigError(f"params.yaml: '{key}' names '{name}', which is not a pipeline (sections: {', '.join(sections)})")
+    serving = dataclasses.replace(serving, task=serving.task or tasks[0])
+    if monitoring.tasks is None:
+        monitoring = dataclasses.replace(monitoring, tasks=[name for name in tasks if sections[name].type != "translation"])
     return Params(
-        tasks=tasks, tracking=tracking, task_configs=sections, known_tasks=known, serving=serving,
+        tasks=tasks, tracking=tracking, task_configs=sections, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
+
+
+def did_you_mean(name: str, known: Any) -> str:
+    """' (did you mean 'X'?)' for the closest of `known` names, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def pipeline_section(name: str, section: Any, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> TaskConfig:
+    """A pipeline's section, read into the config class of its task type."""
+    known = ", ".join(type_configs)
+    if not PIPELINE_NAME.fullmatch(name):
+        raise ConfigError(f"params.yaml: '{name}' is not a valid pipeline name: use lowercase letters, digits, '-' and '_' "
+                          f"(the shared sections are {', '.join(SHARED)})")
+    kind = section.get("type") if isinstance(section, dict) else None
+    if kind is None and name not in implied_types:
+        raise ConfigError(f"params.yaml: unknown key '{name}'{did_you_mean(name, [*SHARED, *implied_types])}: a pipeline "
+                          f"section needs `type:`, one of {known}; the shared sections are {', '.join(SHARED)}")
+    kind = kind or implied_types[name]
+    if kind not in type_configs:
+        raise ConfigError(f"params.yaml: '{name}.type' must be one of {known}, got {kind!r}")
+    return build_section(type_configs[kind], {**section, "type": kind}, name)
 
 
 def section_hash(config: Any) -> str:

@@ -18,22 +18,25 @@ from pipeline.params import TaskConfig
 # Where each config class lived when it was pickled into a registered pyfunc model: params.yaml's
 # sections were all in pipeline/config.py before task types got their own. A model registered then
 # must still load (register re-scores the champion), so that old path resolves to the classes today.
-LEGACY_CONFIG_CLASSES = {
-    "pipeline.params": ("SourceConfig", "DataConfig", "SplitConfig", "BackTranslationConfig", "AugmentConfig", "ModelConfig",
-                        "PretrainConfig", "PeftSettings", "DistillationConfig", "TrainConfig", "SearchConfig",
-                        "ActiveLearningConfig", "PromotionConfig", "RegistryConfig", "TaskConfig"),
-    "pipeline.tasks.sentiment": ("ValidateConfig",),
-    "pipeline.tasks.ner": ("NerValidateConfig", "NerModelConfig", "NerConfig"),
-    "pipeline.tasks.translation": ("TranslationValidateConfig", "TranslationModelConfig", "LanguagesConfig", "TranslationConfig"),
+SHARED_SECTIONS = ("SourceConfig", "DataConfig", "SplitConfig", "BackTranslationConfig", "AugmentConfig", "ModelConfig",
+                   "PretrainConfig", "PeftSettings", "DistillationConfig", "TrainConfig", "SearchConfig",
+                   "ActiveLearningConfig", "PromotionConfig", "RegistryConfig", "TaskConfig")
+LEGACY_CONFIG_CLASSES = {  # name in pipeline.config -> (module, name) today
+    **{name: ("pipeline.params", name) for name in SHARED_SECTIONS},
+    "ValidateConfig": ("pipeline.tasks.text_classification", "ValidateConfig"),
+    "NerValidateConfig": ("pipeline.tasks.token_classification", "TokenValidateConfig"),
+    "NerModelConfig": ("pipeline.tasks.token_classification", "TokenModelConfig"),
+    "NerConfig": ("pipeline.tasks.token_classification", "TokenClassificationConfig"),
+    **{name: ("pipeline.tasks.translation", name)
+       for name in ("TranslationValidateConfig", "TranslationModelConfig", "LanguagesConfig", "TranslationConfig")},
 }
 
 
 def legacy_config_module() -> types.ModuleType:
     """A stand-in for the old pipeline.config, holding today's classes under their old names."""
     module = types.ModuleType("pipeline.config", "config classes of models registered before task types had their own")
-    for home, names in LEGACY_CONFIG_CLASSES.items():
-        for name in names:
-            setattr(module, name, getattr(importlib.import_module(home), name))
+    for old, (home, name) in LEGACY_CONFIG_CLASSES.items():
+        setattr(module, old, getattr(importlib.import_module(home), name))
     return module
 
 

@@ -1,5 +1,5 @@
 """A task type written outside the pipeline, to show the seam: one module like this and one line in
-pipeline/tasks/__init__.py's TASKS make a new task type (tests/test_architecture.py registers it).
+pipeline/tasks/__init__.py's TASK_TYPES make a new task type (tests/test_architecture.py registers it).
 
 Question detection: is a text a question or a statement? Its params have their own validate
 section (a minimum number of words, not characters) and its model is judged by accuracy.
@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from pipeline.params import DataConfig, TaskConfig, at_least, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.sentiment import SentimentTask
+from pipeline.tasks.text_classification import TextClassificationTask
 
 
 @dataclass
@@ -34,10 +34,9 @@ class QuestionConfig(TaskConfig):
     validate: QuestionValidateConfig = field(default_factory=QuestionValidateConfig)
 
 
-class QuestionTask(SentimentTask):
+class QuestionTask(TextClassificationTask):
     """Text classification as sentiment does it; its own checks, config and primary metric."""
 
-    name = "questions"
     primary_metric = "accuracy"
     config_class = QuestionConfig
     exports_onnx = False

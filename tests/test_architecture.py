@@ -88,12 +88,13 @@ def question_rows(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.mark.model
 def test_a_task_type_from_outside_the_pipeline_runs_through_every_stage(workspace, tiny_model, monkeypatch):
-    monkeypatch.setitem(tasks.TASKS, "questions", "tests.extra_task")  # the one registry line
+    monkeypatch.setitem(tasks.TASK_TYPES, "question_detection", "tests.extra_task")  # the one registry line
     write_csv(workspace / "data" / "questions.csv", question_rows(300) + [{"text": "Profit?", "label": "question"}])
     write_params(workspace, {
         "tasks": ["questions"],
         "tracking": {"experiment": "test"},
         "questions": {
+            "type": "question_detection",
             "data": {"source": "data/questions.csv"},
             "validate": {"min_words": 2},
             "augment": {"copies": 1, "methods": ["swap"], "seed": 1},

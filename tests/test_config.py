@@ -32,10 +32,12 @@ def test_task_sections_are_checked_against_their_own_keys(tmp_path):
     "edit, message",
     [
         (lambda p: p["sentiment"]["train"].update(epochz=3), "unknown key 'sentiment.train.epochz'"),
-        (lambda p: p.update(sentimnt={}), "unknown key 'sentimnt'"),
+        (lambda p: p.update(sentimnt={}), "unknown key 'sentimnt' (did you mean 'sentiment'?"),
         (lambda p: p["sentiment"]["train"].update(batch_size="big"), "'sentiment.train.batch_size' must be an integer"),
         (lambda p: p["sentiment"]["train"].update(learning_rate="fast"), "'sentiment.train.learning_rate' must be a number"),
-        (lambda p: p.update(tasks=["sentiment", "poetry"]), "unknown task 'poetry'"),
+        (lambda p: p.update(tasks=["sentiment", "poetry"]), "tasks lists 'poetry' but there is no 'poetry:' section"),
+        (lambda p: p.update(poetry={"type": "haiku"}), "'poetry.type' must be one of text_classification, token_classification, translation, got 'haiku'"),
+        (lambda p: p.update({"Sentiment 2": {}}), "'Sentiment 2' is not a valid pipeline name"),
         (lambda p: p["sentiment"].pop("registry"), "missing key 'sentiment.registry'"),
     ],
 )

@@ -15,7 +15,7 @@ from pipeline.readers import read_file
 from pipeline.records import load_json, load_records
 from pipeline.stages import run_stage
 from pipeline.tasks import get_task, load_params
-from pipeline.tasks.ner import word_windows, words_with_spans
+from pipeline.tasks.token_classification import word_windows, words_with_spans
 from pipeline.techniques.crf import constrained_viterbi
 from tests.conftest import SHARED_DATA, write_params
 from tests.ner_data import make_sentences, ner_params, write_conll
@@ -137,7 +137,7 @@ def test_augmentation_keeps_tokens_and_tags_aligned(tmp_path, monkeypatch, tiny_
 
 
 def _entities(tags):
-    from pipeline.tasks.ner import entities
+    from pipeline.tasks.token_classification import entities
 
     return entities(tags)
 

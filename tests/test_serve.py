@@ -26,7 +26,7 @@ from pipeline.errors import ConfigError, ServiceError
 from pipeline.params import ServingConfig
 from pipeline.serving.serve import Service, bind, listen, load_served, max_body_bytes, server_config
 from pipeline.tasks import get_task, load_params
-from pipeline.tasks.sentiment import SentimentTask
+from pipeline.tasks.text_classification import TextClassificationTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
 from tests.test_promotion import NAME, train_and_register
 
@@ -213,13 +213,13 @@ def test_loadtest_names_why_connections_failed(workspace, capsys):
 
 def test_concurrent_requests_share_model_calls(url, monkeypatch):
     calls = []
-    real_predict = SentimentTask.predict
+    real_predict = TextClassificationTask.predict
 
     def counted_predict(self, model, tokenizer, examples):
         calls.append(len(examples))
         return real_predict(self, model, tokenizer, examples)
 
-    monkeypatch.setattr(SentimentTask, "predict", counted_predict)
+    monkeypatch.setattr(TextClassificationTask, "predict", counted_predict)
     texts = [row["text"] for row in make_rows(20, seed=5)]
     with httpx.Client(base_url=url) as client, ThreadPoolExecutor(len(texts)) as pool:
         alone = client.post("/predict", json={"texts": texts}).json()["predictions"]

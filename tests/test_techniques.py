@@ -266,11 +266,11 @@ def test_ner_with_lora_under_the_crf_and_a_distilled_student_save_plain_token_cl
 
 def test_peft_a_task_cannot_take_is_refused_before_training(tiny_model):
     from pipeline.params import build_section
-    from pipeline.tasks.ner import NerConfig
+    from pipeline.tasks.token_classification import TokenClassificationConfig
     from tests.ner_data import ner_params
 
     section = ner_params(tiny_model)["ner"]
-    ner = get_task("ner", build_section(NerConfig, {**section, "train": {"peft": {"method": "prompt_tuning"}}}, "ner"))
+    ner = get_task("ner", build_section(TokenClassificationConfig, {**section, "train": {"peft": {"method": "prompt_tuning"}}}, "ner"))
     with pytest.raises(ConfigError, match="ner.train.peft.method must be lora or adalora"):
         ner.peft_task_type(None)
 

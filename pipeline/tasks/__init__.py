@@ -1,7 +1,9 @@
-"""The task types: name -> module, and params.yaml read with each one's config classes.
+"""The task types, and params.yaml read with each one's config classes.
 
-Adding a task type means one module (its `Task` subclass as `TASK_CLASS`, with its config class)
-and one line in TASKS.
+A pipeline is a section of params.yaml with a `type`: two text-classification pipelines (financial
+sentiment, customer-service intents) are two sections of one type. Adding a task type is one module
+(its `Task` subclass as `TASK_CLASS`, with its config class) and one line in TASK_TYPES; adding a
+pipeline of an existing type is params alone.
 """
 
 from __future__ import annotations
@@ -12,23 +14,25 @@ from pathlib import Path
 from pipeline.params import PARAMS_FILE, Params, TaskConfig, read_params
 from pipeline.tasks.base import Task
 
-TASKS = {
-    "sentiment": "pipeline.tasks.sentiment",
-    "ner": "pipeline.tasks.ner",
+TASK_TYPES = {
+    "text_classification": "pipeline.tasks.text_classification",
+    "token_classification": "pipeline.tasks.token_classification",
     "translation": "pipeline.tasks.translation",
 }
+# Sections that predate `type`: their name says it, so params.yaml files written then keep working.
+IMPLIED_TYPES = {"sentiment": "text_classification", "ner": "token_classification", "translation": "translation"}
 
 
-def task_class(name: str) -> type[Task]:
-    """The class of the task called `name` (its module defines `TASK_CLASS`)."""
-    return importlib.import_module(TASKS[name]).TASK_CLASS
+def task_class(task_type: str) -> type[Task]:
+    """The class of a task type (its module defines `TASK_CLASS`)."""
+    return importlib.import_module(TASK_TYPES[task_type]).TASK_CLASS
 
 
 def get_task(name: str, config: TaskConfig) -> Task:
-    """Instantiate the task called `name` with its params section."""
-    return task_class(name)(config)
+    """The task of the pipeline called `name`, with its params section."""
+    return task_class(config.type or IMPLIED_TYPES[name])(name, config)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """params.yaml (or `path`), each task's section read into its task type's config class."""
-    return read_params(Path(path), {name: task_class(name).config_class for name in TASKS})
+    """params.yaml (or `path`), each pipeline's section read into its task type's config class."""
+    return read_params(Path(path), {kind: task_class(kind).config_class for kind in TASK_TYPES}, IMPLIED_TYPES)

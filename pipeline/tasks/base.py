@@ -77,13 +77,13 @@ def label_lookup(labels: list[str], label_map: dict[str, str]) -> dict[str, str]
 
 
 class Task(ABC):
-    name: str
     primary_metric: str  # the validation metric that early stopping and promotion use
     pipeline_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
     config_class: type[TaskConfig]  # the dataclass its params.yaml section is read into (its module defines it)
     exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/techniques/export.py)
 
-    def __init__(self, config: TaskConfig):
+    def __init__(self, name: str, config: TaskConfig):
+        self.name = name  # the pipeline's: its params section, files, DVC stages (train@NAME), messages
         self.config = config
 
     # data -----------------------------------------------------------------------------------

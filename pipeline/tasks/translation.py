@@ -126,7 +126,6 @@ class TranslationConfig(TaskConfig):
 
 
 class TranslationTask(Task):
-    name = "translation"
     primary_metric = "bleu"
     pipeline_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
     config_class = TranslationConfig

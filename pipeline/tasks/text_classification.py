@@ -30,23 +30,22 @@ class ValidateConfig:
 
 
 @dataclass(kw_only=True)
-class SentimentConfig(TaskConfig):
+class TextClassificationConfig(TaskConfig):
     AUGMENT_METHODS = (*METHODS, BACK_TRANSLATION)
 
     data: DataConfig
     validate: ValidateConfig
 
 
-class SentimentTask(Task):
-    name = "sentiment"
+class TextClassificationTask(Task):
     primary_metric = "f1_macro"
     pipeline_task = "text-classification"
-    config_class = SentimentConfig
+    config_class = TextClassificationConfig
     exports_onnx = True
-    config: SentimentConfig
+    config: TextClassificationConfig
 
-    def __init__(self, config: SentimentConfig):
-        super().__init__(config)
+    def __init__(self, name: str, config: TextClassificationConfig):
+        super().__init__(name, config)
         self.label_spellings = label_lookup(config.validate.labels, config.validate.label_map)
 
     @property
@@ -225,4 +224,4 @@ class SentimentTask(Task):
         return f"{prediction['label']}\t{prediction['score']:.3f}\t{text}"
 
 
-TASK_CLASS = SentimentTask
+TASK_CLASS = TextClassificationTask

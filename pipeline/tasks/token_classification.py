@@ -81,7 +81,7 @@ def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 @dataclass
-class NerValidateConfig:
+class TokenValidateConfig:
     labels: list[str]  # entity types, e.g. [PER, ORG, LOC, MISC]; tags are O, B-TYPE and I-TYPE
     label_map: dict[str, str] = field(default_factory=dict)  # a source's own entity types onto these, e.g. {PERSON: PER}
     tag_names: list[str] | None = None  # tags given as integer ids: the tag of each id, as Hugging Face datasets list them
@@ -95,29 +95,28 @@ class NerValidateConfig:
 
 
 @dataclass
-class NerModelConfig(ModelConfig):
+class TokenModelConfig(ModelConfig):
     crf: bool = False  # a CRF layer over the token classifier: Viterbi decoding, invalid tag sequences forbidden
     case_marker: bool = False  # mark capitalised words, for models whose tokenizer lowercases
 
 
 @dataclass(kw_only=True)
-class NerConfig(TaskConfig):
+class TokenClassificationConfig(TaskConfig):
     AUGMENT_METHODS = ("mention", "synonym")  # swap a mention for another of its type; synonyms for O words only
 
     data: DataConfig
-    validate: NerValidateConfig
-    model: NerModelConfig = field(default_factory=NerModelConfig)
+    validate: TokenValidateConfig
+    model: TokenModelConfig = field(default_factory=TokenModelConfig)
 
 
-class NerTask(Task):
-    name = "ner"
+class TokenClassificationTask(Task):
     primary_metric = "f1"
     pipeline_task = "token-classification"
-    config_class = NerConfig
-    config: NerConfig
+    config_class = TokenClassificationConfig
+    config: TokenClassificationConfig
 
-    def __init__(self, config: NerConfig):
-        super().__init__(config)
+    def __init__(self, name: str, config: TokenClassificationConfig):
+        super().__init__(name, config)
         # The tag set: O, then B- and I- of each entity type (looked up per token, so built once).
         self.tags = ["O"] + [f"{prefix}-{kind}" for kind in config.validate.labels for prefix in "BI"]
         self.type_spellings = label_lookup(config.validate.labels, config.validate.label_map)
@@ -445,4 +444,4 @@ def _entities(words: list[str], tags: list[str], spans: list[tuple[int, int]] | 
     return found
 
 
-TASK_CLASS = NerTask
+TASK_CLASS = TokenClassificationTask
