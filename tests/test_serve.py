@@ -280,11 +280,12 @@ def test_a_new_champion_is_swapped_in_without_failed_requests(url, tiny_model):
 
 
 def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
-    assert load_params(ROOT / "params.yaml").serving == ServingConfig()  # the file spells out the defaults
+    defaults = ServingConfig(task="sentiment")  # serving.task: null means the first pipeline in `tasks`
+    assert load_params(ROOT / "params.yaml").serving == defaults  # the file spells out the defaults
     params = tiny_params(tiny_model)
-    assert load_params(write_params(tmp_path, params)).serving == ServingConfig()  # the section is optional
+    assert load_params(write_params(tmp_path, params)).serving == defaults  # the section is optional
     params["serving"] = {"port": 9000, "reload_seconds": 5}
-    assert load_params(write_params(tmp_path, params)).serving == ServingConfig(port=9000, reload_seconds=5.0)
+    assert load_params(write_params(tmp_path, params)).serving == ServingConfig(task="sentiment", port=9000, reload_seconds=5.0)
     params["serving"] = {"prot": 9000}
     with pytest.raises(ConfigError, match="unknown key 'serving.prot'"):
         load_params(write_params(tmp_path, params))
