@@ -45,6 +45,29 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+INTENT_VOCAB = {  # for a second text-classification pipeline with its own labels
+    "card_lost": ["card", "lost", "stolen", "block", "missing", "wallet"],
+    "transfer_failed": ["transfer", "failed", "bounced", "rejected", "payment", "returned"],
+    "balance": ["balance", "how", "much", "left", "account", "statement"],
+    "address": ["address", "moved", "new", "change", "update", "street"],
+}
+
+
+def make_intent_rows(n: int, seed: int = 0) -> list[dict]:
+    """n unique customer-service messages, each carrying words of its intent."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        label = rng.choice(list(INTENT_VOCAB))
+        words = rng.sample(FILLER, 4) + rng.sample(INTENT_VOCAB[label], 3)
+        rng.shuffle(words)
+        text = " ".join(words).capitalize() + "?"
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label})
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict], fieldnames: tuple[str, ...] = ("text", "label")) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:

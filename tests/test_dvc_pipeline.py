@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
+from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -153,3 +153,40 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     decision = yaml.safe_load((tmp_path / "reports" / "translation" / "promotion.json").read_text())
     assert not decision["promoted"] and decision["champion"]["version"] == "1"
     assert decision["champion"]["score"] == pytest.approx(metrics["val"]["bleu"])  # re-scored from the registry
+
+
+@pytest.mark.e2e
+def test_two_text_classification_pipelines_and_ner_each_promote_on_their_own(tmp_path, tiny_model):
+    import mlflow
+
+    from tests.ner_data import make_sentences, ner_params, write_conll
+
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
+    write_csv(tmp_path / "data" / "intents.csv", make_intent_rows(240))
+    write_conll(tmp_path / "data" / "ner.conll", make_sentences(250))
+    params = tiny_params(tiny_model)
+    intents = yaml.safe_load(yaml.safe_dump(params["sentiment"]))  # the same settings: a second pipeline of the type
+    intents.update(type="text_classification", registry={"name": "support-intents"})
+    intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
+    intents["validate"]["labels"] = list(INTENT_VOCAB)
+    params.update(tasks=["sentiment", "intents", "ner"], intents=intents, ner=ner_params(tiny_model)["ner"])
+    init_repo(tmp_path, params)
+
+    output = sh("dvc", "repro", cwd=tmp_path)
+    assert stages_run(output) == every_stage("sentiment") | every_stage("intents") | every_stage("ner")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    for registry in ("fin-sentiment", "support-intents", "ner"):
+        assert str(client.get_model_version_by_alias(registry, "champion").version) == "1"
+    labels = yaml.safe_load((tmp_path / "metrics" / "intents.json").read_text())["test"]["per_class"]
+    assert set(labels) == set(INTENT_VOCAB)
+    shown = sh("dvc", "metrics", "show", cwd=tmp_path)
+    assert all(f"metrics/{name}.json" in shown for name in ("sentiment", "intents", "ner")) and "train_summary" not in shown
+
+    params["intents"]["train"]["seed"] = 7  # a retrain of one pipeline: only its stages run, only its registry moves
+    write_params(tmp_path, params)
+    rerun = stages_run(sh("dvc", "repro", cwd=tmp_path))
+    assert rerun == {"sources", "train@intents", "evaluate@intents", "register@intents"}
+    assert len(client.search_model_versions("name='support-intents'")) == 2
+    assert len(client.search_model_versions("name='fin-sentiment'")) == 1 and len(client.search_model_versions("name='ner'")) == 1
+
