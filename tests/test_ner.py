@@ -196,6 +196,8 @@ def test_long_sentences_are_split_into_windows_not_truncated(tmp_path, monkeypat
     model, _ = task.load_model(str(tiny_model))
     (prediction,) = task.predict(model, tokenizer, [{"tokens": words}])
     assert len(prediction["tags"]) == len(words)
+    assert 0 < prediction["score"] <= 1, "the sentence's confidence: its words' mean tag probability"
+    assert prediction["entities"] and all(0 < entity["score"] <= 1 for entity in prediction["entities"])
 
 
 def test_crf_decoding_forbids_what_argmax_would_output():

@@ -327,6 +327,7 @@ class TokenClassificationTask(Task):
         model_words = [mark_case(w, getattr(model.config, "case_marker", None)) for w in words]
         pieces = [(k, start, end) for k, windows in enumerate(self.windows(tokenizer, model_words)) for start, end in windows]
         tags: list[list[str]] = [["O"] * len(w) for w in words]
+        scores: list[list[float]] = [[1.0] * len(w) for w in words]  # each word's probability of its tag
         model.eval()
 
         def run_batch(indices: list[int]) -> list[None]:
@@ -338,15 +339,21 @@ class TokenClassificationTask(Task):
             word_ids = [inputs.word_ids(j) for j in range(len(batch))]
             first = [first_subtokens(ids) for ids in word_ids]
             with torch.inference_mode():
-                paths = decode_words(model, model(**inputs).logits, torch.tensor(first))
-            for (k, start, _), ids, is_first, path in zip(batch, word_ids, first, paths):
-                for word, tag_id in zip([w for w, f in zip(ids, is_first) if f], path):
-                    tags[k][start + word] = model.config.id2label[tag_id]
+                logits = model(**inputs).logits
+                paths = decode_words(model, logits, torch.tensor(first))
+                probabilities = logits.softmax(-1)
+            for j, ((k, start, _), ids, is_first, path) in enumerate(zip(batch, word_ids, first, paths)):
+                positions = [i for i, f in enumerate(is_first) if f]
+                for position, tag_id in zip(positions, path):
+                    word = start + ids[position]
+                    tags[k][word] = model.config.id2label[tag_id]
+                    scores[k][word] = float(probabilities[j, position, tag_id])
             return [None] * len(batch)
 
         batched_by_length([end - start for _, start, end in pieces], 64, run_batch)
         return [
-            {"tags": sentence[1], "entities": _entities(*sentence)} for sentence in zip(words, tags, spans, texts)
+            {"tags": sentence[1], "score": sum(sentence[2]) / max(len(sentence[2]), 1), "entities": _entities(*sentence)}
+            for sentence in zip(words, tags, scores, spans, texts)
         ]
 
     def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
@@ -433,11 +440,15 @@ def _words(example: Record) -> tuple[list[str], list[tuple[int, int]] | None]:
     return words_with_spans(example["text"])
 
 
-def _entities(words: list[str], tags: list[str], spans: list[tuple[int, int]] | None, text: str | None) -> list[Record]:
-    """Entities with their word range, and their character span in the text when there was one."""
+def _entities(
+    words: list[str], tags: list[str], scores: list[float], spans: list[tuple[int, int]] | None, text: str | None
+) -> list[Record]:
+    """Entities with their word range, score (mean tag probability of their words), and their character
+    span in the text when there was one."""
     found = []
     for kind, start, end in entities(tags):
-        entity = {"type": kind, "first_word": start, "end_word": end, "text": " ".join(words[start:end])}
+        entity = {"type": kind, "first_word": start, "end_word": end, "text": " ".join(words[start:end]),
+                  "score": sum(scores[start:end]) / (end - start)}
         if spans is not None and text is not None:
             entity.update(start=spans[start][0], end=spans[end - 1][1], text=text[spans[start][0] : spans[end - 1][1]])
         found.append(entity)
