@@ -2,8 +2,11 @@
 
 The retrain deployment runs nightly (`orchestration.schedule`) and whenever one of two events
 names this workspace: `finetune.batch.arrived` (emitted here when a new file lands in the drop
-folder) and `finetune.drift.detected` (emitted by the monitor flow). Schedules and triggers are
-stored with the deployment on the Prefect server, so they survive a restart of this process.
+folder) and `finetune.drift.detected` (emitted by the monitor flow of any pipeline; the retrain
+brings every pipeline of `tasks` up to date, so the drifted one is retrained when its data
+changed). Each pipeline of `monitoring.tasks` has its own monitor deployment, `monitor-<pipeline>`,
+on `monitoring.schedule`. Schedules and triggers are stored with the deployment on the Prefect
+server, so they survive a restart of this process.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from pipeline.readers import batch_files
 
 
 def build_deployments(params: Params) -> list[RunnerDeployment]:
-    """The retrain deployment (cron + batch and drift triggers) and the monitor deployment (cron)."""
+    """The retrain deployment (cron + batch and drift triggers), then one monitor deployment (cron) per
+    pipeline of monitoring.tasks, `monitor-<pipeline>`."""
     resource = {"prefect.resource.id": workspace_resource()["prefect.resource.id"]}
     triggers = [
         DeploymentEventTrigger(name="new labelled batch", expect={BATCH_ARRIVED}, match=resource),
         DeploymentEventTrigger(name="drift detected", expect={DRIFT_DETECTED}, match=resource),
     ]
-    return [
-        retrain.to_deployment(name="retrain", cron=params.orchestration.schedule, triggers=triggers),
-        monitor.to_deployment(name="monitor", cron=params.monitoring.schedule),
+    monitors = [
+        monitor.to_deployment(name=f"monitor-{name}", cron=params.monitoring.schedule, parameters={"task": name})
+        for name in params.monitoring.tasks
     ]
+    return [retrain.to_deployment(name="retrain", cron=params.orchestration.schedule, triggers=triggers), *monitors]
 
 
 def batch_versions(folder: Path) -> dict[str, tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 - `finetune.batch.arrived`: a new or changed file in the drop folder (`finetune deploy`'s watcher);
 - `finetune.batch.rejected`: a drop-folder batch the collect stage set aside (the retrain flow);
-- `finetune.drift.detected`: the monitor flow found drift.
+- `finetune.drift.detected`: the monitor flow found drift in a pipeline (named in the payload's `task`).
 
 The retrain deployment's triggers listen for the first and the last.
 """

@@ -429,6 +429,10 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
         for name in names:
             if name not in sections:
                 raise ConfigError(f"params.yaml: '{key}' names '{name}', which is not a pipeline (sections: {', '.join(sections)})")
+    translators = [name for name in monitoring.tasks or [] if sections[name].type == "translation"]
+    if translators:
+        raise ConfigError(f"params.yaml: 'monitoring.tasks' names '{translators[0]}', a translation pipeline: the monitor "
+                          "watches text and token classification pipelines")
     serving = dataclasses.replace(serving, task=serving.task or tasks[0])
     if monitoring.tasks is None:
         monitoring = dataclasses.replace(monitoring, tasks=[name for name in tasks if sections[name].type != "translation"])

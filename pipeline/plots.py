@@ -115,3 +115,26 @@ def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def label_shares_png(days: list[str], shares: list[dict[str, float]], path: Path, title: str, top: int = 8) -> None:
+    """Each label's share per day as stacked bars: the `top` labels with the largest shares overall, the rest as 'other'."""
+    totals: dict[str, float] = {}
+    for day in shares:
+        for label, share in day.items():
+            totals[label] = totals.get(label, 0.0) + share
+    shown = sorted(totals, key=lambda label: -totals[label])[:top]
+    series = {label: [day.get(label, 0.0) for day in shares] for label in shown}
+    if len(totals) > top:
+        series["other"] = [sum(share for label, share in day.items() if label not in shown) for day in shares]
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(days) + 4), 4))
+    bottom = [0.0] * len(days)
+    colours = plt.get_cmap("tab10")
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(days, values, bottom=bottom, label=label, color="lightgrey" if label == "other" else colours(i % 10))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set(ylim=(0, 1), ylabel="share", title=title)
+    ax.tick_params(axis="x", labelrotation=45)
+    if series:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    _save(fig, path)

@@ -1,6 +1,6 @@
 """Prefect flows with real components: a temporary Prefect server for the session, the retrain
-flow end to end in a temp git + DVC repo, the deployment's schedule and triggers, and the
-monitor on in-distribution and clearly shifted text."""
+flow end to end in a temp git + DVC repo, the deployments' schedules and triggers, and the
+monitor on in-distribution and clearly shifted text, per pipeline (sentiment, intents, NER)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
-from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params  # noqa: E402
+from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params  # noqa: E402
+from tests.ner_data import make_sentences, ner_params, write_conll  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -45,13 +46,25 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def monitored_params(tiny_model: Path) -> dict:
+    """Sentiment (retrained by the flow), and intents and NER (outside `tasks`, trained by `champions`), all monitored."""
+    params = tiny_params(tiny_model)
+    intents = {**params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
+               "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"},
+               "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0}}
+    ner = ner_params(tiny_model)["ner"]
+    return {**params, "intents": intents, "ner": ner, "monitoring": {"tasks": ["sentiment", "intents", "ner"]}}
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model, prefect_server) -> Path:
     """A temp git + DVC repo with tiny data and params, as the working directory for the module."""
     path = tmp_path_factory.mktemp("flows-repo")
     shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
     write_csv(path / "data" / "sample.csv", make_rows(300))
-    write_params(path, tiny_params(tiny_model))
+    write_csv(path / "data" / "intents.csv", make_intent_rows(240))
+    write_conll(path / "data" / "ner.conll", make_sentences(250))
+    write_params(path, monitored_params(tiny_model))
     (path / ".gitignore").write_text("/mlflow/\n/monitoring/\n")
     git("init", "-q", cwd=path)
     subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=path, check=True)
@@ -135,9 +148,11 @@ def test_deployment_has_nightly_schedule_and_event_triggers(repo):
     from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, workspace_resource
     from pipeline.tasks import load_params
 
-    retrain, monitor = build_deployments(load_params())
+    retrain, *monitors = build_deployments(load_params())
     assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
-    assert [s.schedule.cron for s in monitor.schedules] == ["0 * * * *"]
+    assert [(m.name, m.parameters) for m in monitors] == [
+        ("monitor-sentiment", {"task": "sentiment"}), ("monitor-intents", {"task": "intents"}), ("monitor-ner", {"task": "ner"})]
+    assert all([s.schedule.cron for s in m.schedules] == ["0 * * * *"] for m in monitors)
     assert [set(t.expect) for t in retrain.triggers] == [{BATCH_ARRIVED}, {DRIFT_DETECTED}]
     resource = workspace_resource()["prefect.resource.id"]
     assert all(t.match.model_dump()["prefect.resource.id"] == resource for t in retrain.triggers)
@@ -165,8 +180,8 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
     texts = [r["text"] for r in make_rows(460, seed=9)[380:]]
     report = monitor(str(write_texts(repo / "incoming" / "same.csv", texts)))
     assert report["drift_detected"] is False, report["drift"]
-    assert (repo / "reports" / "monitor" / "index.png").exists()
-    assert "<svg" in (repo / "reports" / "monitor" / "index.html").read_text()
+    assert (repo / "reports" / "monitor" / "sentiment" / "index.png").exists()
+    assert "<svg" in (repo / "reports" / "monitor" / "sentiment" / "index.html").read_text()
     assert [d["date"] for d in report["index"]] == ["2026-11-26", "2026-11-27"]
     assert not (repo / "data" / "to_label").exists()
 
@@ -178,7 +193,97 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
     assert len(queue) == 40 and {"text", "predicted_label", "confidence", "uncertainty"} <= set(queue[0])
     assert float(queue[0]["uncertainty"]) >= float(queue[-1]["uncertainty"])  # most uncertain first
     db = sqlite3.connect(repo / "monitoring" / "predictions.db")
-    assert db.execute("SELECT count(*), count(DISTINCT model_version) FROM predictions").fetchone() == (len(texts) + 40, 1)
+    query = "SELECT count(*), count(DISTINCT model_version) FROM predictions WHERE pipeline = 'sentiment'"
+    assert db.execute(query).fetchone() == (len(texts) + 40, 1)
+
+
+@pytest.fixture(scope="module")
+def champions(repo) -> None:
+    """Champions of the intents and NER pipelines, their stages run directly (the retrain flow runs `tasks` only)."""
+    from pipeline.stages import STAGES, run_stage
+
+    for name in ("intents", "ner"):
+        for stage in STAGES:
+            run_stage(stage, name, Path("params.yaml"))
+
+
+def test_each_pipeline_has_its_own_batches_report_and_label_shares(repo, champions):
+    import sqlite3
+
+    from flows.monitor import monitor
+
+    sentiment_report = repo / "reports" / "monitor" / "sentiment.json"
+    before = sentiment_report.read_bytes() if sentiment_report.exists() else None
+    write_texts(repo / "monitoring" / "incoming" / "intents" / "day-1.csv", [r["text"] for r in make_intent_rows(90, seed=4)[30:]])
+    assert monitor() == {}  # sentiment's monitor: the intents' folder is not its drop folder
+    report = monitor(task="intents")
+    assert report["pipeline"] == "intents" and report["model"] == "support-intents" and report["texts"] == 60
+    assert set(report["drift"]) == {"label_shift", "confidence", "oov_rate"}
+    assert set(report["drift"]["label_shift"]["current"]) <= set(INTENT_VOCAB)
+    assert "index" not in report and [d["date"] for d in report["shares"]] == ["2026-11-26", "2026-11-27"]
+    assert abs(sum(report["shares"][0]["shares"].values()) - 1) < 1e-9
+    assert (repo / "reports" / "monitor" / "intents.json").exists()
+    assert (repo / "reports" / "monitor" / "intents" / "shares.png").exists()
+    assert (sentiment_report.read_bytes() if sentiment_report.exists() else None) == before
+    assert monitor(task="intents") == {}  # each batch is scored once
+    db = sqlite3.connect(repo / "monitoring" / "predictions.db")
+    assert db.execute("SELECT count(*) FROM predictions WHERE pipeline = 'intents'").fetchone() == (60,)
+    assert db.execute("SELECT pipeline, name FROM batches WHERE pipeline = 'intents'").fetchall() == [("intents", "intents/day-1.csv")]
+
+
+def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions):
+    import sqlite3
+
+    from flows.monitor import monitor
+
+    sentences = [" ".join(tokens) for tokens, _ in make_sentences(300, seed=3)[250:]]
+    report = monitor(str(write_texts(repo / "incoming" / "ner.csv", sentences)), task="ner")
+    mix, confidence = report["drift"]["entity_types"], report["drift"]["confidence"]
+    assert set(mix["reference"]) | set(mix["current"]) <= {"PER", "ORG", "LOC", "MISC"} and 0 <= mix["pvalue"] <= 1
+    assert sum(mix["current"].values()) > 0
+    assert 0 < confidence["current"] <= 1 and confidence["drop"] == pytest.approx(confidence["reference"] - confidence["current"])
+    assert (repo / "reports" / "monitor" / "ner" / "shares.png").exists() and report["shares"][0]["counted"] > 0
+    db = sqlite3.connect(repo / "monitoring" / "predictions.db")
+    labels = [label for (label,) in db.execute("SELECT label FROM predictions WHERE pipeline = 'ner'")]
+    assert len(labels) == 50 and {kind for label in labels for kind in label.split()} == set(mix["current"])
+
+    report = monitor(str(write_texts(repo / "incoming" / "ner-shifted.csv", SHIFTED * 5)), task="ner")
+    assert report["drift_detected"] and report["drift"]["oov_rate"]["drifted"]
+    with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
+        queue = list(csv.DictReader(f))
+    assert len(queue) == 40 and float(queue[0]["confidence"]) <= float(queue[-1]["confidence"])  # least sure first
+
+
+def test_an_old_prediction_store_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from flows.monitor import new_batches, open_db
+    from pipeline.params import MonitoringConfig
+
+    path = tmp_path / "predictions.db"
+    old = sqlite3.connect(path)  # the store as the monitor wrote it before pipelines were named
+    old.execute("CREATE TABLE predictions (timestamp TEXT, text TEXT, label TEXT, score REAL, model_version TEXT, batch TEXT, scored_at TEXT)")
+    old.execute("CREATE TABLE batches (name TEXT PRIMARY KEY, scored_at TEXT)")
+    old.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, '1', 'day-1.csv', '2026-11-26')",
+                    [("2026-11-26T09:00:00Z", "Profit rose", "positive", 0.9), ("2026-11-26T10:00:00Z", "Loss widened", "negative", 0.8)])
+    old.execute("INSERT INTO batches VALUES ('day-1.csv', '2026-11-26')")
+    old.commit()
+    old.close()
+
+    for _ in range(2):  # a second open finds it migrated
+        db = open_db(path, "sentiment")
+        assert db.execute("SELECT pipeline, label FROM predictions ORDER BY timestamp").fetchall() == [
+            ("sentiment", "positive"), ("sentiment", "negative")]
+        assert db.execute("SELECT pipeline, name FROM batches").fetchall() == [("sentiment", "day-1.csv")]
+        db.close()
+
+    incoming = tmp_path / "incoming"
+    for batch in ("day-1.csv", "day-2.csv", "intents/day-1.csv"):
+        write_texts(incoming / batch, ["some text"])
+    settings = MonitoringConfig(tasks=["sentiment", "intents"], input=str(incoming))
+    db = open_db(path, "sentiment")
+    assert new_batches(settings, "sentiment", db) == [incoming / "day-2.csv"]  # files directly in input: the first pipeline's
+    assert new_batches(settings, "intents", db) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
 
 
 def test_a_new_batch_in_the_drop_folder_emits_the_trigger_event(tmp_path, prefect_server):

@@ -95,6 +95,17 @@ def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str,
     ]
 
 
+def least_confident(texts: list[str], guesses: list[str], confidences: list[float], k: int) -> list[Record]:
+    """The k texts with the lowest confidence, for a task without one class distribution per text
+    (token classification: the guess is its entity types, the confidence its mean word tag probability)."""
+    order = np.argsort(np.array(confidences), kind="stable")[:k]
+    return [
+        {"rank": position + 1, "text": texts[i], "predicted_label": guesses[i], "confidence": round(float(confidences[i]), 4),
+         "uncertainty": round(1.0 - float(confidences[i]), 4), "strategy": "least_confidence"}
+        for position, i in enumerate(order)
+    ]
+
+
 def write_queue(rows: list[Record], task_name: str, queue: Path = QUEUE) -> Path:
     """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder.
 
