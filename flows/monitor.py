@@ -46,7 +46,7 @@ from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.registry import CHAMPION, load_registered
 from pipeline.tasks import get_task, load_params
 from pipeline.tasks.base import Task
-from pipeline.techniques.active_learning import least_confident, rank, write_queue
+from pipeline.techniques.active_learning import rank, write_queue
 
 REPORTS = Path("reports/monitor")  # <pipeline>.json, and the pipeline's plots in <pipeline>/
 REFERENCES = Path("monitoring/reference")
@@ -271,18 +271,6 @@ def summary_markdown(report: dict) -> str:
     )
 
 
-def labelling_queue(task: Task, model, tokenizer, rows: list[Record], predictions: list[Record], size: int) -> Path:
-    """The texts the champion is least sure about, in data/to_label/: ranked as `finetune select` ranks
-    them for a classifier, by sentence confidence for a tagger."""
-    texts = [r["text"] for r in rows]
-    if is_tagger(task):
-        queued = least_confident(texts, [" ".join(counted(p)) for p in predictions], [p["score"] for p in predictions], size)
-    else:
-        picks = task.config.active_learning
-        queued = rank(task, model, tokenizer, texts, picks.strategy, size, picks.diversity, picks.seed)
-    return write_queue(queued, task.name)
-
-
 @flow(name="monitor", log_prints=True)
 def monitor(input: str | None = None, task: str | None = None) -> dict:
     """Score a pipeline's new text with its champion, store it, report per day and drift; on drift, ask for a retrain."""
@@ -319,7 +307,9 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
     }
     plots = write_daily(report, daily_counts(db, pipeline, is_tagger(task)), task, version)
     if report["drift_detected"]:
-        report["labelling_queue"] = str(labelling_queue(task, model, tokenizer, rows, predictions, settings.queue_size))
+        picks = task.config.active_learning  # the same ranking as `finetune select`
+        queued = rank(task, model, tokenizer, [r["text"] for r in rows], picks.strategy, settings.queue_size, picks.diversity, picks.seed)
+        report["labelling_queue"] = str(write_queue(queued, task.name))
     save_json(report_path(pipeline), report)
 
     tags = {"monitor": "true", "task": pipeline, "model_name": name, "model_version": version}

@@ -54,7 +54,8 @@ def select(args: argparse.Namespace) -> None:
 
     config = load_params(args.params).task(args.task)
     settings = config.active_learning
-    texts = active_learning.read_pool(args.pool or settings.pool, config.data.text_column)  # before the slow model load
+    column = "text" if config.type == "token_classification" else config.data.text_column  # NER's data column holds tokens
+    texts = active_learning.read_pool(args.pool or settings.pool, column)  # before the slow model load
     task, model, tokenizer = load_model(args.task, args.model, args.params)
     choice = {
         "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,

@@ -254,6 +254,22 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
     assert len(queue) == 40 and float(queue[0]["confidence"]) <= float(queue[-1]["confidence"])  # least sure first
 
 
+def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", "--task", "intents", "I lost my card, please block it"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in INTENT_VOCAB
+    text = "Maria Rossi joined Kestrel Motors in Milan ."
+    assert main(["predict", "--task", "ner", text]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == text
+    pool = write_csv(repo / "pool.csv", [{"text": " ".join(tokens)} for tokens, _ in make_sentences(20, seed=8)], ("text",))
+    for name in ("intents", "ner"):  # a csv pool with a text column, for NER too (its data column holds tokens)
+        assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
+        assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
+    assert main(["predict", "--task", "intent", "hello"]) == 2
+    assert "no pipeline 'intent' (did you mean 'intents'?)" in capsys.readouterr().err
+
 def test_an_old_prediction_store_is_migrated_in_place(tmp_path):
     import sqlite3
 

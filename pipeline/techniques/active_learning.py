@@ -78,7 +78,12 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
 
 
 def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str, k: int, diversity: float, seed: int) -> list[Record]:
-    """The k texts to label next, with the model's guess, its confidence and the uncertainty score."""
+    """The k texts to label next, with the model's guess, its confidence and the uncertainty score.
+    Token classification has no one class distribution per text: its sentences go least confident first."""
+    if task.pipeline_task == "token-classification":
+        predictions = task.predict(model, tokenizer, [{"text": t} for t in texts])
+        guesses = [" ".join(e["type"] for e in p["entities"]) for p in predictions]
+        return least_confident(texts, guesses, [p["score"] for p in predictions], k)
     probabilities, embeddings = task.class_probabilities(model, tokenizer, [{"text": t} for t in texts])
     scores = uncertainty(probabilities, strategy, seed)
     id2label = model.config.id2label
@@ -96,8 +101,8 @@ def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str,
 
 
 def least_confident(texts: list[str], guesses: list[str], confidences: list[float], k: int) -> list[Record]:
-    """The k texts with the lowest confidence, for a task without one class distribution per text
-    (token classification: the guess is its entity types, the confidence its mean word tag probability)."""
+    """The k texts with the lowest confidence (for token classification: the guess is the entity types
+    found, the confidence the sentence's mean word tag probability)."""
     order = np.argsort(np.array(confidences), kind="stable")[:k]
     return [
         {"rank": position + 1, "text": texts[i], "predicted_label": guesses[i], "confidence": round(float(confidences[i]), 4),
