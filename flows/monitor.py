@@ -74,13 +74,14 @@ def counted(prediction: Record) -> list[str]:
     return [e["type"] for e in prediction["entities"]] if "entities" in prediction else [prediction["label"]]
 
 
-def read_batch(path: Path) -> list[Record]:
-    """Rows of a csv with columns timestamp,text (ISO 8601 timestamps; the date is their first 10 characters)."""
+def read_batch(path: Path, name: str) -> list[Record]:
+    """Rows of a csv with columns timestamp,text (ISO 8601 timestamps; the date is their first 10 characters),
+    each with the name of its batch."""
     rows = read_file(path, "csv", "utf-8")
     missing = {"timestamp", "text"} - set(rows[0])
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (expected timestamp,text)")
-    return [{"timestamp": r["timestamp"], "text": r["text"], "batch": path.name} for r in rows if r["text"].strip()]
+    return [{"timestamp": r["timestamp"], "text": r["text"], "batch": name} for r in rows if r["text"].strip()]
 
 
 # the prediction store ----------------------------------------------------------------------------
@@ -97,6 +98,7 @@ def open_db(path: Path, first: str) -> sqlite3.Connection:
     batches are given to `first`, the pipeline monitored then."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
+    db.execute("BEGIN")  # a migration happens whole or not at all
     db.execute(f"CREATE TABLE IF NOT EXISTS predictions ({PREDICTION_COLUMNS})")
     if "pipeline" not in columns(db, "predictions"):
         db.execute("ALTER TABLE predictions ADD COLUMN pipeline TEXT")
@@ -285,7 +287,7 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
         raise ConfigError(f"params.yaml: the monitor watches text and token classification pipelines; '{pipeline}' is {task.config.type}")
     db = open_db(Path(settings.db), (settings.tasks or [pipeline])[0])
     batches = [Path(input)] if input else new_batches(settings, pipeline, db)
-    rows = [row for batch in batches for row in read_batch(batch)]
+    rows = [row for batch in batches for row in read_batch(batch, batch_name(batch, settings))]
     if not rows:
         logger.info("%s: no new text in %s", pipeline, input or ", ".join(map(str, batch_folders(settings, pipeline))))
         return {}

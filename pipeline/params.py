@@ -338,8 +338,8 @@ class OrchestrationConfig:
 @dataclass
 class MonitoringConfig:
     tasks: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `tasks`
-    input: str = "monitoring/incoming"  # drop folder of csv batches (timestamp,text) for the scheduled monitor
-    schedule: str = "0 * * * *"  # cron for the monitor deployment (hourly)
+    input: str = "monitoring/incoming"  # csv batches (timestamp,text) in <input>/<pipeline>/; files directly here: the first pipeline's
+    schedule: str = "0 * * * *"  # cron for the monitor deployments (hourly)
     db: str = "monitoring/predictions.db"  # every prediction, with its model version
     label_shift_pvalue: float = fraction(0.01)  # chi-square p-value below this: predicted labels drifted
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift

@@ -39,6 +39,10 @@ def test_task_sections_are_checked_against_their_own_keys(tmp_path):
         (lambda p: p.update(poetry={"type": "haiku"}), "'poetry.type' must be one of text_classification, token_classification, translation, got 'haiku'"),
         (lambda p: p.update({"Sentiment 2": {}}), "'Sentiment 2' is not a valid pipeline name"),
         (lambda p: p["sentiment"].pop("registry"), "missing key 'sentiment.registry'"),
+        (lambda p: p.update(monitoring={"tasks": ["sentiment", "translation"]},
+                            translation={"data": {"source": "data/pairs", "format": "parallel"}, "validate": {}, "registry": {"name": "mt"},
+                                         "augment": {"methods": ["swap"]}}),
+         "'monitoring.tasks' names 'translation', a translation pipeline: the monitor watches text and token classification pipelines"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, edit, message):
