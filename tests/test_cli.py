@@ -55,3 +55,11 @@ def test_predict_without_texts_or_model_explains_how(workspace):
     done = finetune("predict", "Profit rose", cwd=workspace)
     assert done.returncode == 4 and "Traceback" not in done.stderr
     assert "cannot load model 'models:/fin-sentiment@champion'" in done.stderr and "dvc repro" in done.stderr
+
+
+
+@pytest.mark.parametrize("command", [["predict", "Profit rose"], ["select"]])
+def test_an_unknown_pipeline_is_one_line(workspace, command):
+    done = finetune(*command, "--task", "sentimnt", cwd=workspace)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: params.yaml: no pipeline 'sentimnt' (did you mean 'sentiment'?)" in done.stderr

@@ -267,8 +267,6 @@ def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
     for name in ("intents", "ner"):  # a csv pool with a text column, for NER too (its data column holds tokens)
         assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
         assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
-    assert main(["predict", "--task", "intent", "hello"]) == 2
-    assert "no pipeline 'intent' (did you mean 'intents'?)" in capsys.readouterr().err
 
 def test_an_old_prediction_store_is_migrated_in_place(tmp_path):
     import sqlite3
