@@ -207,7 +207,7 @@ def champions(repo) -> None:
             run_stage(stage, name, Path("params.yaml"))
 
 
-def test_each_pipeline_has_its_own_batches_report_and_label_shares(repo, champions):
+def test_monitor_per_pipeline_own_batches_report_and_label_shares(repo, champions):
     import sqlite3
 
     from flows.monitor import monitor
@@ -268,7 +268,7 @@ def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
         assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
         assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
 
-def test_an_old_prediction_store_is_migrated_in_place(tmp_path):
+def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path):
     import sqlite3
 
     from flows.monitor import new_batches, open_db
