@@ -268,6 +268,7 @@ def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
         assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
         assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
 
+
 def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path):
     import sqlite3
 
