@@ -123,7 +123,7 @@ def batch_folders(settings: MonitoringConfig, pipeline: str) -> list[Path]:
 
 def batch_name(path: Path, settings: MonitoringConfig) -> str:
     """How the store names a batch: its path under monitoring.input (a file given elsewhere: its name)."""
-    root = Path(settings.input)
+    path, root = path.resolve(), Path(settings.input).resolve()
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
 
 
