@@ -4,6 +4,8 @@ The tests share one registry and one server (training is the slow part); the hot
 rolls the champion back to v1, so it leaves them as it found them.
 """
 
+import contextlib
+import dataclasses
 import http.client
 import http.server
 import json
@@ -24,8 +26,8 @@ from pipeline import tracking
 from pipeline.cli import main
 from pipeline.errors import ConfigError, ServiceError
 from pipeline.params import ServingConfig
-from pipeline.serving.serve import Service, bind, listen, load_served, max_body_bytes, server_config
-from pipeline.tasks import get_task, load_params
+from pipeline.serving.serve import bind, listen, load_services, max_body_bytes, server_config
+from pipeline.tasks import load_params
 from pipeline.tasks.text_classification import TextClassificationTask
 from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
 from tests.test_promotion import NAME, train_and_register
@@ -33,7 +35,6 @@ from tests.test_promotion import NAME, train_and_register
 pytestmark = pytest.mark.e2e
 
 FINETUNE = Path(sys.executable).parent / "finetune"
-CHAMPION_URI = f"models:/{NAME}@champion"
 POSITIVE, NEUTRAL = "The company said profit rose in quarter.", "Its group shares listed on held year."
 # Small limits, so the tests can exceed them cheaply; a 20-text request is larger than a batch.
 # A longer batch wait than the default keeps batching visible on a busy 2-core machine.
@@ -59,36 +60,46 @@ def registry(tmp_path_factory, tiny_model) -> Iterator[Path]:
         yield root
 
 
-@pytest.fixture(scope="module")
-def url(registry) -> Iterator[str]:
-    """A real uvicorn server for the champion on 127.0.0.1, an ephemeral port, in a thread."""
+@contextlib.contextmanager
+def serving(params_file: Path = Path("params.yaml")) -> Iterator[str]:
+    """A real uvicorn server for every pipeline of `params_file` (with LIMITS) on 127.0.0.1, an ephemeral
+    port, in a thread; its URL."""
     import uvicorn
 
-    params = load_params()
+    params = load_params(params_file)
     tracking.configure(params.tracking.experiment)
-    task = get_task("sentiment", params.task("sentiment"))
-    settings = ServingConfig(**LIMITS)
-    service = Service(task, CHAMPION_URI, settings, load_served(task, CHAMPION_URI, settings.runtime))
+    settings = dataclasses.replace(params.serving, **LIMITS)
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(server_config(service, log_level="warning"))
+    server = uvicorn.Server(server_config(load_services(params, settings), settings.task, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive())
     assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def url(registry) -> Iterator[str]:
+    """The server of the workspace's params.yaml: the sentiment champion alone."""
+    with serving() as url:
+        yield url
 
 
 def test_predict_health_version_and_docs(url):
     import mlflow
 
     with httpx.Client(base_url=url) as client:
-        assert client.get("/health").json() == {"status": "ok", "model_version": "1"}
+        assert client.get("/health").json() == {"status": "ok", "model_version": "1",
+                                                "pipelines": {"sentiment": {"status": "ok", "model_version": "1"}}}
         run_id = mlflow.MlflowClient().get_model_version(NAME, "1").run_id
         # No registry.onnx in the tiny params: runtime onnx falls back to PyTorch (tests/test_export.py has the export).
-        assert client.get("/version").json() == {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id,
-                                                 "runtime": "torch"}
+        version = {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id, "runtime": "torch"}
+        assert client.get("/version").json() == {**version, "pipelines": {"sentiment": version}}
+        assert client.get("/sentiment/version").json() == version
 
         response = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]})
         assert response.status_code == 200
@@ -97,8 +108,11 @@ def test_predict_health_version_and_docs(url):
         assert [p["label"] for p in body["predictions"]] == ["positive", "neutral"]
         assert all(0.0 < p["score"] <= 1.0 for p in body["predictions"])
 
-        assert client.post("/reload").json() == {"reloaded": False, "version": "1"}
-        assert {"/predict", "/health", "/version", "/reload"} <= client.get("/openapi.json").json()["paths"].keys()
+        assert client.post("/reload").json() == {"reloaded": False, "version": "1",
+                                                 "pipelines": {"sentiment": {"reloaded": False, "version": "1"}}}
+        assert client.post("/sentiment/reload").json() == {"reloaded": False, "version": "1"}
+        assert {"/predict", "/health", "/version", "/reload", "/sentiment/predict", "/sentiment/reload", "/sentiment/version"} <= (
+            client.get("/openapi.json").json()["paths"].keys())
         assert client.get("/docs").status_code == 200
 
 
@@ -162,10 +176,10 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(url):
     connection = http.client.HTTPConnection(parts.host, parts.port, timeout=10)
     try:
         connection.request("GET", "/health")
-        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+        assert json.loads(connection.getresponse().read())["status"] == "ok"
         time.sleep(httpx.Limits().keepalive_expiry + 1)
         connection.request("GET", "/health")  # on the same connection, as a pooled client would
-        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+        assert json.loads(connection.getresponse().read())["status"] == "ok"
     finally:
         connection.close()
 
