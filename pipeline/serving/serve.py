@@ -98,7 +98,8 @@ class LabelScore(BaseModel):
 
 
 class Label(LabelScore):
-    top_k: list[LabelScore] | None = Field(None, description="with top_k in the request: the k most probable labels, most probable first")
+    top_k: list[LabelScore] | None = Field(
+        None, description="with top_k in the request: the k most probable labels, most probable first")
 
 
 class Entity(BaseModel):
@@ -142,7 +143,7 @@ class TranslationResponse(PredictResponse):
 TYPES: dict[type[Task], tuple[type[PredictResponse], str]] = {
     TextClassificationTask: (TextClassificationResponse, "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."),
     TokenClassificationTask: (TokenClassificationResponse, "Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday."),
-    TranslationTask: (TranslationResponse, "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."),
+    TranslationTask: (TranslationResponse, "Der Umsatz stieg im dritten Quartal."),
 }
 
 
