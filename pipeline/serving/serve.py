@@ -214,6 +214,7 @@ class Pending:
     """One request's texts, and the future its predictions are delivered to."""
 
     texts: list[str]
+    top_k: int  # a classifier's: how many of the most probable labels to answer as well (0: none)
     result: asyncio.Future
 
 
@@ -226,14 +227,16 @@ class Service:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.held: Pending | None = None  # a request that did not fit the last batch: first in the next
         self.reload_lock = asyncio.Lock()
-        # A classifier ranks every label of every text, so one model call answers each request's top_k.
-        self.ranks_labels = isinstance(task, TextClassificationTask)
-        self.predict_options = {"top_k": len(task.labels)} if self.ranks_labels else {}
 
     @property
     def version(self) -> str | None:
         """The version being served; None while there is none."""
         return self.served.version if self.served else None
+
+    @property
+    def still(self) -> str:
+        """What keeps answering after a failed check."""
+        return f"still serving v{self.version}" if self.served else "still without a model"
 
     def summary(self) -> str:
         """What it serves, in a few words (the log line at start)."""
@@ -243,9 +246,10 @@ class Service:
         served = self.served
         return f"{served.name} v{served.version} ({self.uri}) with {served.runtime}"
 
-    async def predict(self, texts: list[str]) -> tuple[str, list[dict]]:
-        """(model version, predictions) for texts, scored together with whatever else is queued."""
-        pending = Pending(texts, asyncio.get_running_loop().create_future())
+    async def predict(self, texts: list[str], top_k: int = 0) -> tuple[str, list[dict]]:
+        """(model version, predictions) for texts, scored together with whatever else is queued; with top_k
+        (a classifier's), each prediction also has the top_k most probable labels."""
+        pending = Pending(texts, top_k, asyncio.get_running_loop().create_future())
         await self.queue.put(pending)
         return await pending.result
 
@@ -276,9 +280,10 @@ class Service:
             batch = await self.next_batch()
             served = self.served  # this batch finishes on this model even if a swap happens meanwhile
             examples = [{"text": text} for pending in batch for text in pending.texts]
+            top_k = max(pending.top_k for pending in batch)  # ranks enough labels for every request in the batch
+            options = {"top_k": top_k} if top_k else {}
             try:
-                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples,
-                                                      **self.predict_options)
+                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples, **options)
             except Exception as exc:  # fail these requests, keep serving the next ones
                 log.exception("prediction failed")
                 for pending in batch:
@@ -288,7 +293,10 @@ class Service:
             start = 0
             for pending in batch:
                 if not pending.result.done():  # done already: the client went away
-                    pending.result.set_result((served.version, predictions[start : start + len(pending.texts)]))
+                    answers = predictions[start : start + len(pending.texts)]
+                    if top_k:  # each request keeps as many ranked labels as it asked for (none: left out)
+                        answers = [{**answer, "top_k": answer["top_k"][: pending.top_k] or None} for answer in answers]
+                    pending.result.set_result((served.version, answers))
                 start += len(pending.texts)
 
     async def reload(self) -> bool:
@@ -316,7 +324,7 @@ class Service:
             try:
                 await self.reload()
             except Exception as exc:  # a registry hiccup must not take serving down
-                log.warning("checking %s failed, still serving v%s: %s", self.uri, self.version, exc)
+                log.warning("checking %s failed, %s: %s", self.uri, self.still, exc)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -375,11 +383,6 @@ async def json_only(request: Request) -> None:
         raise HTTPException(415, "send the body as JSON, with the header content-type: application/json")
 
 
-def with_top_k(prediction: dict, top_k: int | None) -> dict:
-    """A classifier's prediction (which ranks every label) keeping the top_k labels the request asked for, or none."""
-    return {**prediction, "top_k": prediction["top_k"][:top_k] if top_k else None}
-
-
 def add_predict_route(app: FastAPI, path: str, service: Service, body: type[BaseModel]) -> None:
     """POST `path`: the service's predictions for a request of model `body`, in its task type's response."""
     response = response_and_example(service.task)[0]
@@ -391,9 +394,7 @@ def add_predict_route(app: FastAPI, path: str, service: Service, body: type[Base
         if service.served is None:
             raise HTTPException(503, f"{service.task.name} has no model yet: nothing at {service.uri}; it is served "
                                      "once one is registered")
-        version, predictions = await service.predict(request.texts)
-        if service.ranks_labels:
-            predictions = [with_top_k(prediction, request.top_k) for prediction in predictions]
+        version, predictions = await service.predict(request.texts, getattr(request, "top_k", None) or 0)  # a classifier's
         return response(model_version=version, predictions=predictions)
 
 
@@ -417,7 +418,7 @@ async def reload_checked(service: Service) -> Reload:
     try:
         reloaded = await service.reload()
     except Exception as exc:
-        raise HTTPException(503, f"checking {service.uri} failed, still serving v{service.version}: {exc}")
+        raise HTTPException(503, f"checking {service.uri} failed, {service.still}: {exc}")
     return Reload(reloaded=reloaded, version=service.version)
 
 
