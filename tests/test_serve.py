@@ -455,6 +455,30 @@ def test_each_pipeline_answers_on_its_own_route_in_its_type_s_shape(pipelines_ur
             name: {"status": "ok", "model_version": "1"} for name in ("sentiment", "intents", "ner")}}
 
 
+def test_requests_asking_for_different_top_k_share_model_calls(pipelines_url, monkeypatch):
+    calls = []
+    real_predict = TextClassificationTask.predict
+
+    def counted_predict(self, model, tokenizer, examples, **options):
+        calls.append(options)
+        return real_predict(self, model, tokenizer, examples, **options)
+
+    monkeypatch.setattr(TextClassificationTask, "predict", counted_predict)
+    asks = [None, 1, 4, None, 2, 3]
+    start = threading.Barrier(len(asks))
+
+    def one(top_k: int | None) -> list[dict]:
+        start.wait()
+        body = {"texts": [POSITIVE]} | ({"top_k": top_k} if top_k else {})
+        return httpx.post(f"{pipelines_url}/intents/predict", json=body).json()["predictions"]
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = [prediction for predictions in pool.map(one, asks) for prediction in predictions]
+    assert [len(answer.get("top_k", [])) for answer in answers] == [top_k or 0 for top_k in asks]
+    assert all(answer["top_k"][0]["label"] == answer["label"] for answer in answers if "top_k" in answer)
+    assert len(calls) < len(asks)  # the batch's largest top_k answers all of its requests
+
+
 @pytest.mark.parametrize(
     "path, body, where, problem",
     [
