@@ -11,6 +11,7 @@ import http.client
 import http.server
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pipeline.tasks.text_classification import TextClassificationTask
 from tests.conftest import INTENT_VOCAB, LABELS, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
 from tests.ner_data import NAMES, make_sentences, ner_params, write_conll
 from tests.test_promotion import NAME, train_and_register
+from tests.test_translation import SAMPLE, translation_section
 
 pytestmark = pytest.mark.e2e
 
@@ -379,22 +381,25 @@ def test_finetune_serve_command(registry):
 
 
 # Several pipelines in one server ------------------------------------------------------------------
-PIPELINES = Path("pipelines.yaml")  # sentiment, intents and NER, beside params.yaml (sentiment alone)
-INTENTS, NER = "support-intents", "ner"  # their registry names
+PIPELINES = Path("pipelines.yaml")  # sentiment, intents, NER and translation, beside params.yaml (sentiment alone)
+INTENTS, NER = "support-intents", "ner"  # registry names
+SERVED = ("sentiment", "intents", "ner", "translation")
 TO_REGISTERED = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
 # NER texts as a client sends them: spacing of its own, punctuation against the words.
 NER_TEXTS = ["  Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday.",
              "Siemens shares rose 3 percent after the  Brexit news in Frankfurt ."]
 
 
-def three_pipelines(tiny_model: Path, **more: dict) -> dict:
-    """params for sentiment, intents (a second text classifier, with 4 labels of its own) and NER, and `more` pipelines."""
+def pipelines_params(tiny_model: Path, **more: dict) -> dict:
+    """params for sentiment, intents (a second text classifier, with 4 labels of its own), NER and translation,
+    and `more` pipelines."""
     params = tiny_params(tiny_model)
     intents = copy.deepcopy(params["sentiment"])
     intents.update(type="text_classification", registry={"name": INTENTS})
     intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
     intents["validate"]["labels"] = list(INTENT_VOCAB)
-    params.update(tasks=["sentiment", "intents", "ner", *more], intents=intents, ner=ner_params(tiny_model)["ner"], **more)
+    params.update(tasks=[*SERVED, *more], intents=intents, ner=ner_params(tiny_model)["ner"],
+                  translation=translation_section(tiny_model), **more)
     return params
 
 
@@ -405,11 +410,14 @@ def write_yaml(path: Path, params: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def pipelines(registry, tiny_model) -> Path:
-    """pipelines.yaml, whose intents and NER pipelines are trained here to a v1 champion (sentiment's is `registry`'s)."""
+    """pipelines.yaml, whose intents, NER and translation pipelines are trained here to a v1 champion (sentiment's
+    is `registry`'s)."""
     write_csv(Path("data/intents.csv"), make_intent_rows(240))
     write_conll(Path("data/ner.conll"), make_sentences(250))
-    write_yaml(PIPELINES, three_pipelines(tiny_model))
-    for name in ("intents", "ner"):
+    for suffix in (".de", ".en"):
+        shutil.copy(SAMPLE.with_suffix(suffix), Path("data") / f"pairs{suffix}")
+    write_yaml(PIPELINES, pipelines_params(tiny_model))
+    for name in SERVED[1:]:
         for stage in TO_REGISTERED:
             run_stage(stage, name, PIPELINES)
     return PIPELINES
@@ -417,7 +425,7 @@ def pipelines(registry, tiny_model) -> Path:
 
 @pytest.fixture(scope="module")
 def pipelines_url(pipelines) -> Iterator[str]:
-    """One server for the three pipelines."""
+    """One server for the four pipelines."""
     with serving(pipelines) as url:
         yield url
 
@@ -450,9 +458,14 @@ def test_each_pipeline_answers_on_its_own_route_in_its_type_s_shape(pipelines_ur
             assert text[entity["start"] : entity["end"]] == entity["text"]  # offsets into the text as sent
         assert {entity["text"] for _, entity in found} & {"Anna Berg", "Norvik Bank", "Oslo", "Siemens", "Frankfurt"}, found
 
+        translation = client.post("/translation/predict", json={"texts": ["Die Bank meldete einen Verlust."]}).json()
+        assert translation["model_version"] == "1"
+        assert [set(p) for p in translation["predictions"]] == [{"translation"}]
+        assert isinstance(translation["predictions"][0]["translation"], str)
+
         health = client.get("/health").json()
         assert health == {"status": "ok", "model_version": "1", "pipelines": {
-            name: {"status": "ok", "model_version": "1"} for name in ("sentiment", "intents", "ner")}}
+            name: {"status": "ok", "model_version": "1"} for name in SERVED}}
 
 
 def test_requests_asking_for_different_top_k_share_model_calls(pipelines_url, monkeypatch):
@@ -509,11 +522,12 @@ def test_openapi_has_a_request_and_response_schema_per_type(pipelines_url):
         response = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         return request.rsplit("/", 1)[1], response.rsplit("/", 1)[1]
 
-    assert {path: bodies(path) for path in ("/predict", "/sentiment/predict", "/intents/predict", "/ner/predict")} == {
+    assert {path: bodies(path) for path in ("/predict", *(f"/{name}/predict" for name in SERVED))} == {
         "/predict": ("SentimentRequest", "TextClassificationResponse"),
         "/sentiment/predict": ("SentimentRequest", "TextClassificationResponse"),
         "/intents/predict": ("IntentsRequest", "TextClassificationResponse"),
         "/ner/predict": ("NerRequest", "TokenClassificationResponse"),
+        "/translation/predict": ("TranslationRequest", "TranslationResponse"),
     }
     schemas = schema["components"]["schemas"]
     top_k = {name: schemas[name]["properties"].get("top_k") for name in ("SentimentRequest", "IntentsRequest", "NerRequest")}
@@ -522,21 +536,22 @@ def test_openapi_has_a_request_and_response_schema_per_type(pipelines_url):
     assert schemas["NerRequest"]["properties"]["texts"]["items"]["maxLength"] == LIMITS["max_text_chars"]
     assert set(schemas["Label"]["properties"]) == {"label", "score", "top_k"}
     assert set(schemas["Entity"]["properties"]) == {"type", "start", "end", "text", "score"}
+    assert set(schemas["Translation"]["properties"]) == {"translation"}
     assert {"/sentiment/reload", "/ner/version", "/health", "/version", "/reload"} <= schema["paths"].keys()
 
 
 def test_promoting_one_pipeline_swaps_only_its_route(pipelines_url):
     import mlflow
 
-    results: dict[str, list[tuple[int | None, str]]] = {"/predict": [], "/sentiment/predict": [], "/ner/predict": [],
-                                                        "/intents/predict": []}
+    results: dict[str, list[tuple[int | None, str]]] = {"/predict": [], **{f"/{name}/predict": [] for name in SERVED}}
+    texts = {"/ner/predict": NER_TEXTS[0], "/translation/predict": "Die Bank meldete einen Verlust."}
     stop = threading.Event()
 
     def keep_predicting(path: str) -> None:
         with httpx.Client(base_url=pipelines_url) as client:
             while not stop.is_set():
                 try:
-                    response = client.post(path, json={"texts": [NER_TEXTS[0] if "ner" in path else POSITIVE]})
+                    response = client.post(path, json={"texts": [texts.get(path, POSITIVE)]})
                     answer = response.json()["model_version"] if response.is_success else response.text
                     results[path].append((response.status_code, answer))
                 except httpx.HTTPError as exc:
@@ -554,14 +569,13 @@ def test_promoting_one_pipeline_swaps_only_its_route(pipelines_url):
         wait_until(lambda: httpx.get(f"{pipelines_url}/intents/version").json()["version"] == "2")
         wait_until(lambda: bool(results["/intents/predict"]) and results["/intents/predict"][-1][1] == "2")
         versions = httpx.get(f"{pipelines_url}/version").json()
-        assert {name: v["version"] for name, v in versions["pipelines"].items()} == {"sentiment": "1", "intents": "2", "ner": "1"}
+        assert {name: v["version"] for name, v in versions["pipelines"].items()} == {**dict.fromkeys(SERVED, "1"), "intents": "2"}
         assert versions["version"] == "1"  # the top level is /predict's pipeline, sentiment
 
         # The rollback through POST /reload, which checks every pipeline and reloads only the one that moved.
         registry.set_registered_model_alias(INTENTS, "champion", "1")
         assert httpx.post(f"{pipelines_url}/reload").json() == {"reloaded": False, "version": "1", "pipelines": {
-            "sentiment": {"reloaded": False, "version": "1"}, "intents": {"reloaded": True, "version": "1"},
-            "ner": {"reloaded": False, "version": "1"}}}
+            name: {"reloaded": name == "intents", "version": "1"} for name in SERVED}}
         wait_until(lambda: results["/intents/predict"][-1][1] == "1")
     finally:
         stop.set()
@@ -570,14 +584,14 @@ def test_promoting_one_pipeline_swaps_only_its_route(pipelines_url):
     for path, answers in results.items():
         assert answers and {status for status, _ in answers} == {200}, path
     assert {path: {version for _, version in answers} for path, answers in results.items()} == {
-        "/predict": {"1"}, "/sentiment/predict": {"1"}, "/ner/predict": {"1"}, "/intents/predict": {"1", "2"}}
+        **dict.fromkeys(results, {"1"}), "/intents/predict": {"1", "2"}}
 
 
 def test_finetune_serve_serves_the_pipelines_with_a_model_and_waits_for_the_others(pipelines, tiny_model):
     import mlflow
 
     later = {**ner_params(tiny_model)["ner"], "type": "token_classification", "registry": {"name": "ner-later"}}  # no version yet
-    params = write_yaml(Path("later.yaml"), three_pipelines(tiny_model, later=later))
+    params = write_yaml(Path("later.yaml"), pipelines_params(tiny_model, later=later))
     server = subprocess.Popen([str(FINETUNE), "--params", str(params), "serve", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(180, server.kill)
