@@ -513,6 +513,19 @@ def test_top_k_and_texts_are_checked_per_pipeline(pipelines_url, path, body, whe
     assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [(where, problem)]
 
 
+@pytest.mark.parametrize("name", SERVED[1:])
+def test_the_request_limits_hold_on_every_route(pipelines_url, name):
+    url, json_body = f"{pipelines_url}/{name}/predict", {"content-type": "application/json"}
+    too_many = httpx.post(url, json={"texts": ["Profit rose"] * 21})
+    assert too_many.status_code == 422 and "List should have at most 20 items" in too_many.text
+    too_long = httpx.post(url, json={"texts": ["x" * 201]})
+    assert too_long.status_code == 422 and "String should have at most 200 characters" in too_long.text
+    assert httpx.post(url, data={"texts": "Profit rose"}).status_code == 415
+    oversized = b'{"texts": ["' + b"x" * max_body_bytes(ServingConfig(**LIMITS)) + b'"]}'
+    assert httpx.post(url, content=oversized, headers=json_body).status_code == 413
+    assert httpx.post(url, content=iter([b'{"texts": ', b'["Profit rose"]}']), headers=json_body).status_code == 411
+
+
 def test_openapi_has_a_request_and_response_schema_per_type(pipelines_url):
     schema = httpx.get(f"{pipelines_url}/openapi.json").json()
 
