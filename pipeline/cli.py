@@ -90,33 +90,28 @@ def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -
 
 
 def serve(host: str | None, port: int | None, model_uri: str | None, params_file: Path) -> None:
-    """Serve a registered model over HTTP until interrupted (see pipeline/serving/serve.py); the champion by default."""
+    """Serve every pipeline's champion over HTTP until interrupted (see pipeline/serving/serve.py); with
+    --model, that one model as serving.task's pipeline."""
     import dataclasses
-
-    from mlflow.exceptions import MlflowException
 
     from pipeline import tracking
     from pipeline.models import use_all_cores
-    from pipeline.registry import champion_uri, registry_error
     from pipeline.serving import serve as serving
-    from pipeline.tasks import get_task, load_params
+    from pipeline.tasks import load_params
 
     params = load_params(params_file)
     settings = dataclasses.replace(
         params.serving, host=host or params.serving.host, port=params.serving.port if port is None else port
     )
-    config = params.task(settings.task)
-    task = get_task(settings.task, config)
     with serving.bind(settings.host, settings.port) as sock:  # before the slow load: a port in use fails at once
         use_all_cores()
         tracking.configure(params.tracking.experiment)
-        uri = model_uri or champion_uri(config.registry.name)
-        try:
-            served = serving.load_served(task, uri, settings.runtime)
-        except MlflowException as exc:
-            raise registry_error(uri, exc) from None
-        print(f"serve: {served.name} v{served.version} ({uri}) with {served.runtime} on http://{settings.host}:{settings.port}", flush=True)
-        serving.run(serving.Service(task, uri, settings, served), sock)
+        services = serving.load_services(params, settings, model_uri)
+        for name, service in services.items():
+            routes = f"/{name}/predict" + (" and /predict" if name == settings.task else "")
+            print(f"serve: POST {routes}: {service.summary()}", flush=True)
+        print(f"serve: on http://{serving.address(settings.host, settings.port)}", flush=True)
+        serving.run(services, settings.task, sock)
 
 
 def loadtest(args: argparse.Namespace) -> None:
@@ -206,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     hps.add_argument("--trials", type=bounded(int, 1), help="default: search.trials")
     hps.add_argument("--apply", action="store_true", help="write the best settings into params.yaml")
 
-    srv = commands.add_parser("serve", help="serve a registered model over HTTP (settings: serving in params.yaml)")
+    srv = commands.add_parser("serve", help="serve every pipeline's champion over HTTP (settings: serving in params.yaml)")
     srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
     srv.add_argument("--port", type=bounded(int, 0, 65535), help="port (default: serving.port, 8000)")
-    srv.add_argument("--model", help="models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION (default: the champion)")
+    srv.add_argument("--model", help="serve only this model, as serving.task's pipeline: models:/NAME@ALIAS (followed as it "
+                     "moves) or models:/NAME/VERSION (default: every pipeline's champion)")
 
     load = commands.add_parser("loadtest", help="concurrent clients against a running `finetune serve`: status counts, p50/p99")
     load.add_argument("texts", nargs="*", help="texts to send (default: read stdin, one a line)")

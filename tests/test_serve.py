@@ -4,10 +4,14 @@ The tests share one registry and one server (training is the slow part); the hot
 rolls the champion back to v1, so it leaves them as it found them.
 """
 
+import contextlib
+import copy
+import dataclasses
 import http.client
 import http.server
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,21 +23,24 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
+import yaml
 
 from pipeline import tracking
 from pipeline.cli import main
 from pipeline.errors import ConfigError, ServiceError
 from pipeline.params import ServingConfig
-from pipeline.serving.serve import Service, bind, listen, load_served, max_body_bytes, server_config
-from pipeline.tasks import get_task, load_params
+from pipeline.serving.serve import bind, listen, load_services, max_body_bytes, server_config
+from pipeline.stages import run_stage
+from pipeline.tasks import load_params
 from pipeline.tasks.text_classification import TextClassificationTask
-from tests.conftest import ROOT, make_rows, tiny_params, write_csv, write_params
+from tests.conftest import INTENT_VOCAB, LABELS, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
+from tests.ner_data import NAMES, make_sentences, ner_params, write_conll
 from tests.test_promotion import NAME, train_and_register
+from tests.test_translation import SAMPLE, translation_section
 
 pytestmark = pytest.mark.e2e
 
 FINETUNE = Path(sys.executable).parent / "finetune"
-CHAMPION_URI = f"models:/{NAME}@champion"
 POSITIVE, NEUTRAL = "The company said profit rose in quarter.", "Its group shares listed on held year."
 # Small limits, so the tests can exceed them cheaply; a 20-text request is larger than a batch.
 # A longer batch wait than the default keeps batching visible on a busy 2-core machine.
@@ -59,36 +66,46 @@ def registry(tmp_path_factory, tiny_model) -> Iterator[Path]:
         yield root
 
 
-@pytest.fixture(scope="module")
-def url(registry) -> Iterator[str]:
-    """A real uvicorn server for the champion on 127.0.0.1, an ephemeral port, in a thread."""
+@contextlib.contextmanager
+def serving(params_file: Path = Path("params.yaml")) -> Iterator[str]:
+    """A real uvicorn server for every pipeline of `params_file` (with LIMITS) on 127.0.0.1, an ephemeral
+    port, in a thread; its URL."""
     import uvicorn
 
-    params = load_params()
+    params = load_params(params_file)
     tracking.configure(params.tracking.experiment)
-    task = get_task("sentiment", params.task("sentiment"))
-    settings = ServingConfig(**LIMITS)
-    service = Service(task, CHAMPION_URI, settings, load_served(task, CHAMPION_URI, settings.runtime))
+    settings = dataclasses.replace(params.serving, **LIMITS)
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(server_config(service, log_level="warning"))
+    server = uvicorn.Server(server_config(load_services(params, settings), settings.task, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive())
     assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def url(registry) -> Iterator[str]:
+    """The server of the workspace's params.yaml: the sentiment champion alone."""
+    with serving() as url:
+        yield url
 
 
 def test_predict_health_version_and_docs(url):
     import mlflow
 
     with httpx.Client(base_url=url) as client:
-        assert client.get("/health").json() == {"status": "ok", "model_version": "1"}
+        assert client.get("/health").json() == {"status": "ok", "model_version": "1",
+                                                "pipelines": {"sentiment": {"status": "ok", "model_version": "1"}}}
         run_id = mlflow.MlflowClient().get_model_version(NAME, "1").run_id
         # No registry.onnx in the tiny params: runtime onnx falls back to PyTorch (tests/test_export.py has the export).
-        assert client.get("/version").json() == {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id,
-                                                 "runtime": "torch"}
+        version = {"name": NAME, "version": "1", "alias": "champion", "run_id": run_id, "runtime": "torch"}
+        assert client.get("/version").json() == {**version, "pipelines": {"sentiment": version}}
+        assert client.get("/sentiment/version").json() == version
 
         response = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]})
         assert response.status_code == 200
@@ -97,8 +114,11 @@ def test_predict_health_version_and_docs(url):
         assert [p["label"] for p in body["predictions"]] == ["positive", "neutral"]
         assert all(0.0 < p["score"] <= 1.0 for p in body["predictions"])
 
-        assert client.post("/reload").json() == {"reloaded": False, "version": "1"}
-        assert {"/predict", "/health", "/version", "/reload"} <= client.get("/openapi.json").json()["paths"].keys()
+        assert client.post("/reload").json() == {"reloaded": False, "version": "1",
+                                                 "pipelines": {"sentiment": {"reloaded": False, "version": "1"}}}
+        assert client.post("/sentiment/reload").json() == {"reloaded": False, "version": "1"}
+        routes = {"/predict", "/health", "/version", "/reload", "/sentiment/predict", "/sentiment/reload", "/sentiment/version"}
+        assert routes <= client.get("/openapi.json").json()["paths"].keys()
         assert client.get("/docs").status_code == 200
 
 
@@ -162,10 +182,10 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(url):
     connection = http.client.HTTPConnection(parts.host, parts.port, timeout=10)
     try:
         connection.request("GET", "/health")
-        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+        assert json.loads(connection.getresponse().read())["status"] == "ok"
         time.sleep(httpx.Limits().keepalive_expiry + 1)
         connection.request("GET", "/health")  # on the same connection, as a pooled client would
-        assert connection.getresponse().read() == b'{"status":"ok","model_version":"1"}'
+        assert json.loads(connection.getresponse().read())["status"] == "ok"
     finally:
         connection.close()
 
@@ -358,3 +378,274 @@ def test_finetune_serve_command(registry):
         server.terminate()
         server.wait()
         watchdog.cancel()
+
+
+# Several pipelines in one server ------------------------------------------------------------------
+PIPELINES = Path("pipelines.yaml")  # sentiment, intents, NER and translation, beside params.yaml (sentiment alone)
+INTENTS, NER = "support-intents", "ner"  # registry names
+SERVED = ("sentiment", "intents", "ner", "translation")
+TO_REGISTERED = ("collect", "validate", "split", "augment", "train", "evaluate", "register")
+# NER texts as a client sends them: spacing of its own, punctuation against the words.
+NER_TEXTS = ["  Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday.",
+             "Siemens shares rose 3 percent after the  Brexit news in Frankfurt ."]
+
+
+def pipelines_params(tiny_model: Path, **more: dict) -> dict:
+    """params for sentiment, intents (a second text classifier, with 4 labels of its own), NER and translation,
+    and `more` pipelines."""
+    params = tiny_params(tiny_model)
+    intents = copy.deepcopy(params["sentiment"])
+    intents.update(type="text_classification", registry={"name": INTENTS})
+    intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
+    intents["validate"]["labels"] = list(INTENT_VOCAB)
+    params.update(tasks=[*SERVED, *more], intents=intents, ner=ner_params(tiny_model)["ner"],
+                  translation=translation_section(tiny_model), **more)
+    return params
+
+
+def write_yaml(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipelines(registry, tiny_model) -> Path:
+    """pipelines.yaml, whose intents, NER and translation pipelines are trained here to a v1 champion (sentiment's
+    is `registry`'s)."""
+    write_csv(Path("data/intents.csv"), make_intent_rows(240))
+    write_conll(Path("data/ner.conll"), make_sentences(250))
+    for suffix in (".de", ".en"):
+        shutil.copy(SAMPLE.with_suffix(suffix), Path("data") / f"pairs{suffix}")
+    write_yaml(PIPELINES, pipelines_params(tiny_model))
+    for name in SERVED[1:]:
+        for stage in TO_REGISTERED:
+            run_stage(stage, name, PIPELINES)
+    return PIPELINES
+
+
+@pytest.fixture(scope="module")
+def pipelines_url(pipelines) -> Iterator[str]:
+    """One server for the four pipelines."""
+    with serving(pipelines) as url:
+        yield url
+
+
+def test_each_pipeline_answers_on_its_own_route_in_its_type_s_shape(pipelines_url):
+    with httpx.Client(base_url=pipelines_url) as client:
+        sentiment = client.post("/sentiment/predict", json={"texts": [POSITIVE, NEUTRAL]}).json()
+        assert sentiment["model_version"] == "1"
+        assert [set(p) for p in sentiment["predictions"]] == [{"label", "score"}] * 2
+        assert {p["label"] for p in sentiment["predictions"]} <= set(LABELS)
+        assert client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]}).json() == sentiment  # serving.task: the first
+
+        messages = [row["text"] for row in make_intent_rows(3, seed=4)]
+        intents = client.post("/intents/predict", json={"texts": messages, "top_k": 4}).json()["predictions"]
+        for prediction in intents:
+            top = prediction["top_k"]
+            assert [p["label"] for p in top[:1]] == [prediction["label"]] and top[0]["score"] == prediction["score"]
+            assert {p["label"] for p in top} == set(INTENT_VOCAB)  # 4 of 4: every label, most probable first
+            assert [p["score"] for p in top] == sorted((p["score"] for p in top), reverse=True)
+            assert sum(p["score"] for p in top) == pytest.approx(1, abs=1e-4)
+        two = client.post("/intents/predict", json={"texts": messages, "top_k": 2}).json()["predictions"]
+        assert [p["top_k"] for p in two] == [p["top_k"][:2] for p in intents]
+
+        ner = client.post("/ner/predict", json={"texts": NER_TEXTS}).json()
+        assert ner["model_version"] == "1"
+        found = [(text, entity) for text, p in zip(NER_TEXTS, ner["predictions"]) for entity in p["entities"]]
+        assert found, "the tiny model tags some entities"
+        for text, entity in found:
+            assert set(entity) == {"type", "start", "end", "text", "score"} and entity["type"] in NAMES
+            assert text[entity["start"] : entity["end"]] == entity["text"]  # offsets into the text as sent
+        assert {entity["text"] for _, entity in found} & {"Anna Berg", "Norvik Bank", "Oslo", "Siemens", "Frankfurt"}, found
+
+        translation = client.post("/translation/predict", json={"texts": ["Die Bank meldete einen Verlust."]}).json()
+        assert translation["model_version"] == "1"
+        assert [set(p) for p in translation["predictions"]] == [{"translation"}]
+        assert isinstance(translation["predictions"][0]["translation"], str)
+
+        health = client.get("/health").json()
+        assert health == {"status": "ok", "model_version": "1", "pipelines": {
+            name: {"status": "ok", "model_version": "1"} for name in SERVED}}
+
+
+def test_requests_asking_for_different_top_k_share_model_calls(pipelines_url, monkeypatch):
+    calls = []
+    real_predict = TextClassificationTask.predict
+
+    def counted_predict(self, model, tokenizer, examples, **options):
+        calls.append(options)
+        return real_predict(self, model, tokenizer, examples, **options)
+
+    monkeypatch.setattr(TextClassificationTask, "predict", counted_predict)
+    asks = [None, 1, 4, None, 2, 3]
+    start = threading.Barrier(len(asks))
+
+    def one(top_k: int | None) -> list[dict]:
+        start.wait()
+        body = {"texts": [POSITIVE]} | ({"top_k": top_k} if top_k else {})
+        return httpx.post(f"{pipelines_url}/intents/predict", json=body).json()["predictions"]
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = [prediction for predictions in pool.map(one, asks) for prediction in predictions]
+    assert [len(answer.get("top_k", [])) for answer in answers] == [top_k or 0 for top_k in asks]
+    assert all(answer["top_k"][0]["label"] == answer["label"] for answer in answers if "top_k" in answer)
+    assert len(calls) < len(asks)  # the batch's largest top_k answers all of its requests
+
+
+@pytest.mark.parametrize(
+    "path, body, where, problem",
+    [
+        ("/intents/predict", {"top_k": 5}, ["body", "top_k"], "Input should be less than or equal to 4"),
+        ("/intents/predict", {"top_k": 0}, ["body", "top_k"], "Input should be greater than or equal to 1"),
+        ("/sentiment/predict", {"top_k": 4}, ["body", "top_k"], "Input should be less than or equal to 3"),
+        ("/predict", {"top_k": 4}, ["body", "top_k"], "Input should be less than or equal to 3"),
+        ("/intents/predict", {"top_k": "two"}, ["body", "top_k"],
+         "Input should be a valid integer, unable to parse string as an integer"),
+        ("/ner/predict", {"top_k": 2}, ["body", "top_k"], "Extra inputs are not permitted"),
+        ("/ner/predict", {"texts": ["Anna Berg", " "]}, ["body", "texts", 1], "String should have at least 1 character"),
+    ],
+    ids=["above-the-labels", "zero", "above-sentiment-s-labels", "legacy-route", "not-a-number", "ner-has-no-top-k",
+         "ner-empty-text"],
+)
+def test_top_k_and_texts_are_checked_per_pipeline(pipelines_url, path, body, where, problem):
+    response = httpx.post(f"{pipelines_url}{path}", json={"texts": [POSITIVE], **body})
+    assert response.status_code == 422
+    assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [(where, problem)]
+
+
+@pytest.mark.parametrize("name", SERVED[1:])
+def test_the_request_limits_hold_on_every_route(pipelines_url, name):
+    url, json_body = f"{pipelines_url}/{name}/predict", {"content-type": "application/json"}
+    too_many = httpx.post(url, json={"texts": ["Profit rose"] * 21})
+    assert too_many.status_code == 422 and "List should have at most 20 items" in too_many.text
+    too_long = httpx.post(url, json={"texts": ["x" * 201]})
+    assert too_long.status_code == 422 and "String should have at most 200 characters" in too_long.text
+    assert httpx.post(url, data={"texts": "Profit rose"}).status_code == 415
+    oversized = b'{"texts": ["' + b"x" * max_body_bytes(ServingConfig(**LIMITS)) + b'"]}'
+    assert httpx.post(url, content=oversized, headers=json_body).status_code == 413
+    assert httpx.post(url, content=iter([b'{"texts": ', b'["Profit rose"]}']), headers=json_body).status_code == 411
+
+
+def test_openapi_has_a_request_and_response_schema_per_type(pipelines_url):
+    schema = httpx.get(f"{pipelines_url}/openapi.json").json()
+
+    def bodies(path: str) -> tuple[str, str]:
+        post = schema["paths"][path]["post"]
+        request = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        response = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        return request.rsplit("/", 1)[1], response.rsplit("/", 1)[1]
+
+    assert {path: bodies(path) for path in ("/predict", *(f"/{name}/predict" for name in SERVED))} == {
+        "/predict": ("SentimentRequest", "TextClassificationResponse"),
+        "/sentiment/predict": ("SentimentRequest", "TextClassificationResponse"),
+        "/intents/predict": ("IntentsRequest", "TextClassificationResponse"),
+        "/ner/predict": ("NerRequest", "TokenClassificationResponse"),
+        "/translation/predict": ("TranslationRequest", "TranslationResponse"),
+    }
+    schemas = schema["components"]["schemas"]
+    top_k = {name: schemas[name]["properties"].get("top_k") for name in ("SentimentRequest", "IntentsRequest", "NerRequest")}
+    assert [top_k["SentimentRequest"]["anyOf"][0]["maximum"], top_k["IntentsRequest"]["anyOf"][0]["maximum"]] == [3, 4]
+    assert top_k["NerRequest"] is None
+    assert schemas["NerRequest"]["properties"]["texts"]["items"]["maxLength"] == LIMITS["max_text_chars"]
+    assert set(schemas["Label"]["properties"]) == {"label", "score", "top_k"}
+    assert set(schemas["Entity"]["properties"]) == {"type", "start", "end", "text", "score"}
+    assert set(schemas["Translation"]["properties"]) == {"translation"}
+    assert {"/sentiment/reload", "/ner/version", "/health", "/version", "/reload"} <= schema["paths"].keys()
+
+
+def test_promoting_one_pipeline_swaps_only_its_route(pipelines_url):
+    import mlflow
+
+    results: dict[str, list[tuple[int | None, str]]] = {"/predict": [], **{f"/{name}/predict": [] for name in SERVED}}
+    texts = {"/ner/predict": NER_TEXTS[0], "/translation/predict": "Die Bank meldete einen Verlust."}
+    stop = threading.Event()
+
+    def keep_predicting(path: str) -> None:
+        with httpx.Client(base_url=pipelines_url) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(path, json={"texts": [texts.get(path, POSITIVE)]})
+                    answer = response.json()["model_version"] if response.is_success else response.text
+                    results[path].append((response.status_code, answer))
+                except httpx.HTTPError as exc:
+                    results[path].append((None, repr(exc)))
+                time.sleep(0.02)
+
+    clients = [threading.Thread(target=keep_predicting, args=(path,)) for path in results]
+    for client in clients:
+        client.start()
+    registry = mlflow.MlflowClient()
+    try:
+        # A new intents version, promoted by hand as from the MLflow UI; the watcher (every 0.5 s) notices the move.
+        assert registry.copy_model_version(f"models:/{INTENTS}/1", INTENTS).version == 2
+        registry.set_registered_model_alias(INTENTS, "champion", "2")
+        wait_until(lambda: httpx.get(f"{pipelines_url}/intents/version").json()["version"] == "2")
+        wait_until(lambda: bool(results["/intents/predict"]) and results["/intents/predict"][-1][1] == "2")
+        versions = httpx.get(f"{pipelines_url}/version").json()
+        assert {name: v["version"] for name, v in versions["pipelines"].items()} == {**dict.fromkeys(SERVED, "1"), "intents": "2"}
+        assert versions["version"] == "1"  # the top level is /predict's pipeline, sentiment
+
+        # The rollback through POST /reload, which checks every pipeline and reloads only the one that moved.
+        registry.set_registered_model_alias(INTENTS, "champion", "1")
+        assert httpx.post(f"{pipelines_url}/reload").json() == {"reloaded": False, "version": "1", "pipelines": {
+            name: {"reloaded": name == "intents", "version": "1"} for name in SERVED}}
+        wait_until(lambda: results["/intents/predict"][-1][1] == "1")
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    for path, answers in results.items():
+        assert answers and {status for status, _ in answers} == {200}, path
+    assert {path: {version for _, version in answers} for path, answers in results.items()} == {
+        **dict.fromkeys(results, {"1"}), "/intents/predict": {"1", "2"}}
+
+
+def test_finetune_serve_serves_the_pipelines_with_a_model_and_waits_for_the_others(pipelines, tiny_model):
+    import mlflow
+
+    later = {**ner_params(tiny_model)["ner"], "type": "token_classification", "registry": {"name": "ner-later"}}  # no version yet
+    params = write_yaml(Path("later.yaml"), pipelines_params(tiny_model, later=later))
+    server = subprocess.Popen([str(FINETUNE), "--params", str(params), "serve", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(180, server.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in server.stdout:
+            lines.append(line.rstrip("\n"))
+            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        assert found, "the server exited before listening:\n" + "\n".join(lines)
+        url = found[1]
+        assert ("serve: POST /sentiment/predict and /predict: fin-sentiment v1 (models:/fin-sentiment@champion) "
+                "with torch") in lines
+        assert "serve: POST /ner/predict: ner v1 (models:/ner@champion) with torch" in lines
+        assert ("serve: POST /later/predict: no model at models:/ner-later@champion yet: answers 503 until one is registered "
+                "(checked every 30 s, or POST /reload)") in lines
+        assert httpx.get(f"{url}/health").json()["pipelines"]["later"] == {"status": "no_model", "model_version": None}
+        waiting = httpx.post(f"{url}/later/predict", json={"texts": NER_TEXTS})
+        assert waiting.status_code == 503 and waiting.json()["detail"] == (
+            "later has no model yet: nothing at models:/ner-later@champion; it is served once one is registered")
+        assert httpx.post(f"{url}/ner/predict", json={"texts": NER_TEXTS}).status_code == 200
+
+        registry = mlflow.MlflowClient()  # its first model: NER's v1 under its name
+        registry.copy_model_version(f"models:/{NER}/1", "ner-later")
+        registry.set_registered_model_alias("ner-later", "champion", "1")
+        assert httpx.post(f"{url}/later/reload").json() == {"reloaded": True, "version": "1"}
+        answered = httpx.post(f"{url}/later/predict", json={"texts": NER_TEXTS})
+        assert answered.status_code == 200 and answered.json()["model_version"] == "1"
+    finally:
+        server.terminate()
+        server.wait()
+        watchdog.cancel()
+
+
+def test_finetune_serve_stops_when_no_pipeline_has_a_model(registry, tiny_model, capsys):
+    params = tiny_params(tiny_model, sentiment__registry__name="unregistered")
+    params.update(tasks=["sentiment", "ner"], ner={**ner_params(tiny_model)["ner"], "registry": {"name": "unregistered-ner"}})
+    assert main(["--params", str(write_yaml(Path("none.yaml"), params)), "serve", "--port", "0"]) == 4
+    error = capsys.readouterr().err
+    assert error.startswith("error: nothing to serve: no pipeline has a model yet (models:/unregistered@champion, "
+                            "models:/unregistered-ner@champion in sqlite:///")
+    assert error.endswith("; register one with `dvc repro`\n")
+    assert error.count("\n") == 1

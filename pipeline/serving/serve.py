@@ -1,35 +1,45 @@
-"""`finetune serve`: a registered model (the champion by default) behind HTTP.
+"""`finetune serve`: the model of every pipeline (its champion by default) behind HTTP, in one process.
 
-- POST /predict scores texts. Requests that arrive together share one model call: they wait in
-  an asyncio queue that a single worker drains into batches of up to `max_batch_size` texts.
-- A watcher checks the registry alias every `reload_seconds` (POST /reload checks at once). A
-  new version is loaded in the background and swapped in by replacing one reference: batches
-  already running finish on the old model, and no request waits for the load or is dropped.
-- The port is bound before the model loads, so a port in use fails at once; it listens once the
-  model is loaded. Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is
-  exactly how long httpx keeps one for reuse, so a client could reuse a connection just as the
-  server closed it, and that request failed unanswered.
+- POST /{pipeline}/predict answers with that pipeline's model, in its task type's shape: a label and
+  score per text (and the top_k labels on request), entity spans with character offsets, or a
+  translation. POST /predict is serving.task's pipeline, as before pipelines were served together.
+- Each pipeline has its own `Service`: requests that arrive together share one model call (they
+  wait in an asyncio queue that a single worker drains into batches of up to `max_batch_size` texts),
+  and a watcher checks its registry alias every `reload_seconds` (POST /reload checks at once). A new
+  version is loaded in the background and swapped in by replacing one reference: batches already
+  running finish on the old model, no request waits for the load or is dropped, and no other
+  pipeline notices. A pipeline with no model yet answers 503 until its watcher finds its first.
+- The port is bound before the models load, so a port in use fails at once; it listens once they
+  are loaded. Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is exactly
+  how long httpx keeps one for reuse, so a client could reuse a connection just as the server
+  closed it, and that request failed unanswered.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
-time, and the request model is built inside `create_app` from the configured limits.
+time, and each pipeline's request model is built inside `create_app` from its labels and the limits.
 """
 
 import asyncio
 import contextlib
 import errno
 import logging
+import re
 import socket
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, Iterator
+from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator, create_model
 
-from pipeline.errors import ServiceError
-from pipeline.params import ServingConfig
-from pipeline.registry import load_registered, parse_model_uri, registered_version
+from pipeline import tracking
+from pipeline.errors import ModelError, ServiceError
+from pipeline.params import Params, ServingConfig
+from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version, registry_error
+from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
+from pipeline.tasks.text_classification import TextClassificationTask
+from pipeline.tasks.token_classification import TokenClassificationTask
+from pipeline.tasks.translation import TranslationTask
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so messages show beside its own
 
@@ -46,6 +56,17 @@ class Served:
     runtime: str  # torch, or onnx-int8 / onnx-fp32: the version's ONNX Runtime export
     model: Any
     tokenizer: Any
+
+
+def find_version(uri: str) -> Any:
+    """The registry's ModelVersion that `uri` points at now: a ModelError when there is none, a
+    TrackingError when the registry fails."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return registered_version(uri)
+    except MlflowException as exc:
+        raise registry_error(uri, exc) from None
 
 
 def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
@@ -67,47 +88,124 @@ def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
 
 def load_served(task: Task, uri: str, runtime: str) -> Served:
     """Load the version `uri` points at now."""
-    return load_version(task, uri, registered_version(uri), runtime)
+    return load_version(task, uri, find_version(uri), runtime)
 
 
 # request and response bodies --------------------------------------------------------------------
-class Prediction(BaseModel):
+class LabelScore(BaseModel):
     label: str
     score: float
 
 
+class Label(LabelScore):
+    top_k: list[LabelScore] | None = Field(
+        None, description="with top_k in the request: the k most probable labels, most probable first")
+
+
+class Entity(BaseModel):
+    type: str
+    start: int = Field(description="where the entity starts in the text as sent (a character offset)")
+    end: int = Field(description="where it ends, exclusive: text[start:end] is the entity's text")
+    text: str
+    score: float = Field(description="the mean probability of its words' tags")
+
+
+class Entities(BaseModel):
+    entities: list[Entity]
+    score: float = Field(description="the mean probability of the tags of the text's words")
+
+
+class Translation(BaseModel):
+    translation: str
+
+
 class PredictResponse(BaseModel):
+    """Predictions as the task returns them: a task type this module does not know (see TYPES)."""
+
     model_version: str
-    predictions: list[Prediction]
+    predictions: list[dict[str, Any]]
+
+
+class TextClassificationResponse(PredictResponse):
+    predictions: list[Label]
+
+
+class TokenClassificationResponse(PredictResponse):
+    predictions: list[Entities]
+
+
+class TranslationResponse(PredictResponse):
+    predictions: list[Translation]
+
+
+# Each task type's response body, and an example text for /docs; a subclass (a new task type built on
+# one) is served as its base.
+TYPES: dict[type[Task], tuple[type[PredictResponse], str]] = {
+    TextClassificationTask: (TextClassificationResponse, "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."),
+    TokenClassificationTask: (TokenClassificationResponse, "Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday."),
+    TranslationTask: (TranslationResponse, "Der Umsatz stieg im dritten Quartal."),
+}
+
+
+def response_and_example(task: Task) -> tuple[type[PredictResponse], str]:
+    """The response body of the task's type and an example text for it."""
+    return next((found for kind, found in TYPES.items() if isinstance(task, kind)), (PredictResponse, "A text."))
+
+
+def as_sent(text: Any, check: ValidatorFunctionWrapHandler) -> Any:
+    """Check a text with its surrounding whitespace trimmed, but keep it as sent: entity offsets index it."""
+    check(text)
+    return text
+
+
+def request_model(task: Task, settings: ServingConfig) -> type[BaseModel]:
+    """A pipeline's predict body, with this deployment's limits (and a classifier's top_k up to its number
+    of labels), so they are enforced and shown in /docs."""
+    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_text_chars),
+                     WrapValidator(as_sent)]
+    fields: dict[str, Any] = {"texts": (list[text], Field(min_length=1, max_length=settings.max_texts_per_request,
+                                                          examples=[[response_and_example(task)[1]]]))}
+    if isinstance(task, TextClassificationTask):
+        fields["top_k"] = (int | None, Field(None, ge=1, le=len(task.labels),
+                                             description=f"also answer the k most probable labels (1..{len(task.labels)})"))
+    name = "".join(part.capitalize() for part in re.split("[-_]", task.name))  # the schema's name in /docs
+    return create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class PipelineHealth(BaseModel):
+    status: Literal["ok", "no_model"]  # no_model: its route answers 503 until its first model is registered
+    model_version: str | None
 
 
 class Health(BaseModel):
     status: str
-    model_version: str
+    model_version: str | None = Field(description="serving.task's, the model behind POST /predict")
+    pipelines: dict[str, PipelineHealth]
 
 
 class Version(BaseModel):
     name: str
-    version: str
+    version: str | None  # None: the pipeline has no model yet
     alias: str | None
-    run_id: str
-    runtime: str
+    run_id: str | None
+    runtime: str | None
+
+
+class Versions(Version):
+    """serving.task's version at the top level (the model behind POST /predict), and every pipeline's."""
+
+    pipelines: dict[str, Version]
 
 
 class Reload(BaseModel):
     reloaded: bool
-    version: str
+    version: str | None
 
 
-def request_model(settings: ServingConfig) -> type[BaseModel]:
-    """The /predict body with this deployment's limits, so they are enforced and shown in /docs."""
-    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_text_chars)]
-    return create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        texts=(list[text], Field(min_length=1, max_length=settings.max_texts_per_request,
-                                 examples=[["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."]])),
-    )
+class Reloads(Reload):
+    """serving.task's reload at the top level, and every pipeline's."""
+
+    pipelines: dict[str, Reload]
 
 
 # batching and hot-swap --------------------------------------------------------------------------
@@ -116,21 +214,42 @@ class Pending:
     """One request's texts, and the future its predictions are delivered to."""
 
     texts: list[str]
+    top_k: int  # a classifier's: how many of the most probable labels to answer as well (0: none)
     result: asyncio.Future
 
 
 class Service:
-    """The served model, the queue that batches requests for it, and the reloads that replace it."""
+    """One pipeline's model, the queue that batches requests for it, and the reloads that replace it.
+    `served` is None while its URI points at nothing: the watcher loads the first version that appears."""
 
-    def __init__(self, task: Task, uri: str, settings: ServingConfig, served: Served):
+    def __init__(self, task: Task, uri: str, settings: ServingConfig, served: Served | None):
         self.task, self.uri, self.settings, self.served = task, uri, settings, served
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.held: Pending | None = None  # a request that did not fit the last batch: first in the next
         self.reload_lock = asyncio.Lock()
 
-    async def predict(self, texts: list[str]) -> tuple[str, list[dict]]:
-        """(model version, predictions) for texts, scored together with whatever else is queued."""
-        pending = Pending(texts, asyncio.get_running_loop().create_future())
+    @property
+    def version(self) -> str | None:
+        """The version being served; None while there is none."""
+        return self.served.version if self.served else None
+
+    @property
+    def still(self) -> str:
+        """What keeps answering after a failed check."""
+        return f"still serving v{self.version}" if self.served else "still without a model"
+
+    def summary(self) -> str:
+        """What it serves, in a few words (the log line at start)."""
+        if self.served is None:
+            return (f"no model at {self.uri} yet: answers 503 until one is registered "
+                    f"(checked every {self.settings.reload_seconds:g} s, or POST /reload)")
+        served = self.served
+        return f"{served.name} v{served.version} ({self.uri}) with {served.runtime}"
+
+    async def predict(self, texts: list[str], top_k: int = 0) -> tuple[str, list[dict]]:
+        """(model version, predictions) for texts, scored together with whatever else is queued; with top_k
+        (a classifier's), each prediction also has the top_k most probable labels."""
+        pending = Pending(texts, top_k, asyncio.get_running_loop().create_future())
         await self.queue.put(pending)
         return await pending.result
 
@@ -161,8 +280,10 @@ class Service:
             batch = await self.next_batch()
             served = self.served  # this batch finishes on this model even if a swap happens meanwhile
             examples = [{"text": text} for pending in batch for text in pending.texts]
+            top_k = max(pending.top_k for pending in batch)  # ranks enough labels for every request in the batch
+            options = {"top_k": top_k} if top_k else {}
             try:
-                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples)
+                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples, **options)
             except Exception as exc:  # fail these requests, keep serving the next ones
                 log.exception("prediction failed")
                 for pending in batch:
@@ -172,18 +293,28 @@ class Service:
             start = 0
             for pending in batch:
                 if not pending.result.done():  # done already: the client went away
-                    pending.result.set_result((served.version, predictions[start : start + len(pending.texts)]))
+                    answers = predictions[start : start + len(pending.texts)]
+                    if top_k:  # each request keeps as many ranked labels as it asked for (none: left out)
+                        answers = [{**answer, "top_k": answer["top_k"][: pending.top_k] or None} for answer in answers]
+                    pending.result.set_result((served.version, answers))
                 start += len(pending.texts)
 
     async def reload(self) -> bool:
-        """Serve the version the URI points at now, loading it first; True when it changed."""
+        """Serve the version the URI points at now, loading it first; True when it changed. While there
+        has never been one, a URI that points at nothing is no failure: the pipeline keeps waiting."""
         async with self.reload_lock:  # the watcher and POST /reload never load the same version twice
-            found = await asyncio.to_thread(registered_version, self.uri)
-            if str(found.version) == self.served.version:
+            try:
+                found = await asyncio.to_thread(find_version, self.uri)
+            except ModelError:
+                if self.served is None:
+                    return False
+                raise
+            if str(found.version) == self.version:
                 return False
             served = await asyncio.to_thread(load_version, self.task, self.uri, found, self.settings.runtime)
-            previous, self.served = self.served.version, served  # one assignment: the swap
-            log.info("now serving %s v%s with %s (was v%s)", served.name, served.version, served.runtime, previous)
+            previous, self.served = self.version, served  # one assignment: the swap
+            log.info("%s: now serving %s v%s with %s (%s)", self.task.name, served.name, served.version, served.runtime,
+                     f"was v{previous}" if previous else "its first model")
             return True
 
     async def watch(self) -> None:
@@ -193,7 +324,7 @@ class Service:
             try:
                 await self.reload()
             except Exception as exc:  # a registry hiccup must not take serving down
-                log.warning("checking %s failed, still serving v%s: %s", self.uri, self.served.version, exc)
+                log.warning("checking %s failed, %s: %s", self.uri, self.still, exc)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -205,6 +336,39 @@ class Service:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+
+def load_services(params: Params, settings: ServingConfig, model_uri: str | None = None) -> dict[str, Service]:
+    """A Service per pipeline, by name: every one in `tasks` (and settings.task) at its champion, or with
+    `model_uri` settings.task's alone, at that URI. A pipeline whose URI points at nothing yet is served
+    once it does (see Service); a ModelError when that leaves nothing to serve."""
+    names = [settings.task] if model_uri else list(dict.fromkeys([*params.tasks, settings.task]))
+    services, missing = {}, []
+    for name in names:
+        config = params.task(name)
+        task = get_task(name, config)
+        uri = model_uri or champion_uri(config.registry.name)
+        try:
+            served = load_served(task, uri, settings.runtime)
+        except ModelError as exc:
+            served = None
+            missing.append(exc)
+        services[name] = Service(task, uri, settings, served)
+    if len(missing) == len(names) == 1:
+        raise missing[0]
+    if len(missing) == len(names):
+        raise ModelError(f"nothing to serve: no pipeline has a model yet ({', '.join(s.uri for s in services.values())} "
+                         f"in {tracking.tracking_uri()}); register one with `dvc repro`")
+    return services
+
+
+@contextlib.asynccontextmanager
+async def running(services: Iterable[Service]) -> AsyncIterator[None]:
+    """Run every service's batch worker and watcher while the app runs."""
+    async with contextlib.AsyncExitStack() as stack:
+        for service in services:
+            await stack.enter_async_context(service.running())
+        yield
 
 
 # the app ----------------------------------------------------------------------------------------
@@ -219,22 +383,72 @@ async def json_only(request: Request) -> None:
         raise HTTPException(415, "send the body as JSON, with the header content-type: application/json")
 
 
-def create_app(service: Service) -> FastAPI:
-    """The HTTP API of `service`; its worker and watcher run for the app's lifetime."""
-    PredictRequest = request_model(service.settings)
+def add_predict_route(app: FastAPI, path: str, service: Service, body: type[BaseModel]) -> None:
+    """POST `path`: the service's predictions for a request of model `body`, in its task type's response."""
+    response = response_and_example(service.task)[0]
+
+    @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True,
+              summary=f"Predict with {service.task.name} ({service.uri})")
+    async def predict(request: body) -> response:
+        """Predictions for each text, in the order of `texts`; 503 while the pipeline has no model yet."""
+        if service.served is None:
+            raise HTTPException(503, f"{service.task.name} has no model yet: nothing at {service.uri}; it is served "
+                                     "once one is registered")
+        version, predictions = await service.predict(request.texts, getattr(request, "top_k", None) or 0)  # a classifier's
+        return response(model_version=version, predictions=predictions)
+
+
+def add_pipeline_routes(app: FastAPI, name: str, service: Service, body: type[BaseModel]) -> None:
+    """POST /{name}/predict, POST /{name}/reload and GET /{name}/version: one pipeline's own routes."""
+    add_predict_route(app, f"/{name}/predict", service, body)
+
+    @app.post(f"/{name}/reload", summary=f"Check {service.uri} now")
+    async def reload() -> Reload:
+        """Check this pipeline's registry alias now and swap in a new version if it moved."""
+        return await reload_checked(service)
+
+    @app.get(f"/{name}/version", summary=f"The version of {service.uri} answering")
+    async def version() -> Version:
+        """The model version this pipeline answers with and where it came from."""
+        return version_of(service)
+
+
+async def reload_checked(service: Service) -> Reload:
+    """Check the service's URI now and swap in a new version if it moved; 503 when the check fails."""
+    try:
+        reloaded = await service.reload()
+    except Exception as exc:
+        raise HTTPException(503, f"checking {service.uri} failed, {service.still}: {exc}")
+    return Reload(reloaded=reloaded, version=service.version)
+
+
+def version_of(service: Service) -> Version:
+    """The version a service answers with and where it came from (name and alias only, before its first)."""
+    served = service.served
+    if served is None:
+        name, alias, version = parse_model_uri(service.uri)
+        return Version(name=name, version=version, alias=alias, run_id=None, runtime=None)
+    return Version(name=served.name, version=served.version, alias=served.alias, run_id=served.run_id, runtime=served.runtime)
+
+
+def create_app(services: dict[str, Service], default: str) -> FastAPI:
+    """The HTTP API of `services` (by pipeline name), POST /predict being `default`'s; their workers and
+    watchers run for the app's lifetime."""
+    settings = services[default].settings
     app = FastAPI(
         title="finetune-pipeline serving",
-        summary=f"Scores texts with {service.uri}, batching concurrent requests.",
-        lifespan=lambda app: service.running(),
+        summary=f"Predicts with {', '.join(s.uri for s in services.values())}, batching concurrent requests.",
+        lifespan=lambda app: running(services.values()),
     )
-    body_limit = max_body_bytes(service.settings)
+    body_limit = max_body_bytes(settings)
+    predict_paths = {"/predict", *(f"/{name}/predict" for name in services)}
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
-        """413 before a byte of an oversized body is read, 411 for a /predict body of unknown length,
+        """413 before a byte of an oversized body is read, 411 for a predict body of unknown length,
         400 for a length that is no number (uvicorn's parser answers that itself; another ASGI server may not)."""
         declared = request.headers.get("content-length")
-        if request.method == "POST" and request.url.path == "/predict" and declared is None:
+        if request.method == "POST" and request.url.path in predict_paths and declared is None:
             return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
         if declared is not None and not declared.strip().isdigit():
             return JSONResponse({"detail": f"the Content-Length header must be a number of bytes, got {declared!r}"}, status_code=400)
@@ -243,31 +457,29 @@ def create_app(service: Service) -> FastAPI:
                                            "(serving.max_texts_per_request x serving.max_text_chars)"}, status_code=413)
         return await call_next(request)
 
-    @app.post("/predict", dependencies=[Depends(json_only)])
-    async def predict(request: PredictRequest) -> PredictResponse:
-        """Label each text; predictions are in the order of `texts`."""
-        version, predictions = await service.predict(request.texts)
-        return PredictResponse(model_version=version, predictions=predictions)
+    bodies = {name: request_model(service.task, settings) for name, service in services.items()}
+    add_predict_route(app, "/predict", services[default], bodies[default])
+    for name, service in services.items():
+        add_pipeline_routes(app, name, service, bodies[name])
 
     @app.get("/health")
     async def health() -> Health:
-        """Up and serving a model (the app only starts once one is loaded)."""
-        return Health(status="ok", model_version=service.served.version)
+        """Up, and each pipeline's model version (the app only starts once the models that exist are loaded)."""
+        pipelines = {name: PipelineHealth(status="ok" if s.served else "no_model", model_version=s.version)
+                     for name, s in services.items()}
+        return Health(status="ok", model_version=services[default].version, pipelines=pipelines)
 
     @app.get("/version")
-    async def version() -> Version:
-        """The model version being served and where it came from."""
-        served = service.served
-        return Version(name=served.name, version=served.version, alias=served.alias, run_id=served.run_id, runtime=served.runtime)
+    async def version() -> Versions:
+        """The model versions being served and where they came from."""
+        return Versions(**version_of(services[default]).model_dump(), pipelines={n: version_of(s) for n, s in services.items()})
 
     @app.post("/reload")
-    async def reload() -> Reload:
-        """Check the registry now and swap in a new version if the alias moved."""
-        try:
-            reloaded = await service.reload()
-        except Exception as exc:
-            raise HTTPException(503, f"checking {service.uri} failed, still serving v{service.served.version}: {exc}")
-        return Reload(reloaded=reloaded, version=service.served.version)
+    async def reload() -> Reloads:
+        """Check every pipeline's registry alias now and swap in the new versions of those that moved."""
+        results = await asyncio.gather(*(reload_checked(service) for service in services.values()))
+        reloads = dict(zip(services, results))
+        return Reloads(**reloads[default].model_dump(), pipelines=reloads)
 
     return app
 
@@ -324,18 +536,19 @@ def listen(sock: socket.socket, backlog: int) -> str:
     return f"http://{address(host, port)}"
 
 
-def server_config(service: Service, **options: Any) -> Any:
-    """A uvicorn.Config for `service`, with its keep-alive (see the module docstring)."""
+def server_config(services: dict[str, Service], default: str, **options: Any) -> Any:
+    """A uvicorn.Config for `services` (see create_app), with the keep-alive (see the module docstring)."""
     import uvicorn
 
-    return uvicorn.Config(create_app(service), timeout_keep_alive=service.settings.keep_alive_seconds, **options)
+    keep_alive = services[default].settings.keep_alive_seconds
+    return uvicorn.Config(create_app(services, default), timeout_keep_alive=keep_alive, **options)
 
 
-def run(service: Service, sock: socket.socket) -> None:
+def run(services: dict[str, Service], default: str, sock: socket.socket) -> None:
     """Serve on `sock` (from `bind`) until interrupted; on Ctrl-C requests in flight are answered before it stops."""
     import uvicorn
 
-    server = uvicorn.Server(server_config(service))
+    server = uvicorn.Server(server_config(services, default))
     url = listen(sock, server.config.backlog)
     log.info("Uvicorn running on %s (Press CTRL+C to quit)", url)  # uvicorn's own line, which it skips for a given socket
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: exit 0, as uvicorn.run does

@@ -134,10 +134,17 @@ class TextClassificationTask(Task):
             "f1_macro": float(f1_score(gold, predicted, average="macro", labels=range(len(self.labels)))),
         }
 
-    def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+    def predict(self, model: Any, tokenizer: Any, examples: list[Record], top_k: int = 0) -> list[Record]:
+        """Each example's most probable label and its probability; with top_k, also `top_k`: the k most
+        probable labels with theirs, most probable first (serving answers a request's top_k from it)."""
         probabilities, _ = self.class_probabilities(model, tokenizer, examples)
         id2label = model.config.id2label
-        return [{"label": id2label[int(row.argmax())], "score": float(row.max())} for row in probabilities]
+        ranks = (-probabilities).argsort(axis=1, kind="stable")  # most probable first; a tie in label order, as argmax
+        predictions = []
+        for row, order in zip(probabilities, ranks):
+            ranked = [{"label": id2label[int(i)], "score": float(row[i])} for i in order[: max(top_k, 1)]]
+            predictions.append({**ranked[0], "top_k": ranked} if top_k else ranked[0])
+        return predictions
 
     def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
         import numpy as np
