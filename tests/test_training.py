@@ -29,7 +29,7 @@ def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
     assert {"train_loss", "eval_loss", "eval_f1_macro"} <= history[-1].keys()
     metrics = load_json(PATHS.metrics)
     for split in ("val", "test"):
-        assert {"accuracy", "f1_macro", "per_class"} <= metrics[split].keys()
+        assert {"accuracy", "f1_macro", "per_class", "top_confusions"} <= metrics[split].keys()
         assert set(metrics[split]["per_class"]) == {"negative", "neutral", "positive"}
         assert set(metrics[split]["per_class"]["neutral"]) == {"precision", "recall", "f1", "support"}
     assert metrics["val"]["f1_macro"] > 0.9, "the tiny data is easy: the model should learn it"
