@@ -47,6 +47,11 @@ def task_params(task: str, overrides: list[str]) -> dict:
     """The project's params.yaml for one task, with `KEY=VALUE` overrides of its section applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = [task]
+    return with_overrides(params, task, overrides)
+
+
+def with_overrides(params: dict, task: str, overrides: list[str]) -> dict:
+    """`params` with `KEY=VALUE` overrides of the task's section applied; a key it lacks stops the run."""
     for override in overrides:
         key, value = override.split("=", 1)
         *sections, last = key.split(".")
