@@ -89,3 +89,10 @@ def test_real_bundled_model_fine_tunes_a_few_steps(workspace):
     assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert load_json(PATHS.metrics)["test"]["accuracy"] > 0.5
+
+
+def test_label_names_mlflow_refuses_are_logged_with_underscores():
+    from pipeline.stages.evaluate import _numbers
+
+    metrics = {"accuracy": 0.9, "per_class": {"reverted_card_payment?": {"f1": 0.5}}, "top_confusions": [{"count": 1}]}
+    assert _numbers(metrics) == {"accuracy": 0.9, "per_class.reverted_card_payment_.f1": 0.5}, "Banking77 has such a label"
