@@ -47,6 +47,11 @@ def task_params(task: str, overrides: list[str]) -> dict:
     """The project's params.yaml for one task, with `KEY=VALUE` overrides of its section applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = [task]
+    return with_overrides(params, task, overrides)
+
+
+def with_overrides(params: dict, task: str, overrides: list[str]) -> dict:
+    """`params` with `KEY=VALUE` overrides of the task's section applied; a key it lacks stops the run."""
     for override in overrides:
         key, value = override.split("=", 1)
         *sections, last = key.split(".")
@@ -120,6 +125,7 @@ def run_facts(params: dict, task: str, overrides: list[str], started: float) -> 
     """What every result records besides its scores: time, memory, data sizes and settings."""
     from pipeline.paths import TaskPaths
     from pipeline.records import load_json
+    from pipeline.tasks import load_params
 
     paths = TaskPaths(task)
     summary = load_json(paths.train_summary)
@@ -133,7 +139,7 @@ def run_facts(params: dict, task: str, overrides: list[str], started: float) -> 
         "pipeline_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "history": load_json(paths.history),
-        "model": params[task]["model"]["name"],
+        "model": load_params(Path("params.yaml")).task(task).model.name,  # the default where the section has none
         "train_params": params[task]["train"],
         "augment_params": params[task]["augment"],
         "overrides": overrides,

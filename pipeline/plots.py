@@ -3,6 +3,7 @@ active-learning label curves, the sentiment index."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -10,26 +11,70 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+ANNOTATED_LABELS = 20  # up to this many labels, counts in the cells; beyond, colour alone
 
-def confusion_matrix_png(actual: list[str], predicted: list[str], labels: list[str], path: Path, title: str) -> None:
-    """A labelled confusion matrix with counts in the cells (rows: actual, columns: predicted)."""
+
+def confusion_matrix_png(
+    actual: list[str], predicted: list[str], labels: list[str], path: Path, title: str,
+    top_confusions: Sequence[dict] = (),
+) -> None:
+    """A labelled confusion matrix (rows: actual, columns: predicted).
+
+    Up to ANNOTATED_LABELS labels, the counts are written in the cells. With more, the figure and
+    its fonts scale with the labels, cells are coloured by their share of the row (the actual
+    label's examples) and `top_confusions` ({actual, predicted, count}) are listed under it."""
+    counts = confusion_counts(actual, predicted, labels)
+    if len(labels) <= ANNOTATED_LABELS:
+        fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+        _counted_cells(ax, counts, labels)
+    else:
+        fig, ax = _shaded_matrix(counts, labels, top_confusions)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def confusion_counts(actual: list[str], predicted: list[str], labels: list[str]) -> list[list[int]]:
+    """counts[i][j]: examples of labels[i] predicted as labels[j]; other labels are left out."""
     index = {label: i for i, label in enumerate(labels)}
     counts = [[0] * len(labels) for _ in labels]
     for a, p in zip(actual, predicted):
         if a in index and p in index:
             counts[index[a]][index[p]] += 1
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+    return counts
+
+
+def _counted_cells(ax: plt.Axes, counts: list[list[int]], labels: list[str]) -> None:
+    """A few labels: the counts as colours and written in each cell."""
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
     peak = max(max(row) for row in counts) or 1
     for i, row in enumerate(counts):
         for j, count in enumerate(row):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
-    _save(fig, path)
+
+
+def _shaded_matrix(counts: list[list[int]], labels: list[str], top_confusions: Sequence[dict]) -> tuple[plt.Figure, plt.Axes]:
+    """Many labels: (figure, matrix axes) sized to them, each row's shares as colours, the top confusions listed below."""
+    font = 7  # points: tick labels that fit a cell of 0.2 inch
+    side = 0.2 * len(labels) + 3  # and 3 inches for the tick labels and titles
+    listing = 0.2 * (len(top_confusions) + 1) + 0.3 if top_confusions else 0.1
+    fig, axes = plt.subplot_mosaic([["matrix", "scale"], ["notes", "notes"]], figsize=(side + 0.8, side + listing),
+                                   width_ratios=[side, 0.15], height_ratios=[side, listing])
+    ax, notes = axes["matrix"], axes["notes"]
+    shares = [[count / (sum(row) or 1) for count in row] for row in counts]
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, cax=axes["scale"], label="share of the actual label's examples")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(labels)), labels, fontsize=font)
+    notes.axis("off")
+    if top_confusions:
+        lines = [f"{c['count']:>4}  {c['actual']} -> {c['predicted']}" for c in top_confusions]
+        notes.text(0, 1, "most frequent confusions (count  actual -> predicted):\n" + "\n".join(lines),
+                   va="top", family="monospace", fontsize=font + 2)
+    return fig, ax
 
 
 def learning_curves_png(history: list[dict], metric: str, path: Path, title: str) -> None:

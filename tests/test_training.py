@@ -29,7 +29,7 @@ def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
     assert {"train_loss", "eval_loss", "eval_f1_macro"} <= history[-1].keys()
     metrics = load_json(PATHS.metrics)
     for split in ("val", "test"):
-        assert {"accuracy", "f1_macro", "per_class"} <= metrics[split].keys()
+        assert {"accuracy", "f1_macro", "per_class", "top_confusions"} <= metrics[split].keys()
         assert set(metrics[split]["per_class"]) == {"negative", "neutral", "positive"}
         assert set(metrics[split]["per_class"]["neutral"]) == {"precision", "recall", "f1", "support"}
     assert metrics["val"]["f1_macro"] > 0.9, "the tiny data is easy: the model should learn it"
@@ -89,3 +89,10 @@ def test_real_bundled_model_fine_tunes_a_few_steps(workspace):
     assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert load_json(PATHS.metrics)["test"]["accuracy"] > 0.5
+
+
+def test_label_names_mlflow_refuses_are_logged_with_underscores():
+    from pipeline.stages.evaluate import _numbers
+
+    metrics = {"accuracy": 0.9, "per_class": {"reverted_card_payment?": {"f1": 0.5}}, "top_confusions": [{"count": 1}]}
+    assert _numbers(metrics) == {"accuracy": 0.9, "per_class.reverted_card_payment_.f1": 0.5}, "Banking77 has such a label"

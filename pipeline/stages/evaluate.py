@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from typing import Any
 
@@ -13,6 +14,7 @@ from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
 EVAL_SPLITS = ("val", "test")
+MLFLOW_REFUSES = re.compile(r"[^\w\-. :/]")  # characters MLflow refuses in a metric name, e.g. the '?' of a label
 
 
 def score(task: Task, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[dict, list[Record]]:
@@ -56,10 +58,10 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
 
 
 def _numbers(values: dict, prefix: str = "") -> dict[str, float]:
-    """Flatten nested metrics into MLflow-friendly names, e.g. per_class.negative.f1."""
+    """Flatten nested metrics into MLflow-friendly names, e.g. per_class.negative.f1 (refused characters as '_')."""
     flat = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{MLFLOW_REFUSES.sub('_', str(key))}"
         if isinstance(value, dict):
             flat.update(_numbers(value, f"{name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +13,15 @@ from pipeline.models import batched_by_length
 from pipeline.params import DataConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
 from pipeline.tasks.base import Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
+
+TOP_CONFUSIONS = 10  # the most frequent mistakes listed in the metrics and on a large confusion plot
+
+
+def top_confusions(actual: list[str], predicted: list[str], k: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The k most frequent (actual, predicted) pairs that differ, most frequent first (ties by name)."""
+    pairs = Counter((a, p) for a, p in zip(actual, predicted) if a != p)
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+    return [{"actual": a, "predicted": p, "count": count} for (a, p), count in ranked[:k]]
 
 
 @dataclass
@@ -191,6 +201,7 @@ class TextClassificationTask(Task):
                 }
                 for i, label in enumerate(self.labels)
             },
+            "top_confusions": top_confusions(gold, predicted),
         }
 
     def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
@@ -221,9 +232,10 @@ class TextClassificationTask(Task):
         pairs = [{"actual": e["label"], "predicted": p["label"]} for e, p in zip(examples, predictions)]
         save_json(out_dir / f"confusion_{split}.json", pairs)  # DVC's confusion template reads this
         image = out_dir / f"confusion_{split}.png"
+        actual, predicted = [p["actual"] for p in pairs], [p["predicted"] for p in pairs]
         confusion_matrix_png(
-            [p["actual"] for p in pairs], [p["predicted"] for p in pairs], self.labels, image,
-            title=f"{self.name}: confusion matrix ({split})",
+            actual, predicted, self.labels, image, title=f"{self.name}: confusion matrix ({split})",
+            top_confusions=top_confusions(actual, predicted),
         )
         return [image]
 
