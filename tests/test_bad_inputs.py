@@ -373,7 +373,7 @@ def client(tmp_path_factory, tiny_model) -> Iterator[Any]:
         settings = ServingConfig(**LIMITS)
         uri = f"models:/{NAME}@champion"
         service = Service(task, uri, settings, load_served(task, uri, "torch"))
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app({"sentiment": service}, "sentiment")) as test_client:
         assert test_client.post("/predict", json={"texts": ["Profit rose"]}).status_code == 200
         yield test_client
 

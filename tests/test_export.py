@@ -53,7 +53,8 @@ def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model, mon
     assert agreement >= 0.95
     assert [p["score"] for p in from_onnx] == pytest.approx([p["score"] for p in from_torch], abs=0.05)
 
-    with TestClient(create_app(Service(task, uri, ServingConfig(reload_seconds=60), served))) as client:
+    service = Service(task, uri, ServingConfig(reload_seconds=60), served)
+    with TestClient(create_app({"sentiment": service}, "sentiment")) as client:
         assert client.get("/version").json()["runtime"] == "onnx-int8"
         answer = client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]}).json()
         assert [p["label"] for p in answer["predictions"]] == ["positive", "neutral"]
