@@ -66,3 +66,19 @@ def test_fractional_epochs_and_mapping_source(tmp_path):
     config = load_params(write_params(tmp_path, params)).task("sentiment")
     assert config.train.epochs == 0.5
     assert config.data.source == {"train": "a.csv", "val": "b.csv", "test": "c.csv"}
+
+
+def test_every_pipeline_in_params_yaml_has_the_keys_dvc_yaml_tracks():
+    # DVC refuses to run a stage whose params key is missing from params.yaml, whatever our defaults say.
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    tracked = {key.removeprefix("${item}.") for stage in stages.values() if "do" in stage
+               for key in stage["do"].get("params", []) if isinstance(key, str) and key.startswith("${item}.")}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    pipelines = [name for name in load_params(ROOT / "params.yaml").task_configs]
+    assert "intents" in pipelines and tracked >= {"split", "model.name", "pretrain", "promotion"}
+    for name in pipelines:
+        for key in tracked:
+            section = params[name]
+            for part in key.split("."):
+                assert isinstance(section, dict) and part in section, f"params.yaml: {name}.{key} is missing (write {{}} for the defaults)"
+                section = section[part]
