@@ -51,12 +51,17 @@ def registry_error(uri: str, exc: Exception) -> UserError:
 
 
 def registered_version(uri: str) -> Any:
-    """The registry's ModelVersion that `uri` points at right now (an alias moves on promotion)."""
+    """The registry's ModelVersion that `uri` points at right now (an alias moves on promotion): a ModelError
+    when there is none, a TrackingError when the registry fails."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     name, alias, version = parse_model_uri(uri)
     client = mlflow.MlflowClient()
-    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise registry_error(uri, exc) from None
 
 
 def champion_version(client: Any, name: str) -> Any | None:

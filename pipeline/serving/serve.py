@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorF
 from pipeline import tracking
 from pipeline.errors import ModelError, ServiceError
 from pipeline.params import Params, ServingConfig
-from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version, registry_error
+from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
 from pipeline.tasks.text_classification import TextClassificationTask
@@ -58,17 +58,6 @@ class Served:
     tokenizer: Any
 
 
-def find_version(uri: str) -> Any:
-    """The registry's ModelVersion that `uri` points at now: a ModelError when there is none, a
-    TrackingError when the registry fails."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return registered_version(uri)
-    except MlflowException as exc:
-        raise registry_error(uri, exc) from None
-
-
 def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
     """Load the version found, by number: the alias may move again while this loads. With runtime
     onnx, its ONNX Runtime export when it has one (registry.onnx), else PyTorch, with a warning."""
@@ -88,7 +77,7 @@ def load_version(task: Task, uri: str, found: Any, runtime: str) -> Served:
 
 def load_served(task: Task, uri: str, runtime: str) -> Served:
     """Load the version `uri` points at now."""
-    return load_version(task, uri, find_version(uri), runtime)
+    return load_version(task, uri, registered_version(uri), runtime)
 
 
 # request and response bodies --------------------------------------------------------------------
@@ -304,7 +293,7 @@ class Service:
         has never been one, a URI that points at nothing is no failure: the pipeline keeps waiting."""
         async with self.reload_lock:  # the watcher and POST /reload never load the same version twice
             try:
-                found = await asyncio.to_thread(find_version, self.uri)
+                found = await asyncio.to_thread(registered_version, self.uri)
             except ModelError:
                 if self.served is None:
                     return False
