@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
 
 
 PHRASEBANK = "financial_phrasebank/Sentences_50Agree.txt"
@@ -98,27 +100,72 @@ def scratch_splits(params: dict, task_name: str, prefix: str) -> tuple:
     return (get_task(task_name, config), config, *(load_records(paths.split(s)) for s in ("train", "val", "test")))
 
 
-def run_variant(params: dict, task: str, stages: tuple[str, ...]) -> dict:
-    """Run stages with `params` in the current workspace, in a fresh process so its peak memory is its own.
+def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path = Path("."), cores: set[int] | None = None) -> dict:
+    """Run stages with `params` in `folder` (default: the current workspace), in a fresh process so its
+    peak memory is its own, pinned to `cores` when given (it then uses one thread per core).
 
     Returns the train summary, the metrics and the process's peak RSS in MB.
     """
     from pipeline.paths import TaskPaths
     from pipeline.records import load_json
 
-    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code = (
         f"import resource, sys; sys.path.insert(0, {str(ROOT)!r}); from pipeline.cli import run_stage\n"
         f"for stage in {list(stages)!r}: run_stage(stage, {task!r}, __import__('pathlib').Path('params.yaml'))\n"
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
-    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=folder,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin)
     print(done.stdout)  # progress went to stderr as it happened
     if done.returncode != 0:
-        sys.exit(f"stages {stages} failed (see above)")
+        sys.exit(f"stages {stages} failed in {folder} (see above)")
     peak_kb = int(done.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
     paths = TaskPaths(task)
-    return {"summary": load_json(paths.train_summary), "metrics": load_json(paths.metrics), "peak_rss_mb": round(peak_kb / 1024)}
+    return {"summary": load_json(folder / paths.train_summary), "metrics": load_json(folder / paths.metrics),
+            "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tuple[str, ...] = ("train", "evaluate")) -> list[dict]:
+    """Train and evaluate once per training seed on the data stages already run in the current
+    workspace, each seed in its own folder (data/ shared), `jobs` at once with the cores split
+    between them. Returns run_variant's result for each seed, in the order of `seeds`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = sorted(os.sched_getaffinity(0))
+    shares = [set(cores[i::jobs]) for i in range(jobs)] if jobs > 1 else [None]
+    free = list(range(len(shares)))
+
+    def one(seed: int) -> dict:
+        folder = Path(f"seed-{seed}")
+        folder.mkdir()
+        (folder / "data").symlink_to(Path("data").resolve())
+        share = free.pop()
+        try:
+            seeded = with_overrides(copy.deepcopy(params), task, [f"train.seed={seed}"])
+            return {"seed": seed, **run_variant(seeded, task, stages, folder, shares[share])}
+        finally:
+            free.append(share)
+
+    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+        return list(pool.map(one, seeds))
+
+
+def spread(values: list[float], digits: int = 4) -> dict:
+    """Mean, sample standard deviation, min and max of repeated figures (seeds or timing repeats)."""
+    import statistics
+
+    return {"mean": round(statistics.mean(values), digits), "sd": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
+            "min": round(min(values), digits), "max": round(max(values), digits), "n": len(values)}
+
+
+def timing(values: list[float], digits: int = 2) -> dict:
+    """Median and min-max of timing repeats, with every repeat kept."""
+    import statistics
+
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "repeats": [round(v, digits) for v in values]}
 
 
 def run_facts(params: dict, task: str, overrides: list[str], started: float) -> dict:
@@ -148,11 +195,13 @@ def run_facts(params: dict, task: str, overrides: list[str], started: float) -> 
 
 
 def cpu_facts() -> dict:
-    """The CPU a speed was measured on: its model name, the SIMD extensions it offers, the threads this process may use."""
+    """The CPU a speed was measured on: its model name, the SIMD extensions it offers (int8 and bf16 speed
+    hang on avx512_vnni / avx_vnni / avx512_bf16 / amx), the threads this process may use."""
+    from pipeline.models import cpu_flags
+
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return {"cpu_model": model, "cpu_flags": sorted(f for f in flags if f.startswith(("sse4", "avx", "fma"))),
+    return {"cpu_model": model, "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("sse4", "avx", "fma", "amx"))),
             "cpu_threads": len(os.sched_getaffinity(0))}
 
 

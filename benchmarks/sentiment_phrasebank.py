@@ -1,31 +1,49 @@
-"""Financial PhraseBank (Sentences_50Agree) through the pipeline's own stages.
+"""Financial PhraseBank (Sentences_50Agree) through the pipeline's own stages, over several seeds.
 
-Runs collect, validate, split (the same 60/20/20 content-hash split), augment, train and
-evaluate with the settings of the project's params.yaml, only the source pointed at the
-PhraseBank file, in a scratch workspace, and writes benchmarks/results/sentiment_phrasebank.json.
+Runs collect, validate, split (the same 60/20/20 content-hash split) and augment once with the
+settings of the project's params.yaml, only the source pointed at the PhraseBank file, in a
+scratch workspace; then train and evaluate once per training seed. Reports each seed's figures
+and their mean and standard deviation; writes benchmarks/results/sentiment_phrasebank.json.
 
-    python benchmarks/sentiment_phrasebank.py [--file Sentences_50Agree.txt] [--set train.epochs=6 ...]
+    python benchmarks/sentiment_phrasebank.py [--seeds 42 43 44] [--jobs 2] [--set train.epochs=6 ...]
 
-`--set` overrides a key of the `sentiment:` section for an experiment; results of runs with
-overrides go to benchmarks/results/sentiment_phrasebank-<overrides>.json.
+`--jobs 2` trains two seeds at once, each pinned to its share of the cores (on 2 cores: one
+thread each, so a seed's training seconds are its CPU-seconds). `--set` overrides a key of the
+`sentiment:` section; results of runs with overrides go to sentiment_phrasebank-<overrides>.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from common import SHARED_DATA, run_facts, run_in_scratch, task_params, write_result
+from common import SHARED_DATA, benchmark_parser, cpu_facts, run_in_scratch, run_seeds, spread, task_params, write_result
 
 DATA = SHARED_DATA / "financial_phrasebank"
-TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_minutes": 15}
+TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_cpu_minutes": 15}
+
+
+def seed_figures(run: dict, cores: int) -> dict:
+    """One seed's scores, time and memory."""
+    test, val, summary = run["metrics"]["test"], run["metrics"]["val"], run["summary"]
+    return {
+        "seed": run["seed"],
+        "test_f1_macro": round(test["f1_macro"], 4),
+        "test_accuracy": round(test["accuracy"], 4),
+        "val_f1_macro": round(val["f1_macro"], 4),
+        "test_per_class_f1": {k: round(v["f1"], 4) for k, v in test["per_class"].items()},
+        "train_seconds": summary["train_seconds"],
+        "train_cpu_minutes": round(summary["train_seconds"] * cores / 60, 1),
+        "epochs_run": summary["epochs_run"],
+        "peak_rss_mb": run["peak_rss_mb"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--file", default="Sentences_50Agree.txt", help="PhraseBank file under shared/data")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override sentiment.KEY")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="training seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, the cores split between them")
     args = parser.parse_args()
     source = DATA / args.file
     if not source.exists():
@@ -33,19 +51,21 @@ def main() -> None:
     params = task_params("sentiment", args.set)
     params["sentiment"]["data"].update(source=str(source), format="phrasebank")
     started = time.time()
-    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment", "train", "evaluate"), "bench-fpb-")
-    from pipeline.paths import TaskPaths
-    from pipeline.records import load_json
-
-    metrics = load_json(TaskPaths("sentiment").metrics)
+    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment"), "bench-fpb-")
+    cores_per_seed = max(1, cpu_facts()["cpu_threads"] // args.jobs)
+    seeds = [seed_figures(run, cores_per_seed) for run in run_seeds(params, "sentiment", args.seeds, args.jobs)]
     result = {
         "data": f"financial_phrasebank/{args.file}",
-        "test_accuracy": round(metrics["test"]["accuracy"], 4),
-        "test_f1_macro": round(metrics["test"]["f1_macro"], 4),
-        "val_accuracy": round(metrics["val"]["accuracy"], 4),
-        "val_f1_macro": round(metrics["val"]["f1_macro"], 4),
-        "test_per_class_f1": {k: round(v["f1"], 4) for k, v in metrics["test"]["per_class"].items()},
-        **run_facts(params, "sentiment", args.set, started),
+        "split_sizes": {s: sum(1 for _ in open(f"data/split/sentiment/{s}.jsonl")) for s in ("train", "val", "test")},
+        "train_rows": sum(1 for _ in open("data/augmented/sentiment.jsonl")),
+        **{key: spread([s[key] for s in seeds]) for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")},
+        "seeds": seeds,
+        "train_params": params["sentiment"]["train"],
+        "augment_params": params["sentiment"]["augment"],
+        "overrides": args.set,
+        "jobs": args.jobs,
+        **cpu_facts(),
+        "seconds": round(time.time() - started, 1),
         "target": TARGET,
     }
     write_result("sentiment_phrasebank", args.set, result)

@@ -71,6 +71,28 @@ def use_all_cores() -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_on_this_machine()))
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set extensions this machine's CPU reports (empty where /proc/cpuinfo is absent)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+def bf16_is_native() -> bool:
+    """Whether bf16 matrix maths runs in hardware here: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
+    Elsewhere bf16 autocast is emulated and slower than fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def mixed_precision(precision: str) -> bool:
+    """Whether training runs in bf16 mixed precision for `train.precision` (auto | bf16 | fp32)."""
+    return precision == "bf16" or (precision == "auto" and bf16_is_native())
+
+
 def batched_by_length(
     lengths: Sequence[int], batch_size: int, run_batch: Callable[[list[int]], list]
 ) -> list:

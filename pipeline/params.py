@@ -209,6 +209,7 @@ class TrainConfig:
     weight_decay: float = at_least(0, 0.01)
     early_stopping_patience: int = at_least(1, 2)
     seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 mixed precision where the hardware does bf16 natively
     max_minutes: float | None = positive(None)  # stop, evaluate and keep the best model once training has run this long
     processes: int = at_least(1, 1)  # DDP workers on this machine (torchrun); batch_size is split between them
     peft: PeftSettings | None = None  # None: full fine-tuning

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from pipeline import distributed, registry, tracking
 from pipeline.errors import ConfigError
-from pipeline.models import check_max_length, keep_layers, resolve_model, use_all_cores
+from pipeline.models import check_max_length, keep_layers, mixed_precision, resolve_model, use_all_cores
 from pipeline.params import Params, TaskConfig, section_hash
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.plots import learning_curves_png
@@ -152,6 +152,7 @@ def build_trainer(
     set_seed(settings.seed)  # before the new head is initialised, so a rerun gives the same model
     model, tokenizer = load_base(task, config, base)
     arguments_class, trainer_class = task.trainer_classes()
+    bf16 = mixed_precision(settings.precision)
     args = arguments_class(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
@@ -170,7 +171,9 @@ def build_trainer(
         train_sampling_strategy="group_by_length",
         seed=settings.seed,
         report_to="none",
-        use_cpu=distributed.world_size() > 1 and not torch.cuda.is_available(),  # DDP over gloo needs Accelerate's CPU mode
+        bf16=bf16,  # autocast: matrix products in bf16, weights and optimizer state stay fp32
+        # DDP over gloo and bf16 autocast on a CPU both need Accelerate's CPU mode
+        use_cpu=(distributed.world_size() > 1 or bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **task.training_arguments(),
