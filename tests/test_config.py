@@ -53,11 +53,11 @@ def test_bad_params_are_rejected_with_the_key(tmp_path, edit, message):
 
 
 def test_yaml_scientific_notation_string_is_a_number(tmp_path):
-    text = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-4", "learning_rate: 1e-4")
+    text = (ROOT / "params.yaml").read_text().replace("learning_rate: 2.0e-4", "learning_rate: 2e-4")
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    assert yaml.safe_load(text)["sentiment"]["train"]["learning_rate"] == "1e-4"  # PyYAML's quirk
-    assert load_params(path).task("sentiment").train.learning_rate == 1e-4
+    assert yaml.safe_load(text)["sentiment"]["train"]["learning_rate"] == "2e-4"  # PyYAML's quirk
+    assert load_params(path).task("sentiment").train.learning_rate == 2e-4
 
 
 def test_fractional_epochs_and_mapping_source(tmp_path):

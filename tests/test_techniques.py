@@ -130,6 +130,26 @@ def test_a_half_depth_student_distils_from_the_champion_and_competes_for_it(work
     assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.4, "better than always the majority class (0.24)"
 
 
+# Layer-wise learning-rate decay -----------------------------------------------------------------
+def test_layer_decay_gives_each_layer_the_rate_of_the_one_above_times_decay(workspace, tiny_model):
+    from pipeline.stages.train import build_trainer
+
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__layer_decay=0.5, sentiment__train__learning_rate=1e-3))
+    run_stages(*DATA_STAGES)
+    config = load_params(Path("params.yaml")).task("sentiment")
+    examples = load_records(PATHS.split("train"))
+    trainer, _ = build_trainer(get_task("sentiment", config), config, examples, examples, workspace / "out", str(tiny_model))
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(trainer.model.named_parameters())
+    assert rate[id(named["classifier.weight"])] == pytest.approx(1e-3)  # the head: the full rate
+    assert rate[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(5e-4)  # the top layer of 2
+    assert rate[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(2.5e-4)
+    assert rate[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
+    no_decay = {id(p) for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+    assert id(named["bert.encoder.layer.0.output.LayerNorm.weight"]) in no_decay and id(named["classifier.weight"]) not in no_decay
+
+
 # Active learning -------------------------------------------------------------------------------
 ROWS = np.array([
     [0.34, 0.33, 0.33],  # nearly uniform

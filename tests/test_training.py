@@ -37,6 +37,34 @@ def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
     assert not PATHS.checkpoints.exists() or not any(PATHS.checkpoints.iterdir()), "checkpoints are removed after success"
 
 
+def test_bf16_mixed_precision_trains_and_saves_fp32_weights(workspace, tiny_model):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=6, sentiment__train__precision="bf16"))
+    run_stages("collect", "validate", "split", "augment", "train", "evaluate")
+    from safetensors import safe_open
+
+    with safe_open(str(PATHS.model_dir / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(name).dtype) for name in weights.keys()} == {"torch.float32"}, "autocast keeps fp32 weights"
+    assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.9
+
+
+@pytest.mark.parametrize("precision, flags, expected", [
+    ("auto", {"avx2", "avx512_vnni"}, False),  # emulated bf16 is slower than fp32: auto stays fp32
+    ("auto", {"avx2", "avx512_bf16"}, True),
+    ("auto", {"amx_bf16"}, True),
+    ("fp32", {"avx512_bf16"}, False),
+    ("bf16", set(), True),
+])
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, flags, expected):
+    import torch
+
+    from pipeline import models
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU auto follows the GPU's bf16 support")
+    monkeypatch.setattr(models, "cpu_flags", lambda: flags)
+    assert models.mixed_precision(precision) is expected
+
+
 def test_fractional_epochs_and_early_stopping(workspace, tiny_model):
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=0.5))
     run_stages("collect", "validate", "split", "augment", "train")

@@ -24,6 +24,7 @@ from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
 from pipeline.techniques import adapters
 from pipeline.techniques.distillation import check_vocabularies, distilling
+from pipeline.techniques.layer_decay import with_layer_decay
 
 
 def run(task: Task, params: Params, paths: TaskPaths) -> dict:
@@ -194,6 +195,8 @@ def build_trainer(
         trainer_class = distilling(
             trainer_class, teacher.to(args.device), settings.distillation.temperature, settings.distillation.alpha
         )
+    if settings.layer_decay < 1:
+        trainer_class = with_layer_decay(trainer_class, settings.layer_decay)
     trainer = trainer_class(
         model=task.training_model(model),
         args=args,

@@ -101,6 +101,7 @@ class CrfTagger(torch.nn.Module):
         if labels is None:
             raise ValueError("CrfTagger is for training: predict with the exported classifier")
         logits = self.classifier(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        logits = logits.float()  # under bf16 autocast the CRF's sums along a sentence still need fp32
         first_subtoken = labels != IGNORED
         positions, emissions, mask = pack_words(logits, first_subtoken)
         tags = labels.gather(1, positions).masked_fill(~mask, 0)
