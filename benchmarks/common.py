@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
@@ -127,29 +128,40 @@ def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path =
             "peak_rss_mb": round(peak_kb / 1024)}
 
 
+def in_parallel(calls: list[Callable[[set[int] | None], Any]], jobs: int) -> list:
+    """Run `calls` `jobs` at a time, handing each the share of this process's cores it may use (None
+    with one job: all of them); their results in the order of `calls`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = sorted(os.sched_getaffinity(0))
+    free = [set(cores[i::jobs]) for i in range(jobs)] if jobs > 1 else [None]
+
+    def one(call: Callable[[set[int] | None], Any]) -> Any:
+        share = free.pop()
+        try:
+            return call(share)
+        finally:
+            free.append(share)
+
+    with ThreadPoolExecutor(max_workers=len(free)) as pool:
+        return list(pool.map(one, calls))
+
+
 def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tuple[str, ...] = ("train", "evaluate")) -> list[dict]:
     """Train and evaluate once per training seed on the data stages already run in the current
     workspace, each seed in its own folder (data/ shared), `jobs` at once with the cores split
     between them. Returns run_variant's result for each seed, in the order of `seeds`."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    cores = sorted(os.sched_getaffinity(0))
-    shares = [set(cores[i::jobs]) for i in range(jobs)] if jobs > 1 else [None]
-    free = list(range(len(shares)))
+    def seeded(seed: int) -> Callable[[set[int] | None], dict]:
+        def call(cores: set[int] | None) -> dict:
+            folder = Path(f"seed-{seed}")
+            folder.mkdir()
+            (folder / "data").symlink_to(Path("data").resolve())
+            variant = with_overrides(copy.deepcopy(params), task, [f"train.seed={seed}"])
+            return {"seed": seed, **run_variant(variant, task, stages, folder, cores)}
+        return call
 
-    def one(seed: int) -> dict:
-        folder = Path(f"seed-{seed}")
-        folder.mkdir()
-        (folder / "data").symlink_to(Path("data").resolve())
-        share = free.pop()
-        try:
-            seeded = with_overrides(copy.deepcopy(params), task, [f"train.seed={seed}"])
-            return {"seed": seed, **run_variant(seeded, task, stages, folder, shares[share])}
-        finally:
-            free.append(share)
-
-    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-        return list(pool.map(one, seeds))
+    return in_parallel([seeded(seed) for seed in seeds], jobs)
 
 
 def spread(values: list[float], digits: int = 4) -> dict:

@@ -1,20 +1,20 @@
-"""CPU inference speed on Financial PhraseBank (Sentences_50Agree): the ONNX Runtime int8 export
-against `transformers.pipeline`, on the same fine-tuned model and test texts.
+"""CPU inference speed on Financial PhraseBank (Sentences_50Agree), like for like: every side scores
+the same test texts in the same order with the same batch size, on the same fine-tuned model.
 
 Fine-tunes the sentiment model with the pipeline's own stages (or takes `--model DIR`), exports it
-as the register stage does (`registry.onnx: int8`, checked on the validation split), then times
-three sides in this process, alternating, best of three: `transformers.pipeline
-("text-classification")` (the baseline), the task's predict on the PyTorch model (what
-`serving.runtime: torch` runs) and the task's predict on the export (`serving.runtime: onnx`).
-- batch scoring: the whole test split in one call (the pipeline with `batch_size` B, the task
-  sorting the texts by length into batches of 64);
-- serving-sized batches: the split in its order, 32 texts a call (`serving.max_batch_size`, the
-  most one served model call holds; the pipeline with `batch_size` 32);
-- single requests: p50 and p99 latency over the first N test texts, one text a call;
-- test macro-F1 of each side.
+to ONNX twice as the register stage does (fp32, and int8 checked on the validation split), then
+times five sides in this process, interleaved, `--repeats` times (median and min-max):
+- `hf_pipeline`: `transformers.pipeline("text-classification")` on the PyTorch model, the texts in
+  their own order (what most users write);
+- `hf_pipeline_sorted`: the same pipeline given the texts sorted by length (labels put back in order);
+- `pytorch`, `onnx_fp32`, `onnx_int8`: the task's predict (it sorts by length itself) on the PyTorch
+  model (`serving.runtime: torch`), the fp32 export and the int8 export (`serving.runtime: onnx`).
+Three workloads: batch scoring (the whole split, batches of 64 on every side), serving-sized calls
+(the split in its order, `serving.max_batch_size` texts a call) and single requests (p50/p99 latency
+over the first N texts). Test macro-F1 of each side, the CPU model and its int8/bf16 flags.
 Writes benchmarks/results/inference.json.
 
-    python benchmarks/inference.py [--model DIR] [--batch-size 16] [--requests 300] [--set train.epochs=3 ...]
+    python benchmarks/inference.py [--model DIR] [--repeats 5] [--requests 300] [--set train.epochs=3 ...]
 """
 
 from __future__ import annotations
@@ -25,16 +25,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import PHRASEBANK, benchmark_parser, phrasebank_params, run_in_scratch, write_result
+from common import PHRASEBANK, benchmark_parser, cpu_facts, phrasebank_params, run_in_scratch, timing, write_result
 
-TARGET = {"speedup": 4.0, "max_f1_drop": 0.005}
+TARGET = {"onnx_int8_vs_hf_pipeline": 4.0, "onnx_int8_vs_pytorch": 3.0, "max_f1_drop": 0.005}
+BATCH = 64  # the task's predict scores in length-sorted batches of 64; every side gets this batch size
+Labeller = Callable[[list[str]], list[str]]
 
 
 def percentile(values: list[float], share: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
 
 
-def latencies_ms(call: Callable[[list[str]], list[str]], texts: list[str]) -> list[float]:
+def latencies_ms(call: Labeller, texts: list[str]) -> list[float]:
     """Milliseconds of `call([text])` for each text, one at a time."""
     found = []
     for text in texts:
@@ -44,22 +46,27 @@ def latencies_ms(call: Callable[[list[str]], list[str]], texts: list[str]) -> li
     return found
 
 
-def best_seconds(sides: dict[str, Callable], texts: list[str]) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Best of three passes over `texts` per side, the sides alternating (so a busy moment hits all); and their labels."""
+def timed_passes(sides: dict[str, Labeller], texts: list[str], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Seconds of each pass over `texts`, the sides interleaved (a busy moment hits them all); and their labels."""
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     labels = {}
-    for _ in range(3):
+    for _ in range(repeats):
         for name, call in sides.items():
             started = time.perf_counter()
             labels[name] = call(texts)
             seconds[name].append(time.perf_counter() - started)
-    return {name: min(found) for name, found in seconds.items()}, labels
+    return seconds, labels
+
+
+def in_calls(call: Labeller, per_call: int) -> Labeller:
+    """`call` on `per_call` texts at a time, in order, as the serving worker calls it."""
+    return lambda texts: [label for start in range(0, len(texts), per_call) for label in call(texts[start:start + per_call])]
 
 
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--model", type=Path, help="a fine-tuned sentiment model folder (default: fine-tune one now)")
-    parser.add_argument("--batch-size", type=int, default=16, help="the pipeline's batch_size in batch scoring (its fastest here)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved passes per side")
     parser.add_argument("--requests", type=int, default=300, help="single-text requests timed per side")
     args = parser.parse_args()
     params = phrasebank_params(args.set)
@@ -84,70 +91,63 @@ def main() -> None:
     paths = TaskPaths("sentiment")
     val, test = load_records(paths.split("val")), load_records(paths.split("test"))
     model, tokenizer = task.load_model(str(model_dir))
-    folder = Path(tempfile.mkdtemp(prefix="onnx-"))
-    export_started = time.time()
-    export.export(model, tokenizer, folder, "int8")
-    export_seconds = time.time() - export_started
-    check = export.check(task, model, tokenizer, folder, val, config.registry.onnx_max_drop)
-    onnx_model, onnx_tokenizer = export.load(folder)
+    exports = {precision: Path(tempfile.mkdtemp(prefix=f"onnx-{precision}-")) for precision in ("fp32", "int8")}
+    for precision, folder in exports.items():
+        export.export(model, tokenizer, folder, precision)
+    check = export.check(task, model, tokenizer, exports["int8"], val, config.registry.onnx_max_drop)
     classifier = hf_pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
     texts = [example["text"] for example in test]
 
-    def pipeline_side(batch_size: int) -> Callable[[list[str]], list[str]]:
-        return lambda batch: [p["label"] for p in classifier(batch, batch_size=batch_size, truncation=True,
-                                                             max_length=config.train.max_length)]
-
-    def task_side(model, tokenizer, per_call: int) -> Callable[[list[str]], list[str]]:
-        """The task's predict, `per_call` texts a call, as the serving worker calls it."""
+    def pipeline_side(batch_size: int, sort: bool) -> Labeller:
         def call(batch: list[str]) -> list[str]:
-            return [p["label"] for start in range(0, len(batch), per_call)
-                    for p in task.predict(model, tokenizer, [{"text": text} for text in batch[start:start + per_call]])]
+            order = sorted(range(len(batch)), key=lambda i: len(batch[i])) if sort else list(range(len(batch)))
+            found = classifier([batch[i] for i in order], batch_size=batch_size, truncation=True, max_length=config.train.max_length)
+            labels = [""] * len(batch)
+            for i, prediction in zip(order, found):
+                labels[i] = prediction["label"]
+            return labels
         return call
 
-    whole = len(texts)
-    scoring = {"baseline": pipeline_side(args.batch_size), "pytorch": task_side(model, tokenizer, whole),
-               "optimized": task_side(onnx_model, onnx_tokenizer, whole)}
-    serving = {"baseline": pipeline_side(served_batch), "pytorch": task_side(model, tokenizer, served_batch),
-               "optimized": task_side(onnx_model, onnx_tokenizer, served_batch)}
-    for call in (*scoring.values(), *serving.values()):
-        call(texts[:64])  # warm-up
-    scoring_seconds, labels = best_seconds(scoring, texts)
-    serving_seconds, _ = best_seconds(serving, texts)
-    latency = {name: latencies_ms(call, texts[: args.requests]) for name, call in serving.items()}
+    def task_side(side_model, side_tokenizer) -> Labeller:
+        return lambda batch: [p["label"] for p in task.predict(side_model, side_tokenizer, [{"text": text} for text in batch])]
 
-    f1 = {name: task.metrics(test, [{"label": label} for label in found])["f1_macro"] for name, found in labels.items()}
-    throughput = {name: whole / seconds for name, seconds in scoring_seconds.items()}
-    served = {name: whole / seconds for name, seconds in serving_seconds.items()}
+    runtimes = {"pytorch": task_side(model, tokenizer),
+                **{f"onnx_{precision}": task_side(*export.load(folder)) for precision, folder in exports.items()}}
+    scoring = {"hf_pipeline": pipeline_side(BATCH, sort=False), "hf_pipeline_sorted": pipeline_side(BATCH, sort=True), **runtimes}
+    serving = {"hf_pipeline": pipeline_side(served_batch, sort=False), **{name: in_calls(call, served_batch) for name, call in runtimes.items()}}
+    for call in (*scoring.values(), *serving.values()):
+        call(texts[:BATCH])  # warm-up
+    print(f"timing {len(scoring)} sides x {args.repeats} passes over {len(texts)} texts", flush=True)
+    scoring_seconds, labels = timed_passes(scoring, texts, args.repeats)
+    serving_seconds, _ = timed_passes(serving, texts, args.repeats)
+    latency = {name: latencies_ms(in_calls(call, 1), texts[: args.requests]) for name, call in serving.items()}
+
+    def throughput(seconds: dict[str, list[float]]) -> dict[str, dict]:
+        return {name: timing([len(texts) / s for s in found], 1) for name, found in seconds.items()}
+
+    scored, served = throughput(scoring_seconds), throughput(serving_seconds)
+    f1 = {name: round(task.metrics(test, [{"label": label} for label in found])["f1_macro"], 4) for name, found in labels.items()}
+    speedups = {f"{fast}_vs_{slow}": round(scored[fast]["median"] / scored[slow]["median"], 2)
+                for fast in ("onnx_int8", "onnx_fp32", "pytorch") for slow in ("hf_pipeline", "hf_pipeline_sorted", "pytorch") if fast != slow}
     result = {
         "data": PHRASEBANK,
-        "baseline": f"transformers.pipeline('text-classification', batch_size={args.batch_size}) on the PyTorch model",
-        "optimized": "the ONNX Runtime int8 export (pipeline/techniques/export.py) through the task's length-sorted predict",
-        "baseline_throughput": round(throughput["baseline"], 1),
-        "optimized_throughput": round(throughput["optimized"], 1),
-        "speedup": round(throughput["optimized"] / throughput["baseline"], 2),
-        "pytorch_throughput": round(throughput["pytorch"], 1),
+        "test_texts": len(texts),
+        "batch_size": BATCH,
+        "batch_scoring_texts_per_second": scored,
+        "speedups": speedups,
         "serving_batch": served_batch,
-        "serving_baseline_throughput": round(served["baseline"], 1),
-        "serving_pytorch_throughput": round(served["pytorch"], 1),
-        "serving_optimized_throughput": round(served["optimized"], 1),
-        "serving_speedup": round(served["optimized"] / served["baseline"], 2),
-        "p50_latency_ms": round(percentile(latency["optimized"], 0.50), 1),
-        "p99_latency_ms": round(percentile(latency["optimized"], 0.99), 1),
-        "baseline_p50_latency_ms": round(percentile(latency["baseline"], 0.50), 1),
-        "baseline_p99_latency_ms": round(percentile(latency["baseline"], 0.99), 1),
-        "pytorch_p50_latency_ms": round(percentile(latency["pytorch"], 0.50), 1),
-        "pytorch_p99_latency_ms": round(percentile(latency["pytorch"], 0.99), 1),
-        "baseline_f1_macro": round(f1["baseline"], 4),
-        "optimized_f1_macro": round(f1["optimized"], 4),
-        "pytorch_f1_macro": round(f1["pytorch"], 4),
-        "f1_drop": round(f1["baseline"] - f1["optimized"], 4),
-        "label_agreement": round(sum(a == b for a, b in zip(labels["optimized"], labels["baseline"])) / whole, 4),
+        "serving_texts_per_second": served,
+        "single_request_ms": {name: {"p50": round(percentile(found, 0.50), 1), "p99": round(percentile(found, 0.99), 1)}
+                              for name, found in latency.items()},
+        "single_requests": min(args.requests, len(texts)),
+        "test_f1_macro": f1,
+        "onnx_int8_f1_drop": round(f1["pytorch"] - f1["onnx_int8"], 4),
+        "onnx_int8_label_agreement": round(sum(a == b for a, b in zip(labels["onnx_int8"], labels["pytorch"])) / len(texts), 4),
         "export_check_on_val": check,
-        "export_seconds": round(export_seconds, 1),
-        "test_texts": whole,
-        "single_requests": min(args.requests, whole),
+        **cpu_facts(),
         "model": str(args.model) if args.model else params["sentiment"]["model"]["name"] + " fine-tuned here",
         "train": params["sentiment"]["train"],
+        "repeats": args.repeats,
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }

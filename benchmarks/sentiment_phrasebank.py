@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from common import SHARED_DATA, benchmark_parser, cpu_facts, run_in_scratch, run_seeds, spread, task_params, write_result
 
@@ -39,6 +40,31 @@ def seed_figures(run: dict, cores: int) -> dict:
     }
 
 
+def combined_seeds(seeds: list[int]) -> dict:
+    """Test scores of the seed models combined two ways: an ensemble (their class probabilities
+    averaged: one forward pass per seed) and a uniform soup (their weights averaged: one model)."""
+    import numpy as np
+
+    from pipeline.records import load_records
+    from pipeline.tasks import get_task, load_params
+
+    config = load_params(Path("params.yaml")).task("sentiment")
+    task, test = get_task("sentiment", config), load_records("data/split/sentiment/test.jsonl")
+
+    def scores(probabilities) -> dict:
+        found = task.metrics(test, [{"label": config.validate.labels[i]} for i in probabilities.argmax(axis=1)])
+        return {"test_f1_macro": round(found["f1_macro"], 4), "test_accuracy": round(found["accuracy"], 4)}
+
+    probabilities, states = [], []
+    for seed in seeds:
+        model, tokenizer = task.load_model(f"seed-{seed}/models/sentiment")
+        probabilities.append(task.class_probabilities(model, tokenizer, test)[0])
+        states.append(model.state_dict())
+    model.load_state_dict({name: sum(state[name] for state in states) / len(states) if value.is_floating_point() else value
+                           for name, value in states[0].items()})
+    return {"ensemble": scores(np.mean(probabilities, axis=0)), "soup": scores(task.class_probabilities(model, tokenizer, test)[0])}
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--file", default="Sentences_50Agree.txt", help="PhraseBank file under shared/data")
@@ -60,6 +86,7 @@ def main() -> None:
         "train_rows": sum(1 for _ in open("data/augmented/sentiment.jsonl")),
         **{key: spread([s[key] for s in seeds]) for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")},
         "seeds": seeds,
+        "seeds_combined": combined_seeds(args.seeds) if len(args.seeds) > 1 else None,
         "train_params": params["sentiment"]["train"],
         "augment_params": params["sentiment"]["augment"],
         "overrides": args.set,
