@@ -147,6 +147,17 @@ def in_parallel(calls: list[Callable[[set[int] | None], Any]], jobs: int) -> lis
         return list(pool.map(one, calls))
 
 
+def run_folder(name: str, shared: tuple[str, ...] = ("data",)) -> Path:
+    """Folder `name` of the current workspace for one run, linking the workspace's `shared` items
+    (its data stages' output) so every run trains on the same files."""
+    folder = Path(name)
+    folder.mkdir(exist_ok=True)
+    for item in shared:
+        if not (folder / item).exists():
+            (folder / item).symlink_to(Path(item).resolve())
+    return folder
+
+
 def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tuple[str, ...] = ("train", "evaluate")) -> list[dict]:
     """Train and evaluate once per training seed on the data stages already run in the current
     workspace, each seed in its own folder (data/ shared), `jobs` at once with the cores split
@@ -154,9 +165,7 @@ def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tupl
 
     def seeded(seed: int) -> Callable[[set[int] | None], dict]:
         def call(cores: set[int] | None) -> dict:
-            folder = Path(f"seed-{seed}")
-            folder.mkdir()
-            (folder / "data").symlink_to(Path("data").resolve())
+            folder = run_folder(f"seed-{seed}")
             variant = with_overrides(copy.deepcopy(params), task, [f"train.seed={seed}"])
             return {"seed": seed, **run_variant(variant, task, stages, folder, cores)}
         return call

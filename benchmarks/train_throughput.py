@@ -21,6 +21,7 @@ Writes benchmarks/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -35,6 +36,7 @@ from common import (
     cpu_facts,
     in_parallel,
     phrasebank_params,
+    run_folder,
     run_in_scratch,
     run_variant,
     spread,
@@ -102,11 +104,7 @@ def train_plain(side: str, epochs: float, seed: int, score: bool) -> dict:
 
 def plain_run(side: str, epochs: float, seed: int, score: bool, tag: str, cores: set[int] | None = None) -> dict:
     """train_plain in a fresh process in folder SIDE-TAG of the workspace (its peak memory its own), pinned to `cores` when given."""
-    folder = Path(f"{side}-{tag}")
-    folder.mkdir(exist_ok=True)
-    for item in ("params.yaml", "data"):
-        if not (folder / item).exists():
-            (folder / item).symlink_to(Path(item).resolve())
+    folder = run_folder(f"{side}-{tag}", shared=("params.yaml", "data"))
     command = [sys.executable, __file__, "--plain", side, str(epochs), str(seed), str(int(score))]
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     subprocess.run(command, check=True, cwd=folder, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin)
@@ -115,11 +113,8 @@ def plain_run(side: str, epochs: float, seed: int, score: bool, tag: str, cores:
 
 def pipeline_run(params: dict, epochs: float, seed: int, tag: str, cores: set[int] | None = None) -> dict:
     """The pipeline's train and evaluate stages in folder pipeline-TAG of the workspace; timing and test macro-F1."""
-    folder = Path(f"pipeline-{tag}")
-    folder.mkdir(exist_ok=True)
-    if not (folder / "data").exists():
-        (folder / "data").symlink_to(Path("data").resolve())
-    variant = with_overrides(json.loads(json.dumps(params)), "sentiment", [f"train.epochs={epochs}", f"train.seed={seed}"])
+    folder = run_folder(f"pipeline-{tag}")
+    variant = with_overrides(copy.deepcopy(params), "sentiment", [f"train.epochs={epochs}", f"train.seed={seed}"])
     run = run_variant(variant, "sentiment", ("train", "evaluate"), folder, cores)
     rows = sum(1 for _ in open("data/augmented/sentiment.jsonl"))
     summary = run["summary"]

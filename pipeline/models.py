@@ -80,7 +80,7 @@ def cpu_flags() -> set[str]:
 
 def bf16_is_native() -> bool:
     """Whether bf16 matrix maths runs in hardware here: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
-    Elsewhere bf16 autocast is emulated and slower than fp32."""
+    Elsewhere bf16 autocast is emulated, so `auto` keeps fp32 there."""
     import torch
 
     if torch.cuda.is_available():

@@ -48,7 +48,7 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(workspace, tiny_mode
 
 
 @pytest.mark.parametrize("precision, flags, expected", [
-    ("auto", {"avx2", "avx512_vnni"}, False),  # emulated bf16 is slower than fp32: auto stays fp32
+    ("auto", {"avx2", "avx512_vnni"}, False),  # no bf16 instructions: bf16 would be emulated, auto stays fp32
     ("auto", {"avx2", "avx512_bf16"}, True),
     ("auto", {"amx_bf16"}, True),
     ("fp32", {"avx512_bf16"}, False),
