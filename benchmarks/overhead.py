@@ -9,6 +9,7 @@ In a fresh clone of this repository's last commit (its own params.yaml: sentimen
    `dvc repro --single-item`), timed from its call to its return, against a temporary Prefect
    server started before the clock (a deployment talks to a server that is already up). The
    flow's task runs give each stage's time.
+Also records each task's val and test scores from step 1 (what `make run` gives on the samples).
 Writes benchmarks/results/overhead.json.
 
     python benchmarks/overhead.py
@@ -16,6 +17,7 @@ Writes benchmarks/results/overhead.json.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -42,6 +44,13 @@ def timed_repro(workspace: Path) -> float:
     started = time.perf_counter()
     subprocess.run(["dvc", "repro"], cwd=workspace, env=ENV, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def scores(workspace: Path, tasks: list[str]) -> dict:
+    """Each task's val and test scores from the repro's metrics (the per-class detail left out)."""
+    return {task: {split: {key: round(value, 4) for key, value in figures.items() if isinstance(value, float)} | {"n": figures["n"]}
+                   for split, figures in json.loads((workspace / "metrics" / f"{task}.json").read_text()).items()}
+            for task in tasks}
 
 
 def remove_outputs(workspace: Path) -> None:
@@ -82,6 +91,8 @@ def main() -> None:
 
     print("== dvc repro from nothing", flush=True)
     repro_seconds = timed_repro(workspace)
+    tasks = yaml.safe_load((workspace / "params.yaml").read_text())["tasks"]
+    sample_scores = scores(workspace, tasks)
     print("== dvc repro with nothing changed", flush=True)
     noop = [timed_repro(workspace) for _ in range(5)]
     remove_outputs(workspace)
@@ -99,7 +110,8 @@ def main() -> None:
         "other_stages_seconds": round(sum(stages.values()) - train, 1),
         "other_stages_over_train": round((sum(stages.values()) - train) / train, 3),
         "stage_seconds": {name: round(seconds, 1) for name, seconds in sorted(stages.items())},
-        "tasks": yaml.safe_load((workspace / "params.yaml").read_text())["tasks"],
+        "tasks": tasks,
+        "sample_scores": sample_scores,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True,
                                  check=True).stdout.strip(),
         "cpu_threads": len(os.sched_getaffinity(0)),

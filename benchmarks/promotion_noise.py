@@ -3,7 +3,7 @@ models of equal quality with the paired test and without it, and whether a clear
 still promoted.
 
 Equal quality: the default config (augmentation off, as in the other benchmarks) trained with
---seeds different seeds on the same random half of the train split. Every ordered pair of them, as
+--seeds different seeds on the same random `--share` of the train split (default a quarter). Every ordered pair of them, as
 challenger and champion, goes through the register stage's own decision (register.judge) on the
 validation split, with promotion.test: none and with paired_bootstrap (min_delta 0, the defaults).
 Better: the same config trained on the whole train split; it must be promoted over every seed's
@@ -129,7 +129,9 @@ def noise(task, examples: dict[str, list], seed_models: dict[str, dict], promoti
         s_a, s_b = (task.metric_statistics(examples["val"], as_predictions(m["labels"]["val"])) for m in (a, b))
         return float(bootstrap_gains(s_a, s_b, task.metric_from_statistics, promotion.resamples, promotion.seed).std())
 
-    points = lambda values: round(100 * statistics.mean(values), 2)
+    def points(values: list[float]) -> float:
+        return round(100 * statistics.mean(values), 2)
+
     return {
         "bootstrap_sd_val_f1_points": points([one_model("val", m) for m in seed_models.values()]),
         "bootstrap_sd_test_f1_points": points([one_model("test", m) for m in seed_models.values()]),
@@ -137,6 +139,18 @@ def noise(task, examples: dict[str, list], seed_models: dict[str, dict], promoti
         "seed_sd_val_f1_points": round(100 * statistics.stdev(m["val_f1_macro"] for m in seed_models.values()), 2),
         "seed_sd_test_f1_points": round(100 * statistics.stdev(m["test_f1_macro"] for m in seed_models.values()), 2),
     }
+
+
+def seed_differences(seed_models: dict[str, dict]) -> dict:
+    """Whether models that differ only in seed are of equal quality. Over every pair, the gain on val
+    and the gain on test measure the same true difference with independent noise, so their
+    covariance estimates its variance: a standard deviation near 0 means equal quality."""
+    pairs = list(itertools.combinations(seed_models.values(), 2))
+    val = [a["val_f1_macro"] - b["val_f1_macro"] for a, b in pairs]
+    test = [a["test_f1_macro"] - b["test_f1_macro"] for a, b in pairs]
+    covariance = statistics.covariance(val, test)
+    return {"pairs": len(pairs), "val_test_gain_correlation": round(statistics.correlation(val, test), 2),
+            "true_difference_sd_f1_points": round(100 * max(covariance, 0.0) ** 0.5, 2)}
 
 
 def test_speed(task, examples: list, first: list[str], second: list[str], promotion) -> dict:
@@ -158,18 +172,20 @@ def test_speed(task, examples: list, first: list[str], second: list[str], promot
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5, help="models of equal quality (seeds 1..N)")
+    parser.add_argument("--share", type=float, default=0.25, help="of the train split, for the equal-quality models")
     parser.add_argument("--cache", type=Path, help="keep each trained model's predictions here, and reuse them")
     args = parser.parse_args()
     params = phrasebank_params(args.set)
     started = time.time()
     task, config, train, val, test = scratch_splits(params, "sentiment", "bench-noise-")
-    half = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), len(train) // 2))]
+    part = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), round(len(train) * args.share)))]
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-    from_cache = sorted(p.stem for p in args.cache.glob("*.json")) if args.cache else []
-    seed_models = {f"seed{s}": cached_model(args.cache, f"seed{s}", lambda s=s: train_predict(task, config, half, val, test, s))
+    cached_before = {p.stem for p in args.cache.glob("*.json")} if args.cache else set()
+    seed_models = {f"seed{s}": cached_model(args.cache, f"seed{s}-share{args.share}", lambda s=s: train_predict(task, config, part, val, test, s))
                    for s in range(1, args.seeds + 1)}
     full = cached_model(args.cache, "full", lambda: train_predict(task, config, train, val, test, FULL_SEED))
+    from_cache = sorted(name for name in cached_before if name == "full" or name.endswith(f"-share{args.share}"))
 
     tested = dataclasses.replace(config.promotion, min_delta=0.0, test="paired_bootstrap")
     untested = dataclasses.replace(tested, test="none")
@@ -185,7 +201,7 @@ def main() -> None:
 
     result = {
         "data": PHRASEBANK,
-        "split_sizes": {"train": len(train), "half": len(half), "val": len(val), "test": len(test)},
+        "split_sizes": {"train": len(train), "equal_quality_train": len(part), "share": args.share, "val": len(val), "test": len(test)},
         "promotion": dataclasses.asdict(tested),
         "equal_quality": equal,
         "coin_flip_equal_quality": simulated,
@@ -193,6 +209,7 @@ def main() -> None:
                    "better_on_test_than_every_seed": all(full["test_f1_macro"] > m["test_f1_macro"] for m in seed_models.values())},
         "seed_over_better": worse,
         "noise": noise(task, both, seed_models, tested),
+        "seed_differences": seed_differences(seed_models),
         "speed": test_speed(task, speed_examples, *speed_labels, tested),
         "models": {name: {k: v for k, v in m.items() if k != "labels"} for name, m in {**seed_models, "full": full}.items()},
         "models_from_cache": from_cache,  # trained by an earlier run (their train_seconds are from then)
@@ -200,7 +217,7 @@ def main() -> None:
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }
-    write_result("promotion_noise", args.set, result)
+    write_result("promotion_noise", args.set + ([] if args.share == 0.25 else [f"share={args.share}"]), result)
 
 
 if __name__ == "__main__":
