@@ -151,7 +151,9 @@ def test_the_bootstrap_is_deterministic_for_a_seed():
     t = task("sentiment")
     gold = labelled(500)
     a, b = (t.metric_statistics(gold, guesses(gold, accuracy, seed)) for accuracy, seed in ((0.7, 1), (0.72, 2)))
-    run = lambda seed: paired_bootstrap(a, b, t.metric_from_statistics, 0.0, 0.95, 1000, seed)
+
+    def run(seed: int):
+        return paired_bootstrap(a, b, t.metric_from_statistics, 0.0, 0.95, 1000, seed)
     assert run(13) == run(13)
     assert run(13) != run(14)
 
