@@ -116,9 +116,7 @@ def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path =
         f"for stage in {list(stages)!r}: run_stage(stage, {task!r}, __import__('pathlib').Path('params.yaml'))\n"
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=folder,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin)
+    done = run_pinned([sys.executable, "-c", code], cores, stdout=subprocess.PIPE, text=True, cwd=folder)
     print(done.stdout)  # progress went to stderr as it happened
     if done.returncode != 0:
         sys.exit(f"stages {stages} failed in {folder} (see above)")
@@ -126,6 +124,28 @@ def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path =
     paths = TaskPaths(task)
     return {"summary": load_json(folder / paths.train_summary), "metrics": load_json(folder / paths.metrics),
             "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def run_pinned(command: list[str], cores: set[int] | None, **options: Any) -> subprocess.CompletedProcess:
+    """`command` in a fresh process, offline, pinned to `cores` when given; `options` go to subprocess.run."""
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    return subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin, **options)
+
+
+def fine_tune(task: Any, config: Any, train: list, val: list, seed: int) -> tuple[Any, Any, float]:
+    """(model, tokenizer, training seconds) of the train stage's own trainer run with `seed` on `train`
+    (val for early stopping), in this process; the checkpoints go to a temp folder removed after."""
+    import dataclasses
+
+    from pipeline.paths import TaskPaths
+    from pipeline.stages.train import base_model_path, build_trainer
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fine-tune-") as output:
+        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, TaskPaths(task.name)))
+        trainer.train()
+    return trainer.model, tokenizer, time.time() - started
 
 
 def in_parallel(calls: list[Callable[[set[int] | None], Any]], jobs: int) -> list:

@@ -48,9 +48,13 @@ def timed_repro(workspace: Path) -> float:
 
 def scores(workspace: Path, tasks: list[str]) -> dict:
     """Each task's val and test scores from the repro's metrics (the per-class detail left out)."""
-    return {task: {split: {key: round(value, 4) for key, value in figures.items() if isinstance(value, float)} | {"n": figures["n"]}
-                   for split, figures in json.loads((workspace / "metrics" / f"{task}.json").read_text()).items()}
-            for task in tasks}
+    found = {}
+    for task in tasks:
+        metrics = json.loads((workspace / "metrics" / f"{task}.json").read_text())
+        found[task] = {split: {key: round(value, 4) if isinstance(value, float) else value
+                               for key, value in figures.items() if isinstance(value, (float, int))}
+                       for split, figures in metrics.items()}
+    return found
 
 
 def remove_outputs(workspace: Path) -> None:

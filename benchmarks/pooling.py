@@ -23,7 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, benchmark_parser, cpu_facts, in_parallel, scratch_splits, spread, task_params, write_result
+from common import (
+    SHARED_DATA,
+    benchmark_parser,
+    cpu_facts,
+    fine_tune,
+    in_parallel,
+    run_pinned,
+    scratch_splits,
+    spread,
+    task_params,
+    write_result,
+)
 
 HEADS = ("cls", "mean")
 SCRIPT = str(Path(__file__).resolve())  # the children start in the scratch workspace
@@ -49,32 +60,23 @@ def mean_pooled(base_class: type) -> type:
 
 def train_one(seed: int, head: str) -> dict:
     """Fine-tune on the scratch workspace's splits (cwd) with `seed` and `head`; its scores and time."""
-    import dataclasses
-    import tempfile
-
     from transformers import BertForSequenceClassification
 
     from pipeline.models import use_all_cores
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
-    from pipeline.stages.train import base_model_path, build_trainer
     from pipeline.tasks import get_task, load_params
 
     use_all_cores()
     config = load_params(Path("params.yaml")).task("sentiment")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     task, paths = get_task("sentiment", config), TaskPaths("sentiment")
     if head == "mean":
         task.load_model = lambda path: task.load_with_head(mean_pooled(BertForSequenceClassification), path, task.labels)
     train, val, test = (load_records(paths.split(split)) for split in ("train", "val", "test"))
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="pooling-") as output:
-        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, paths))
-        trainer.train()
-    seconds = time.time() - started
+    model, tokenizer, seconds = fine_tune(task, config, train, val, seed)
     scores = {}
     for split, examples in (("val", val), ("test", test)):
-        found = task.metrics(examples, task.predict(trainer.model, tokenizer, examples))
+        found = task.metrics(examples, task.predict(model, tokenizer, examples))
         scores.update({f"{split}_f1_macro": round(found["f1_macro"], 4), f"{split}_accuracy": round(found["accuracy"], 4)})
     return {"seed": seed, "head": head, **scores, "train_seconds": round(seconds, 1),
             "train_cpu_minutes": round(seconds * len(os.sched_getaffinity(0)) / 60, 1)}
@@ -83,9 +85,7 @@ def train_one(seed: int, head: str) -> dict:
 def run_apart(seed: int, head: str):
     """A call for in_parallel: train_one in a fresh process pinned to the cores it is handed."""
     def call(cores: set[int] | None) -> dict:
-        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-        done = subprocess.run([sys.executable, SCRIPT, "--one", str(seed), head], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin)
+        done = run_pinned([sys.executable, SCRIPT, "--one", str(seed), head], cores, stdout=subprocess.PIPE, text=True)
         if done.returncode != 0:
             sys.exit(f"pooling: seed {seed}, head {head} failed (its output is above)")
         found = json.loads(done.stdout.rsplit("RESULT ", 1)[1])

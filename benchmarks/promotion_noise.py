@@ -3,8 +3,9 @@ models of equal quality with the paired test and without it, and whether a clear
 still promoted.
 
 Equal quality: the default config (augmentation off, as in the other benchmarks) trained with
---seeds different seeds on the same random `--share` of the train split (default a quarter). Every ordered pair of them, as
-challenger and champion, goes through the register stage's own decision (register.judge) on the
+--seeds different seeds on the same random `--share` of the train split (default a quarter);
+seed_differences checks on the test split that they are of equal quality. Every ordered pair of
+them, as challenger and champion, goes through the register stage's own decision (register.judge) on the
 validation split, with promotion.test: none and with paired_bootstrap (min_delta 0, the defaults).
 Better: the same config trained on the whole train split; it must be promoted over every seed's
 model (and its test score says whether it really is better). A finer estimate: for each pair of
@@ -25,13 +26,13 @@ import itertools
 import json
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import PHRASEBANK, benchmark_parser, cpu_facts, phrasebank_params, scratch_splits, write_result
+from common import PHRASEBANK, benchmark_parser, cpu_facts, fine_tune, phrasebank_params, scratch_splits, write_result
 
 TARGET = {"equal_quality_swap_rate_with_test_at_most": 0.05, "better_model_promoted_over": "every seed's model"}
+SHARE = 0.25  # of the train split for the equal-quality models: equal there (measured), and the whole split clearly better
 SIMULATIONS = 100  # coin-flip pairs per pair of seed models
 FULL_SEED = 42  # the better model's seed: params.yaml's
 SPEED_EXAMPLES, SPEED_REPEATS = 1000, 5
@@ -39,18 +40,11 @@ SPEED_EXAMPLES, SPEED_REPEATS = 1000, 5
 
 def train_predict(task, config, train: list, val: list, test: list, seed: int) -> dict:
     """Fine-tune with `seed` on `train`; its predicted labels on val and test, and its scores."""
-    from pipeline.paths import TaskPaths
-    from pipeline.stages.train import base_model_path, build_trainer
-
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="noise-") as output:
-        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, TaskPaths(task.name)))
-        trainer.train()
-    labels = {split: [p["label"] for p in task.predict(trainer.model, tokenizer, examples)] for split, examples in (("val", val), ("test", test))}
+    model, tokenizer, seconds = fine_tune(task, config, train, val, seed)
+    labels = {split: [p["label"] for p in task.predict(model, tokenizer, examples)] for split, examples in (("val", val), ("test", test))}
     scores = {f"{split}_f1_macro": round(task.metrics(examples, as_predictions(labels[split]))["f1_macro"], 4)
               for split, examples in (("val", val), ("test", test))}
-    return {"seed": seed, "train_rows": len(train), "train_seconds": round(time.time() - started, 1), **scores, "labels": labels}
+    return {"seed": seed, "train_rows": len(train), "train_seconds": round(seconds, 1), **scores, "labels": labels}
 
 
 def as_predictions(labels: list[str]) -> list[dict]:
@@ -149,7 +143,11 @@ def seed_differences(seed_models: dict[str, dict]) -> dict:
     val = [a["val_f1_macro"] - b["val_f1_macro"] for a, b in pairs]
     test = [a["test_f1_macro"] - b["test_f1_macro"] for a, b in pairs]
     covariance = statistics.covariance(val, test)
-    return {"pairs": len(pairs), "val_test_gain_correlation": round(statistics.correlation(val, test), 2),
+    try:
+        correlation = round(statistics.correlation(val, test), 2)
+    except statistics.StatisticsError:  # every gain the same on one split (e.g. models that all predict one label)
+        correlation = None
+    return {"pairs": len(pairs), "val_test_gain_correlation": correlation,
             "true_difference_sd_f1_points": round(100 * max(covariance, 0.0) ** 0.5, 2)}
 
 
@@ -172,20 +170,24 @@ def test_speed(task, examples: list, first: list[str], second: list[str], promot
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5, help="models of equal quality (seeds 1..N)")
-    parser.add_argument("--share", type=float, default=0.25, help="of the train split, for the equal-quality models")
+    parser.add_argument("--share", type=float, default=SHARE, help="of the train split, for the equal-quality models")
     parser.add_argument("--cache", type=Path, help="keep each trained model's predictions here, and reuse them")
     args = parser.parse_args()
+    if args.seeds < 3:
+        parser.error(f"--seeds {args.seeds}: give at least 3, so that seed models can be compared pair with pair")
+    if not 0 < args.share < 1:
+        parser.error(f"--share {args.share}: give a share of the train split between 0 and 1, e.g. 0.25")
     params = phrasebank_params(args.set)
     started = time.time()
     task, config, train, val, test = scratch_splits(params, "sentiment", "bench-noise-")
     part = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), round(len(train) * args.share)))]
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-    cached_before = {p.stem for p in args.cache.glob("*.json")} if args.cache else set()
-    seed_models = {f"seed{s}": cached_model(args.cache, f"seed{s}-share{args.share}", lambda s=s: train_predict(task, config, part, val, test, s))
+    cache_names = {f"seed{s}": f"seed{s}-share{args.share}" for s in range(1, args.seeds + 1)}
+    from_cache = sorted(name for name in (*cache_names.values(), "full") if args.cache and (args.cache / f"{name}.json").exists())
+    seed_models = {f"seed{s}": cached_model(args.cache, cache_names[f"seed{s}"], lambda s=s: train_predict(task, config, part, val, test, s))
                    for s in range(1, args.seeds + 1)}
     full = cached_model(args.cache, "full", lambda: train_predict(task, config, train, val, test, FULL_SEED))
-    from_cache = sorted(name for name in cached_before if name == "full" or name.endswith(f"-share{args.share}"))
 
     tested = dataclasses.replace(config.promotion, min_delta=0.0, test="paired_bootstrap")
     untested = dataclasses.replace(tested, test="none")
@@ -217,7 +219,7 @@ def main() -> None:
         "target": TARGET,
         "seconds": round(time.time() - started, 1),
     }
-    write_result("promotion_noise", args.set + ([] if args.share == 0.25 else [f"share={args.share}"]), result)
+    write_result("promotion_noise", args.set + ([] if args.share == SHARE else [f"share={args.share}"]), result)
 
 
 if __name__ == "__main__":

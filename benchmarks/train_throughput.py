@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ from common import (
     phrasebank_params,
     run_folder,
     run_in_scratch,
+    run_pinned,
     run_variant,
     spread,
     timing,
@@ -106,8 +105,7 @@ def plain_run(side: str, epochs: float, seed: int, score: bool, tag: str, cores:
     """train_plain in a fresh process in folder SIDE-TAG of the workspace (its peak memory its own), pinned to `cores` when given."""
     folder = run_folder(f"{side}-{tag}", shared=("params.yaml", "data"))
     command = [sys.executable, __file__, "--plain", side, str(epochs), str(seed), str(int(score))]
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    subprocess.run(command, check=True, cwd=folder, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin)
+    run_pinned(command, cores, check=True, cwd=folder)
     return json.loads((folder / "plain.json").read_text())
 
 
