@@ -132,9 +132,10 @@ def run_pinned(command: list[str], cores: set[int] | None, **options: Any) -> su
     return subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=pin, **options)
 
 
-def fine_tune(task: Any, config: Any, train: list, val: list, seed: int) -> tuple[Any, Any, float]:
+def fine_tune(task: Any, config: Any, train: list, val: list, seed: int, callbacks: list = ()) -> tuple[Any, Any, float]:
     """(model, tokenizer, training seconds) of the train stage's own trainer run with `seed` on `train`
-    (val for early stopping), in this process; the checkpoints go to a temp folder removed after."""
+    (val for early stopping; `callbacks` added to the Trainer's), in this process; the checkpoints go
+    to a temp folder removed after."""
     import dataclasses
 
     from pipeline.paths import TaskPaths
@@ -143,7 +144,8 @@ def fine_tune(task: Any, config: Any, train: list, val: list, seed: int) -> tupl
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fine-tune-") as output:
-        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, TaskPaths(task.name)))
+        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, TaskPaths(task.name)),
+                                           callbacks)
         trainer.train()
     return trainer.model, tokenizer, time.time() - started
 
