@@ -90,6 +90,12 @@ def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str
 def scratch_splits(params: dict, task_name: str, prefix: str) -> tuple:
     """Run the data stages of one task in a new scratch workspace (now cwd); (task, config, train, val, test)."""
     run_in_scratch(params, task_name, ("collect", "validate", "split", "pretrain"), prefix)
+    return workspace_splits(task_name)
+
+
+def workspace_splits(task_name: str) -> tuple:
+    """(task, config, train, val, test) of the workspace (cwd) whose data stages have run, with this
+    process's cores in use."""
     from pipeline.models import use_all_cores
     from pipeline.paths import TaskPaths
     from pipeline.records import load_records
@@ -148,6 +154,38 @@ def fine_tune(task: Any, config: Any, train: list, val: list, seed: int, callbac
                                            callbacks)
         trainer.train()
     return trainer.model, tokenizer, time.time() - started
+
+
+def val_test_scores(task: Any, model: Any, tokenizer: Any, val: list, test: list) -> dict:
+    """Val and test macro-F1 and accuracy of a classifier, rounded to 4 places."""
+    found = {}
+    for split, examples in (("val", val), ("test", test)):
+        metrics = task.metrics(examples, task.predict(model, tokenizer, examples))
+        found.update({f"{split}_f1_macro": round(metrics["f1_macro"], 4), f"{split}_accuracy": round(metrics["accuracy"], 4)})
+    return found
+
+
+def cpu_minutes(seconds: float) -> float:
+    """CPU-minutes of a run that kept this process's cores busy for `seconds`."""
+    return round(seconds * len(os.sched_getaffinity(0)) / 60, 1)
+
+
+def report_to_parent(found: dict) -> None:
+    """What a child started by `apart` prints last: its result, for the parent to read."""
+    print("RESULT " + json.dumps(found))
+
+
+def apart(script: str, arguments: list[str], label: str) -> Callable[[set[int] | None], dict]:
+    """A call for in_parallel: `script --one ARGUMENTS` in a fresh process pinned to the cores it is
+    handed; returns the dict the child reported (report_to_parent) and prints its test macro-F1."""
+    def call(cores: set[int] | None) -> dict:
+        done = run_pinned([sys.executable, script, "--one", *arguments], cores, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{label} failed (its output is above)")
+        found = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+        print(f"{label}: test macro-F1 {found['test_f1_macro']:.4f}, {found['train_seconds']:.0f} s", flush=True)
+        return found
+    return call
 
 
 def in_parallel(calls: list[Callable[[set[int] | None], Any]], jobs: int) -> list:

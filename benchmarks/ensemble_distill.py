@@ -25,9 +25,6 @@ pipeline options.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,14 +32,18 @@ from typing import Any
 
 from common import (
     PHRASEBANK,
+    apart,
     benchmark_parser,
     cpu_facts,
+    cpu_minutes,
     fine_tune,
     in_parallel,
     phrasebank_params,
-    run_pinned,
+    report_to_parent,
     scratch_splits,
     spread,
+    val_test_scores,
+    workspace_splits,
     write_result,
 )
 
@@ -52,33 +53,6 @@ AVERAGED_EPOCHS = (2, 3)
 
 def teacher_folder(seed: int) -> Path:
     return Path(f"baseline-{seed}")
-
-
-def workspace_task() -> tuple[Any, Any, list, list, list]:
-    """(task, config, train, val, test) of the scratch workspace (cwd), with this process's cores in use."""
-    from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
-    from pipeline.records import load_records
-    from pipeline.tasks import get_task, load_params
-
-    use_all_cores()
-    config = load_params(Path("params.yaml")).task("sentiment")
-    paths = TaskPaths("sentiment")
-    return get_task("sentiment", config), config, *(load_records(paths.split(split)) for split in ("train", "val", "test"))
-
-
-def cpu_minutes(seconds: float) -> float:
-    """CPU-minutes of a run that kept this process's cores busy for `seconds`."""
-    return round(seconds * len(os.sched_getaffinity(0)) / 60, 1)
-
-
-def scores(task: Any, model: Any, tokenizer: Any, val: list, test: list) -> dict:
-    """Val and test macro-F1 and accuracy of a model."""
-    found = {}
-    for split, examples in (("val", val), ("test", test)):
-        metrics = task.metrics(examples, task.predict(model, tokenizer, examples))
-        found.update({f"{split}_f1_macro": round(metrics["f1_macro"], 4), f"{split}_accuracy": round(metrics["accuracy"], 4)})
-    return found
 
 
 def epoch_snapshots() -> tuple[Any, list[dict]]:
@@ -108,13 +82,13 @@ def averaged(model: Any, snapshots: list[dict]) -> Any:
 def train_baseline(seed: int) -> dict:
     """The defaults with `seed`: scores of the kept (best) model and of the last epochs' weight averages;
     saves the kept model as a teacher."""
-    task, config, train, val, test = workspace_task()
+    task, config, train, val, test = workspace_splits("sentiment")
     keep_weights, snapshots = epoch_snapshots()
     model, tokenizer, seconds = fine_tune(task, config, train, val, seed, callbacks=[keep_weights])
-    result = {"seed": seed, "kind": "baseline", **scores(task, model, tokenizer, val, test), "epochs_run": len(snapshots)}
+    result = {"seed": seed, "kind": "baseline", **val_test_scores(task, model, tokenizer, val, test), "epochs_run": len(snapshots)}
     for last in AVERAGED_EPOCHS:
         if len(snapshots) >= last:
-            result[f"average_last_{last}"] = scores(task, averaged(model, snapshots[-last:]), tokenizer, val, test)
+            result[f"average_last_{last}"] = val_test_scores(task, averaged(model, snapshots[-last:]), tokenizer, val, test)
     task.export_model(model).save_pretrained(teacher_folder(seed))
     tokenizer.save_pretrained(teacher_folder(seed))
     probabilities, _ = task.class_probabilities(model, tokenizer, test)
@@ -144,7 +118,7 @@ def train_student(seed: int, teachers: list[int], temperature: float, alpha: flo
     from pipeline.params import DistillationConfig
     from pipeline.stages import train as train_stage
 
-    task, config, train, val, test = workspace_task()
+    task, config, train, val, test = workspace_splits("sentiment")
     folders = [teacher_folder(t) for t in teachers]
     teacher = ensemble_of(folders, task)
     _, tokenizer = task.load_model(str(folders[0]))
@@ -152,21 +126,8 @@ def train_student(seed: int, teachers: list[int], temperature: float, alpha: flo
     distillation = DistillationConfig(teacher=f"ensemble of seeds {teachers}", temperature=temperature, alpha=alpha)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, distillation=distillation))
     model, tokenizer, seconds = fine_tune(task, config, train, val, seed)
-    return {"seed": seed, "kind": "student", **scores(task, model, tokenizer, val, test), "train_seconds": round(seconds, 1),
+    return {"seed": seed, "kind": "student", **val_test_scores(task, model, tokenizer, val, test), "train_seconds": round(seconds, 1),
             "train_cpu_minutes": cpu_minutes(seconds)}
-
-
-def run_apart(*arguments: str):
-    """A call for in_parallel: this script's `--one ARGUMENTS` in a fresh process pinned to the cores it is handed."""
-    def call(cores: set[int] | None) -> dict:
-        done = run_pinned([sys.executable, SCRIPT, "--one", *arguments], cores, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            sys.exit(f"ensemble_distill: {' '.join(arguments)} failed (its output is above)")
-        found = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
-        print(f"ensemble_distill: {found['kind']} seed {found['seed']}: test macro-F1 {found['test_f1_macro']:.4f}, "
-              f"{found['train_seconds']:.0f} s", flush=True)
-        return found
-    return call
 
 
 def ensemble_scores(task: Any, test: list, baselines: list[dict]) -> dict:
@@ -194,7 +155,7 @@ def main() -> None:
     if args.one:
         kind, seed = args.one[0], int(args.one[1])
         found = train_baseline(seed) if kind == "baseline" else train_student(seed, args.seeds, args.temperature, args.alpha)
-        print("RESULT " + json.dumps(found))
+        report_to_parent(found)
         return
     if len(args.seeds) < 2:
         sys.exit("ensemble_distill: --seeds needs at least 2 seeds (an ensemble of one is the baseline)")
@@ -203,8 +164,9 @@ def main() -> None:
     task, _, _, _, test = scratch_splits(params, "sentiment", "bench-ensemble-distill-")
     seeds = [str(s) for s in args.seeds]
     options = ["--seeds", *seeds, "--temperature", str(args.temperature), "--alpha", str(args.alpha)]
-    baselines = in_parallel([run_apart("baseline", seed) for seed in seeds], args.jobs)
-    students = in_parallel([run_apart("student", seed, *options) for seed in seeds], args.jobs)
+    baselines = in_parallel([apart(SCRIPT, ["baseline", seed], f"ensemble_distill: baseline seed {seed}") for seed in seeds], args.jobs)
+    students = in_parallel([apart(SCRIPT, ["student", seed, *options], f"ensemble_distill: student seed {seed}") for seed in seeds],
+                           args.jobs)
     teacher_cpu_minutes = sum(b["train_cpu_minutes"] for b in baselines)
     for student in students:
         student["recipe_cpu_minutes"] = round(student["train_cpu_minutes"] + teacher_cpu_minutes, 1)

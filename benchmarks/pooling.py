@@ -16,23 +16,23 @@ The mean-pooling head lives only here: it is a candidate measured, not a pipelin
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from common import (
-    SHARED_DATA,
+    PHRASEBANK,
+    apart,
     benchmark_parser,
     cpu_facts,
+    cpu_minutes,
     fine_tune,
     in_parallel,
-    run_pinned,
+    phrasebank_params,
+    report_to_parent,
     scratch_splits,
     spread,
-    task_params,
+    val_test_scores,
+    workspace_splits,
     write_result,
 )
 
@@ -62,36 +62,12 @@ def train_one(seed: int, head: str) -> dict:
     """Fine-tune on the scratch workspace's splits (cwd) with `seed` and `head`; its scores and time."""
     from transformers import BertForSequenceClassification
 
-    from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
-    from pipeline.records import load_records
-    from pipeline.tasks import get_task, load_params
-
-    use_all_cores()
-    config = load_params(Path("params.yaml")).task("sentiment")
-    task, paths = get_task("sentiment", config), TaskPaths("sentiment")
+    task, config, train, val, test = workspace_splits("sentiment")
     if head == "mean":
         task.load_model = lambda path: task.load_with_head(mean_pooled(BertForSequenceClassification), path, task.labels)
-    train, val, test = (load_records(paths.split(split)) for split in ("train", "val", "test"))
     model, tokenizer, seconds = fine_tune(task, config, train, val, seed)
-    scores = {}
-    for split, examples in (("val", val), ("test", test)):
-        found = task.metrics(examples, task.predict(model, tokenizer, examples))
-        scores.update({f"{split}_f1_macro": round(found["f1_macro"], 4), f"{split}_accuracy": round(found["accuracy"], 4)})
-    return {"seed": seed, "head": head, **scores, "train_seconds": round(seconds, 1),
-            "train_cpu_minutes": round(seconds * len(os.sched_getaffinity(0)) / 60, 1)}
-
-
-def run_apart(seed: int, head: str):
-    """A call for in_parallel: train_one in a fresh process pinned to the cores it is handed."""
-    def call(cores: set[int] | None) -> dict:
-        done = run_pinned([sys.executable, SCRIPT, "--one", str(seed), head], cores, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            sys.exit(f"pooling: seed {seed}, head {head} failed (its output is above)")
-        found = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
-        print(f"pooling: {head} seed {seed}: test macro-F1 {found['test_f1_macro']:.4f}, {found['train_seconds']:.0f} s", flush=True)
-        return found
-    return call
+    return {"seed": seed, "head": head, **val_test_scores(task, model, tokenizer, val, test), "train_seconds": round(seconds, 1),
+            "train_cpu_minutes": cpu_minutes(seconds)}
 
 
 def main() -> None:
@@ -101,18 +77,15 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("SEED", "HEAD"), help=argparse.SUPPRESS)  # one run, in the child process
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(train_one(int(args.one[0]), args.one[1])))
+        report_to_parent(train_one(int(args.one[0]), args.one[1]))
         return
-    source = SHARED_DATA / "financial_phrasebank" / "Sentences_50Agree.txt"
-    if not source.exists():
-        sys.exit(f"{source} not found: this benchmark needs ../shared/data beside the project")
-    params = task_params("sentiment", args.set)
-    params["sentiment"]["data"].update(source=str(source), format="phrasebank")
+    params = phrasebank_params(args.set)
     started = time.time()
     scratch_splits(params, "sentiment", "bench-pooling-")
-    runs = in_parallel([run_apart(seed, head) for seed in args.seeds for head in HEADS], args.jobs)
+    runs = in_parallel([apart(SCRIPT, [str(seed), head], f"pooling: {head} seed {seed}") for seed in args.seeds for head in HEADS],
+                       args.jobs)
     result = {
-        "data": "financial_phrasebank/Sentences_50Agree.txt",
+        "data": PHRASEBANK,
         "heads": {head: {key: spread([r[key] for r in runs if r["head"] == head])
                          for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")} for head in HEADS},
         "runs": runs,
