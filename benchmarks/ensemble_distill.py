@@ -170,8 +170,9 @@ def main() -> None:
     teacher_cpu_minutes = sum(b["train_cpu_minutes"] for b in baselines)
     for student in students:
         student["recipe_cpu_minutes"] = round(student["train_cpu_minutes"] + teacher_cpu_minutes, 1)
-    averages = {f"average_last_{n}": summary([b[f"average_last_{n}"] for b in baselines if f"average_last_{n}" in b])
-                for n in AVERAGED_EPOCHS}
+    # Early stopping can leave a seed with fewer epochs: an average is reported only where every seed has it.
+    averages = {key: summary([b[key] for b in baselines]) for key in (f"average_last_{n}" for n in AVERAGED_EPOCHS)
+                if all(key in b for b in baselines)}
     result = {
         "data": PHRASEBANK,
         "baseline": summary(baselines),
