@@ -1,10 +1,12 @@
-"""The Prefect events of this project, each about this workspace, and how they are emitted.
+"""The Prefect events of this project, each about one pipeline of this workspace, and how they are emitted.
 
-- `finetune.batch.arrived`: a new or changed file in the drop folder (`finetune deploy`'s watcher);
+- `finetune.batch.arrived`: new or changed files in a pipeline's `data.incoming` (`finetune deploy`'s
+  watcher; the files of one settle window in one event);
 - `finetune.batch.rejected`: a drop-folder batch the collect stage set aside (the retrain flow);
-- `finetune.drift.detected`: the monitor flow found drift in a pipeline (named in the payload's `task`).
+- `finetune.drift.detected`: the monitor flow found drift in a pipeline.
 
-The retrain deployment's triggers listen for the first and the last.
+The event's resource carries the pipeline as the label `finetune.pipeline`: each pipeline's retrain
+deployment listens for the first and the last about its own pipeline only.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from prefect.events import emit_event
 BATCH_ARRIVED = "finetune.batch.arrived"
 BATCH_REJECTED = "finetune.batch.rejected"
 DRIFT_DETECTED = "finetune.drift.detected"
+PIPELINE_LABEL = "finetune.pipeline"
 
 
-def workspace_resource() -> dict[str, str]:
-    """The Prefect resource events are about: this workspace, so two checkouts never trigger each other."""
-    return {"prefect.resource.id": f"finetune.workspace.{Path.cwd().resolve()}", "prefect.resource.name": Path.cwd().name}
+def workspace_id() -> str:
+    """This workspace as a Prefect resource id, so two checkouts never trigger each other."""
+    return f"finetune.workspace.{Path.cwd().resolve()}"
 
 
-def emit(event: str, payload: dict) -> None:
-    """Emit a Prefect event about this workspace."""
-    emit_event(event=event, resource=workspace_resource(), payload=payload)
+def pipeline_resource(pipeline: str) -> dict[str, str]:
+    """The Prefect resource events are about: one pipeline of this workspace."""
+    return {"prefect.resource.id": workspace_id(), "prefect.resource.name": Path.cwd().name, PIPELINE_LABEL: pipeline}
+
+
+def emit(event: str, pipeline: str, payload: dict) -> None:
+    """Emit a Prefect event about a pipeline of this workspace (the payload names it too, for readers of the event feed)."""
+    emit_event(event=event, resource=pipeline_resource(pipeline), payload={"pipeline": pipeline, **payload})

@@ -325,8 +325,8 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
     create_markdown_artifact(key=f"monitor-{pipeline}", markdown=summary_markdown(report), description=f"drift and daily figures of {pipeline}")
 
     if report["drift_detected"]:
-        emit(DRIFT_DETECTED, {"task": pipeline, "model_version": version, "report": str(report_path(pipeline)),
-                              "queue": report["labelling_queue"]})
+        emit(DRIFT_DETECTED, pipeline, {"model_version": version, "report": str(report_path(pipeline)),
+                                        "queue": report["labelling_queue"]})
         logger.warning("%s: drift detected: retrain requested, texts queued in %s", pipeline, report["labelling_queue"])
     return report
 

@@ -1,5 +1,5 @@
-"""Retrain flow: `dvc repro -s sources`, then `dvc repro -s STAGE@TASK` for each stage of each task,
-one Prefect task per stage.
+"""Retrain flow: `dvc repro -s sources`, then `dvc repro -s STAGE@PIPELINE` for each stage of one
+pipeline (or, with no pipeline named, of each pipeline of `tasks` in turn), one Prefect task per stage.
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
 retries, logs, a run history and a markdown artifact per task. Two DVC runs in one workspace
@@ -7,11 +7,13 @@ would collide on DVC's lock, so runs are serialised twice: a Prefect global conc
 (one slot, across every process talking to the server) and a file lock in the workspace (for
 flows run against another Prefect server; a `dvc repro` typed by hand takes only DVC's own lock).
 
-    python -m flows.retrain            # runs it once, now
+    python -m flows.retrain --pipeline intents   # retrains one pipeline, now
+    python -m flows.retrain                      # every pipeline of `tasks`, one after the other
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import subprocess
@@ -28,6 +30,8 @@ from prefect.concurrency.sync import concurrency
 
 from flows.events import BATCH_REJECTED, emit
 from pipeline import tracking
+from pipeline.errors import ConfigError, UserError
+from pipeline.params import Params, did_you_mean
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
 from pipeline.stages import SOURCES, STAGES
@@ -94,7 +98,7 @@ def report_rejected_batches(task_name: str, since: datetime) -> None:
     """Emit BATCH_REJECTED for each batch this run's collect set aside (earlier rejections were reported then)."""
     for batch in load_json(TaskPaths(task_name).provenance)["rejected_batches"]:
         if datetime.fromisoformat(batch["rejected_at"]) >= since.replace(microsecond=0):
-            emit(BATCH_REJECTED, {"task": task_name, **{k: batch[k] for k in ("file", "bytes", "sha256", "reason")}})
+            emit(BATCH_REJECTED, task_name, {k: batch[k] for k in ("file", "bytes", "sha256", "reason")})
             get_run_logger().warning("%s: batch %s set aside: %s", task_name, batch["file"], batch["reason"])
 
 
@@ -144,30 +148,50 @@ def ensure_concurrency_limit(limit: int = 1) -> None:
         client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit)
 
 
+def pipelines_to_retrain(params: Params, pipeline: str | None) -> list[str]:
+    """The pipeline named (one of `tasks`: dvc.yaml has stages for those only), or every pipeline of `tasks`."""
+    if pipeline is None:
+        return list(params.tasks)
+    if pipeline not in params.tasks:
+        raise ConfigError(f"{params.file}: cannot retrain '{pipeline}'{did_you_mean(pipeline, params.tasks)}: dvc.yaml has stages "
+                          f"for the pipelines of 'tasks' only ({', '.join(params.tasks)}); add it there to retrain it")
+    return [pipeline]
+
+
 @flow(name="retrain", log_prints=True)
-def retrain() -> dict:
-    """Bring every task's pipeline up to date with DVC, one run at a time; returns the promotion decisions."""
+def retrain(pipeline: str | None = None) -> dict:
+    """Bring one pipeline (None: every pipeline of `tasks`) up to date with DVC, one run at a time in this
+    workspace; returns the promotion decision of each pipeline retrained."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
+    pipelines = pipelines_to_retrain(params, pipeline)
     started = datetime.now(timezone.utc)
     ensure_concurrency_limit()
     run_stage = repro_stage.with_options(retries=params.orchestration.retries)
+    decisions = {}
     with concurrency(CONCURRENCY_LIMIT, occupy=1), workspace_lock():
         run_stage(SOURCES)
-        for task_name in params.tasks:
-            run_stage(f"{STAGES[0]}@{task_name}")  # collect: report the batches it set aside before anything can fail
-            report_rejected_batches(task_name, started)
+        for name in pipelines:
+            run_stage(f"{STAGES[0]}@{name}")  # collect: report the batches it set aside before anything can fail
+            report_rejected_batches(name, started)
             for stage in STAGES[1:]:
-                run_stage(f"{stage}@{task_name}")
-    decisions = {}
-    for task_name in params.tasks:
-        create_markdown_artifact(
-            key=f"retrain-{task_name}",
-            markdown=summary_markdown(task_name, params.tracking.experiment),
-            description=f"metrics, promotion decision and MLflow run of {task_name}",
-        )
-        decisions[task_name] = load_json(TaskPaths(task_name).promotion)
+                run_stage(f"{stage}@{name}")
+            # Read while the workspace is still this run's: a queued run would rewrite these files.
+            create_markdown_artifact(
+                key=f"retrain-{name}",
+                markdown=summary_markdown(name, params.tracking.experiment),
+                description=f"metrics, promotion decision and MLflow run of {name}",
+            )
+            decisions[name] = load_json(TaskPaths(name).promotion)
     return decisions
 
 
 if __name__ == "__main__":
-    retrain()
+    parser = argparse.ArgumentParser(description="Retrain a pipeline (or every pipeline of `tasks`) now.")
+    parser.add_argument("--pipeline", help="the pipeline to retrain (default: every pipeline of `tasks`, in turn)")
+    arguments = parser.parse_args()
+    try:
+        pipelines_to_retrain(load_params(), arguments.pipeline)  # a misspelt name: one line, before the flow starts
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    retrain(arguments.pipeline)

@@ -131,7 +131,7 @@ def loadtest(args: argparse.Namespace) -> None:
 
 
 def deploy(params_file: Path) -> None:
-    """Serve the Prefect deployments (retrain: cron + new-batch and drift triggers; a monitor per pipeline: cron) until interrupted."""
+    """Serve the Prefect deployments (per pipeline a retrain: cron + new-batch and drift triggers; a monitor: cron) until interrupted."""
     from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
     from pipeline.tasks import load_params
 

@@ -333,9 +333,9 @@ class ServingConfig:
 
 @dataclass
 class OrchestrationConfig:
-    schedule: str = "0 2 * * *"  # cron for the retrain deployment (nightly)
-    drop_folder: str = "data/incoming"  # watched by `finetune deploy`: a new batch triggers a retrain
-    poll_seconds: float = positive(30.0)  # how often the drop folder is looked at
+    schedule: str = "0 2 * * *"  # cron for each pipeline's retrain deployment (nightly)
+    poll_seconds: float = positive(30.0)  # how often `finetune deploy` looks at each pipeline's data.incoming
+    settle_seconds: float = at_least(0, 60.0)  # batches arriving within this long of the first start one retrain
     retries: int = at_least(0, 2)  # per DVC stage, for transient failures (a lock, a busy tracking server)
 
 
@@ -417,7 +417,11 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
     tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
     tracking = build_section(TrackingConfig, raw.pop("tracking", {}), "tracking")
     serving = build_section(ServingConfig, raw.pop("serving", {}), "serving")
-    orchestration = build_section(OrchestrationConfig, raw.pop("orchestration", {}), "orchestration")
+    orchestration_section = raw.pop("orchestration", {})
+    if isinstance(orchestration_section, dict) and "drop_folder" in orchestration_section:
+        raise ConfigError("params.yaml: 'orchestration.drop_folder' is gone: `finetune deploy` watches each pipeline's own "
+                          "'data.incoming'; remove the key (and set data.incoming where the batches land)")
+    orchestration = build_section(OrchestrationConfig, orchestration_section, "orchestration")
     monitoring_section = raw.pop("monitoring", {})
     if isinstance(monitoring_section, dict) and "task" in monitoring_section:
         raise ConfigError(f"params.yaml: 'monitoring.task' is now 'monitoring.tasks', a list of pipelines: write "

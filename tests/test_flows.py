@@ -1,6 +1,7 @@
 """Prefect flows with real components: a temporary Prefect server for the session, the retrain
-flow end to end in a temp git + DVC repo, the deployments' schedules and triggers, and the
-monitor on in-distribution and clearly shifted text, per pipeline (sentiment, intents, NER)."""
+flow of each pipeline end to end in a temp git + DVC repo, the deployments' schedules and triggers
+(a batch starts its own pipeline's retrain), and the monitor on in-distribution and clearly shifted
+text, per pipeline (sentiment, intents, NER)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,14 @@ def git(*args: str, cwd: Path) -> None:
 
 
 def monitored_params(tiny_model: Path) -> dict:
-    """Sentiment (retrained by the flow), and intents and NER (outside `tasks`, trained by `champions`), all monitored."""
+    """Sentiment and intents (retrained by the flow), and NER (outside `tasks`, trained by `champions`), all monitored."""
     params = tiny_params(tiny_model)
     intents = {**params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
                "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"},
                "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0}}
     ner = ner_params(tiny_model)["ner"]
-    return {**params, "intents": intents, "ner": ner, "monitoring": {"tasks": ["sentiment", "intents", "ner"]}}
+    return {**params, "tasks": ["sentiment", "intents"], "intents": intents, "ner": ner,
+            "monitoring": {"tasks": ["sentiment", "intents", "ner"]}}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,9 @@ def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
 
     from flows.retrain import retrain
 
-    decisions = retrain()
-    assert decisions["sentiment"]["alias"] == "champion"
+    decisions = retrain(pipeline="sentiment")
+    assert list(decisions) == ["sentiment"] and decisions["sentiment"]["alias"] == "champion"
+    assert not (repo / "models" / "intents").exists()  # the other pipeline of `tasks` is left alone
     assert str(champion(repo).version) == "1"
     artifact = Artifact.get("retrain-sentiment")
     assert artifact is not None
@@ -123,7 +126,7 @@ def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
 
     write_csv(repo / "data" / "incoming" / "batch-001.csv", make_rows(360, seed=5)[300:])
     (repo / "data" / "incoming" / "batch-002.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a screenshot dropped by mistake
-    decision = retrain()["sentiment"]
+    decision = retrain(pipeline="sentiment")["sentiment"]
     assert decision["challenger"]["version"] == "2"  # trained, registered and judged despite the bad batch
     low, high = decision["test"]["interval"]  # a champion to test against this time: the artifact shows the test
     assert f"| paired_bootstrap | {decision['delta']:+.4f} | 95%: [{low:+.4f}, {high:+.4f}] |" in Artifact.get("retrain-sentiment").data
@@ -136,7 +139,7 @@ def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
     assert [(r["file"], r["reason"]) for r in recorded] == [("data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
     assert "## Batches set aside (1)" in Artifact.get("retrain-sentiment").data
     events = rejected_batch_events()
-    assert [(e["task"], e["file"], e["reason"]) for e in events] == [
+    assert [(e["pipeline"], e["file"], e["reason"]) for e in events] == [
         ("sentiment", "data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
     (repo / "data" / "incoming" / "batch-002.csv").unlink()  # the next tests start from good data
 
@@ -145,22 +148,21 @@ def test_deployment_has_nightly_schedule_and_event_triggers(repo):
     from prefect.client.orchestration import get_client
 
     from flows.deploy import build_deployments
-    from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, workspace_resource
     from pipeline.tasks import load_params
 
-    retrain, *monitors = build_deployments(load_params())
-    assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
+    *retrains, monitor_sentiment, monitor_intents, monitor_ner = build_deployments(load_params())
+    assert [(r.name, r.parameters) for r in retrains] == [
+        ("retrain-sentiment", {"pipeline": "sentiment"}), ("retrain-intents", {"pipeline": "intents"})]
+    monitors = [monitor_sentiment, monitor_intents, monitor_ner]
     assert [(m.name, m.parameters) for m in monitors] == [
         ("monitor-sentiment", {"task": "sentiment"}), ("monitor-intents", {"task": "intents"}), ("monitor-ner", {"task": "ner"})]
     assert all([s.schedule.cron for s in m.schedules] == ["0 * * * *"] for m in monitors)
-    assert [set(t.expect) for t in retrain.triggers] == [{BATCH_ARRIVED}, {DRIFT_DETECTED}]
-    resource = workspace_resource()["prefect.resource.id"]
-    assert all(t.match.model_dump()["prefect.resource.id"] == resource for t in retrain.triggers)
 
-    retrain.apply()  # stored on the server: what a restarted `finetune deploy` finds again
+    for deployment in retrains:  # stored on the server: what a restarted `finetune deploy` finds again
+        deployment.apply()
     with get_client(sync_client=True) as client:
-        stored = client.read_deployment_by_name("retrain/retrain")
-    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"]
+        stored = client.read_deployment_by_name("retrain/retrain-intents")
+    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"] and stored.parameters == {"pipeline": "intents"}
 
 
 def write_texts(path: Path, texts: list[str], days: tuple[str, ...] = ("2026-11-26", "2026-11-27")) -> Path:
@@ -199,12 +201,13 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
 
 @pytest.fixture(scope="module")
 def champions(repo) -> None:
-    """Champions of the intents and NER pipelines, their stages run directly (the retrain flow runs `tasks` only)."""
+    """Champions of the intents pipeline (its own retrain) and NER (outside `tasks`: its stages run directly)."""
+    from flows.retrain import retrain
     from pipeline.stages import STAGES, run_stage
 
-    for name in ("intents", "ner"):
-        for stage in STAGES:
-            run_stage(stage, name, Path("params.yaml"))
+    assert list(retrain(pipeline="intents")) == ["intents"]
+    for stage in STAGES:
+        run_stage(stage, "ner", Path("params.yaml"))
 
 
 def test_monitor_per_pipeline_own_batches_report_and_label_shares(repo, champions):
@@ -301,37 +304,51 @@ def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path):
     assert new_batches(settings, "intents", db) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
 
 
-def test_a_new_batch_in_the_drop_folder_emits_the_trigger_event(tmp_path, prefect_server):
-    import threading
+def triggered_runs(deployments: list[str], trigger: str, expected: int) -> dict[str, list]:
+    """The flow runs the deployments' triggers named `trigger ...` created (automations act asynchronously), by deployment."""
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    from flows.deploy import watch_drop_folder
-    from flows.events import BATCH_ARRIVED
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=deployments)))
+            by_automation = [run for run in runs if run.created_by and run.created_by.type == "AUTOMATION"
+                             and run.created_by.display_value.startswith(trigger)]
+            if len(by_automation) >= expected:
+                break
+            time.sleep(0.5)
+        names = {client.read_deployment(run.deployment_id).name: [] for run in by_automation}
+        for run in by_automation:
+            names[client.read_deployment(run.deployment_id).name].append(run)
+    return names
 
-    folder = tmp_path / "incoming"
-    write_csv(folder / "old.csv", make_rows(5))
-    write_csv(folder / "fixed.csv", make_rows(5, seed=2))
-    (folder / "README.md").write_text("not a batch")
+
+def test_batches_dropped_together_start_one_retrain_of_their_own_pipeline(repo, tmp_path):
+    import threading
+    import time
+
+    from flows.deploy import DropFolder, build_deployments, watch_drop_folders
+    from pipeline.tasks import load_params
+
+    for deployment in build_deployments(load_params())[:2]:  # retrain-sentiment and retrain-intents, triggers included
+        deployment.apply()
+    sentiment, intents = tmp_path / "incoming", tmp_path / "incoming" / "intents"
+    write_csv(sentiment / "old.csv", make_rows(5))  # there before the watcher: not new
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_drop_folder, args=(folder, 0.1, stop))
+    watcher = threading.Thread(target=watch_drop_folders, args=(
+        [DropFolder("sentiment", sentiment), DropFolder("intents", intents)], 0.1, 2.0, stop))
     watcher.start()
-    time.sleep(0.5)  # let the watcher take stock of what is already there
-    write_csv(folder / "new.csv", make_rows(5, seed=1))
-    time.sleep(1)
-    write_csv(folder / "fixed.csv", make_rows(6, seed=3))  # a corrected copy dropped again under its name
-    time.sleep(1)
+    for i in range(5):  # five sentiment batches within the settle window, one for intents
+        write_csv(sentiment / f"batch-{i}.csv", make_rows(5, seed=i + 1))
+        time.sleep(0.2)
+    write_csv(intents / "day-1.csv", make_intent_rows(5))
+    time.sleep(3)
     stop.set()
     watcher.join()
 
-    files = []
-    with get_client(sync_client=True) as client:
-        for _ in range(40):  # events are stored asynchronously
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[BATCH_ARRIVED])), limit=50)
-            files = [e.payload["file"] for e in page.events]
-            if len(files) == 2:
-                break
-            time.sleep(0.5)
-    assert sorted(files) == [str(folder / "fixed.csv"), str(folder / "new.csv")]
+    runs = triggered_runs(["retrain-sentiment", "retrain-intents"], "new labelled batch", expected=2)
+    assert sorted(runs) == ["retrain-intents", "retrain-sentiment"]
+    assert [run.parameters for run in runs["retrain-sentiment"]] == [{"pipeline": "sentiment"}]  # one run, not five
+    assert [run.parameters for run in runs["retrain-intents"]] == [{"pipeline": "intents"}]

@@ -1,0 +1,89 @@
+"""What starts a retrain, without a server: each pipeline's drop folder and its settle window, one retrain
+deployment per pipeline with triggers about that pipeline only, and the pipeline a retrain may name."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import make_intent_rows, make_rows, tiny_params, write_csv, write_params
+
+SETTLE = 60.0
+
+
+def test_batches_within_the_settle_window_make_one_arrival(tmp_path):
+    from flows.deploy import DropFolder
+
+    folder = tmp_path / "incoming"
+    write_csv(folder / "old.csv", make_rows(5))
+    (folder / "README.md").write_text("not a batch")
+    drop = DropFolder("sentiment", folder)  # what is there at start is not new
+    assert drop.poll(0.0, SETTLE) == []
+    for i in range(5):  # five files, dropped over 40 s
+        write_csv(folder / f"batch-{i}.csv", make_rows(5, seed=i + 1))
+        assert drop.poll(10.0 * i, SETTLE) == []
+    assert drop.poll(59.0, SETTLE) == []  # the window opened at 0 s is still open
+    assert drop.poll(60.0, SETTLE) == [str(folder / f"batch-{i}.csv") for i in range(5)]
+    assert drop.poll(200.0, SETTLE) == []  # each arrival once
+
+    write_csv(folder / "old.csv", make_rows(6, seed=9))  # a corrected copy dropped again under its name
+    assert drop.poll(300.0, SETTLE) == []
+    assert drop.poll(360.0, SETTLE) == [str(folder / "old.csv")]
+
+
+def test_a_folder_made_after_the_watcher_started_is_watched(tmp_path):
+    from flows.deploy import DropFolder
+
+    drop = DropFolder("intents", tmp_path / "incoming" / "intents")
+    assert drop.poll(0.0, 0.0) == []
+    write_csv(tmp_path / "incoming" / "intents" / "day-1.csv", make_intent_rows(5))
+    assert drop.poll(1.0, 0.0) == [str(tmp_path / "incoming" / "intents" / "day-1.csv")]  # no settle window: at once
+
+
+@pytest.fixture
+def two_pipelines(tmp_path, monkeypatch, tiny_model):
+    """params.yaml with sentiment (data.incoming by default) and intents (its own data.incoming) in `tasks`."""
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tiny_model)
+    params["intents"] = {**params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
+                         "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"}}
+    write_params(tmp_path, {**params, "tasks": ["sentiment", "intents"]})
+    from pipeline.tasks import load_params
+
+    return load_params()
+
+
+def test_each_pipeline_has_its_retrain_deployment_and_drop_folder(two_pipelines):
+    from flows.deploy import build_deployments, drop_folders
+    from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, PIPELINE_LABEL, workspace_id
+
+    retrain_sentiment, retrain_intents, *monitors = build_deployments(two_pipelines)
+    for deployment, pipeline in ((retrain_sentiment, "sentiment"), (retrain_intents, "intents")):
+        assert deployment.name == f"retrain-{pipeline}" and deployment.parameters == {"pipeline": pipeline}
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+        assert [set(t.expect) for t in deployment.triggers] == [{BATCH_ARRIVED}, {DRIFT_DETECTED}]
+        assert all(t.match.model_dump() == {"prefect.resource.id": workspace_id(), PIPELINE_LABEL: pipeline}
+                   for t in deployment.triggers)
+    assert [m.name for m in monitors] == ["monitor-sentiment", "monitor-intents"]
+    assert [(d.pipeline, str(d.folder)) for d in drop_folders(two_pipelines)] == [
+        ("sentiment", "data/incoming"), ("intents", os.path.join("data", "incoming", "intents"))]
+
+
+def test_a_retrain_names_a_pipeline_of_tasks(two_pipelines):
+    from flows.retrain import pipelines_to_retrain
+    from pipeline.errors import ConfigError
+
+    assert pipelines_to_retrain(two_pipelines, None) == ["sentiment", "intents"]
+    assert pipelines_to_retrain(two_pipelines, "intents") == ["intents"]
+    with pytest.raises(ConfigError, match=r"cannot retrain 'intent' \(did you mean 'intents'\?\).*add it there"):
+        pipelines_to_retrain(two_pipelines, "intent")
+
+
+def test_the_old_single_drop_folder_key_says_what_replaced_it(tmp_path, tiny_model):
+    from pipeline.errors import ConfigError
+    from pipeline.tasks import load_params
+
+    path = write_params(tmp_path, {**tiny_params(tiny_model), "orchestration": {"drop_folder": "data/incoming"}})
+    with pytest.raises(ConfigError, match=r"'orchestration.drop_folder' is gone: .* each pipeline's own 'data.incoming'"):
+        load_params(path)
