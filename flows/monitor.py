@@ -35,6 +35,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.events import DRIFT_DETECTED, emit
+from flows.workspaces import latest_outputs
 from pipeline import tracking
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import use_all_cores
@@ -167,13 +168,13 @@ def reference(task: Task, model, tokenizer, version: str) -> dict:
     cache = REFERENCES / f"{task.name}-v{version}.json"
     if cache.exists():
         return load_json(cache)
-    paths = TaskPaths(task.name)
-    vocabulary = {w for r in load_records(paths.split("train")) for w in words(task.unlabelled_text(r))}
-    val = load_records(paths.split("val"))
+    root, paths = latest_outputs(task.name), TaskPaths(task.name)
+    vocabulary = {w for r in load_records(root / paths.split("train")) for w in words(task.unlabelled_text(r))}
+    val = load_records(root / paths.split("val"))
     predictions = task.predict(model, tokenizer, val)
     ref = {
         "model_version": version,
-        "data_hash": tracking.files_hash([paths.augmented_train, paths.split("val"), paths.split("test")]),
+        "data_hash": tracking.files_hash([root / p for p in (paths.augmented_train, paths.split("val"), paths.split("test"))]),
         "labels": dict(Counter(c for p in predictions for c in counted(p))),
         "mean_confidence": mean_score(predictions),
         "oov_rate": oov_rate([task.unlabelled_text(r) for r in val], vocabulary),

@@ -2,10 +2,13 @@
 pipeline (or, with no pipeline named, of each pipeline of `tasks` in turn), one Prefect task per stage.
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
-retries, logs, a run history and a markdown artifact per task. Two DVC runs in one workspace
-would collide on DVC's lock, so runs are serialised twice: a Prefect global concurrency limit
-(one slot, across every process talking to the server) and a file lock in the workspace (for
-flows run against another Prefect server; a `dvc repro` typed by hand takes only DVC's own lock).
+retries, logs, a run history and a markdown artifact per task. One pipeline is never retrained
+twice at once: each run holds a slot of the pipeline's Prefect global concurrency limit
+`finetune-retrain-<pipeline>` (created with one slot the first time, never reset, so an operator's
+change stays; held under a lease that a killed run stops renewing, so the server frees it).
+Two DVC runs in one workspace would collide on DVC's lock, so runs also take a file lock in the
+workspace (for flows run against another Prefect server; a `dvc repro` typed by hand takes only
+DVC's own lock).
 
     python -m flows.retrain --pipeline intents   # retrains one pipeline, now
     python -m flows.retrain                      # every pipeline of `tasks`, one after the other
@@ -14,21 +17,20 @@ flows run against another Prefect server; a `dvc repro` typed by hand takes only
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 
 from flows.events import BATCH_REJECTED, emit
+from flows.workspaces import WORKSPACES, command_env, deployed_commit, file_lock, pipeline_workspace, uncommitted
 from pipeline import tracking
 from pipeline.errors import ConfigError, UserError
 from pipeline.params import Params, did_you_mean
@@ -37,33 +39,16 @@ from pipeline.records import load_json
 from pipeline.stages import SOURCES, STAGES
 from pipeline.tasks import load_params
 
-CONCURRENCY_LIMIT = "finetune-dvc-workspace"
-LOCK_FILE = Path(".dvc/tmp/finetune-retrain.lock")  # inside .dvc/tmp: never tracked, always there in a DVC repo
-
-
-@contextmanager
-def workspace_lock(path: Path = LOCK_FILE) -> Iterator[None]:
-    """Wait for, then hold, an exclusive lock on the workspace (released when the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def command_env() -> dict[str, str]:
-    """The environment for `dvc`: this interpreter's bin first, so dvc and `finetune` resolve to the venv."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+LEASE_SECONDS = 60  # a killed run's slot is freed by the Prefect server this long after its last renewal
 
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="{stage}")
-def repro_stage(stage: str) -> str:
-    """Run one DVC stage, e.g. train@sentiment (DVC skips it when up to date); its output goes to the Prefect logs."""
+def repro_stage(stage: str, workspace: Path) -> str:
+    """Run one DVC stage in the workspace, e.g. train@sentiment (DVC skips it when up to date); its output goes
+    to the Prefect logs."""
     logger = get_run_logger()
-    done = subprocess.run(["dvc", "repro", "--single-item", stage], capture_output=True, text=True, env=command_env())
+    done = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=workspace, capture_output=True, text=True,
+                          env=command_env())
     output = (done.stdout + done.stderr).strip()
     logger.info("%s:\n%s", stage, output)
     if done.returncode != 0:
@@ -82,21 +67,21 @@ def mlflow_run_link(run_id: str, experiment: str) -> str:
     return f"[{run_id}]({ui}/#/experiments/{experiment_id}/runs/{run_id}) (tracking URI `{uri}`)"
 
 
-def rejected_batches_markdown(batches: list[dict], paths: TaskPaths) -> str:
+def rejected_batches_markdown(batches: list[dict], record: Path) -> str:
     """The drop-folder batches collect set aside, and how to get them read."""
     if not batches:
         return ""
     rows = "\n".join(f"| `{b['file']}` | {b['bytes']} | `{b['sha256'][:12]}` | {b['rejected_at']} | {b['reason']} |" for b in batches)
     return (
         f"## Batches set aside ({len(batches)})\n\nNot read: fix each file and drop it again (a copy with new content is "
-        f"read on the next run). All rejections: `{paths.rejected_batches}`.\n\n"
+        f"read on the next run). All rejections: `{record}`.\n\n"
         f"| file | bytes | sha256 | set aside | reason |\n|---|---|---|---|---|\n{rows}\n\n"
     )
 
 
-def report_rejected_batches(task_name: str, since: datetime) -> None:
+def report_rejected_batches(task_name: str, since: datetime, workspace: Path) -> None:
     """Emit BATCH_REJECTED for each batch this run's collect set aside (earlier rejections were reported then)."""
-    for batch in load_json(TaskPaths(task_name).provenance)["rejected_batches"]:
+    for batch in load_json(workspace / TaskPaths(task_name).provenance)["rejected_batches"]:
         if datetime.fromisoformat(batch["rejected_at"]) >= since.replace(microsecond=0):
             emit(BATCH_REJECTED, task_name, {k: batch[k] for k in ("file", "bytes", "sha256", "reason")})
             get_run_logger().warning("%s: batch %s set aside: %s", task_name, batch["file"], batch["reason"])
@@ -116,18 +101,18 @@ def paired_test_markdown(decision: dict) -> str:
             f"| {test['method']} | {decision['delta']:+.4f} | {interval} | {p_value} | {resamples} | {decision['min_delta']} |\n\n")
 
 
-def summary_markdown(task_name: str, experiment: str) -> str:
-    """Metrics, promotion decision, batches set aside and MLflow run of a task, as markdown."""
+def summary_markdown(task_name: str, experiment: str, workspace: Path) -> str:
+    """Metrics, promotion decision, batches set aside and MLflow run of a task in its workspace, as markdown."""
     paths = TaskPaths(task_name)
-    metrics, decision = load_json(paths.metrics), load_json(paths.promotion)
-    run_id = load_json(paths.model_dir / tracking.RUN_FILE)["run_id"]
+    metrics, decision = load_json(workspace / paths.metrics), load_json(workspace / paths.promotion)
+    run_id = load_json(workspace / paths.model_dir / tracking.RUN_FILE)["run_id"]
     rows = "\n".join(
         f"| {split} | {name} | {value:.4f} |"
         for split in ("val", "test")
         for name, value in metrics[split].items()
         if isinstance(value, (int, float))
     )
-    set_aside = rejected_batches_markdown(load_json(paths.provenance)["rejected_batches"], paths)
+    set_aside = rejected_batches_markdown(load_json(workspace / paths.provenance)["rejected_batches"], workspace / paths.rejected_batches)
     champion = decision["champion"] or {"version": "-", "score": None}
     champion_score = "-" if champion["score"] is None else f"{champion['score']:.4f}"
     return (
@@ -137,15 +122,21 @@ def summary_markdown(task_name: str, experiment: str) -> str:
         f"| version | {decision['challenger']['version']} | {champion['version']} |\n"
         f"| {decision['metric']} | {decision['challenger']['score']:.4f} | {champion_score} |\n\n"
         f"{paired_test_markdown(decision)}"
-        f"## Metrics (`{paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n{set_aside}"
+        f"## Metrics (`{workspace / paths.metrics}`)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n\n{set_aside}"
         f"## MLflow run\n\n{mlflow_run_link(run_id, experiment)}\n"
     )
 
 
-def ensure_concurrency_limit(limit: int = 1) -> None:
-    """Create (or reset to one slot) the global concurrency limit that serialises DVC runs."""
+def pipeline_limit(pipeline: str) -> str:
+    """The global concurrency limit of a pipeline's retrains, created with one slot if it does not exist yet
+    (never reset: an operator may have changed it)."""
+    name = f"finetune-retrain-{pipeline}"
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit)
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    return name
 
 
 def pipelines_to_retrain(params: Params, pipeline: str | None) -> list[str]:
@@ -165,23 +156,27 @@ def retrain(pipeline: str | None = None) -> dict:
     params = load_params()  # params.yaml, the file dvc.yaml reads
     pipelines = pipelines_to_retrain(params, pipeline)
     started = datetime.now(timezone.utc)
-    ensure_concurrency_limit()
     run_stage = repro_stage.with_options(retries=params.orchestration.retries)
     decisions = {}
-    with concurrency(CONCURRENCY_LIMIT, occupy=1), workspace_lock():
-        run_stage(SOURCES)
-        for name in pipelines:
-            run_stage(f"{STAGES[0]}@{name}")  # collect: report the batches it set aside before anything can fail
-            report_rejected_batches(name, started)
+    for name in pipelines:
+        limit = pipeline_limit(name)
+        with concurrency(limit, occupy=1, lease_duration=LEASE_SECONDS, strict=True), file_lock(WORKSPACES / f"{name}.lock"):
+            workspace = pipeline_workspace(name, params.task(name).data)
+            get_run_logger().info("%s: in %s at %s", name, workspace, deployed_commit()[:12])
+            for path in uncommitted():
+                get_run_logger().warning("%s: not committed, so not what this run uses: commit it to deploy it", path)
+            run_stage(SOURCES, workspace)
+            run_stage(f"{STAGES[0]}@{name}", workspace)  # collect: report the batches it set aside before anything can fail
+            report_rejected_batches(name, started, workspace)
             for stage in STAGES[1:]:
-                run_stage(f"{stage}@{name}")
-            # Read while the workspace is still this run's: a queued run would rewrite these files.
+                run_stage(f"{stage}@{name}", workspace)
+            # Read while the workspace is still this run's: the next run would rewrite these files.
             create_markdown_artifact(
                 key=f"retrain-{name}",
-                markdown=summary_markdown(name, params.tracking.experiment),
+                markdown=summary_markdown(name, params.tracking.experiment, workspace),
                 description=f"metrics, promotion decision and MLflow run of {name}",
             )
-            decisions[name] = load_json(TaskPaths(name).promotion)
+            decisions[name] = load_json(workspace / TaskPaths(name).promotion)
     return decisions
 
 

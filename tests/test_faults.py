@@ -180,15 +180,15 @@ def test_tracking_server_down_gives_a_clear_error_and_promotes_nothing(workspace
 
 @pytest.mark.e2e
 def test_two_retrains_at_once_take_turns_on_the_workspace_lock(workspace, tiny_model):
-    """Two threads do what the retrain flow does around DVC: hold flows.retrain.workspace_lock
-    while a real `dvc repro` runs. The second waits for the first; both succeed."""
-    from flows.retrain import command_env, workspace_lock
+    """Two threads do what the retrain flow does around DVC: hold the workspace's lock
+    (flows.workspaces.file_lock) while a real `dvc repro` runs. The second waits for the first; both succeed."""
+    from flows.workspaces import command_env, file_lock
 
     init_repo(workspace, tiny_params(tiny_model))
     spans: dict[str, tuple[float, float, int, str]] = {}
 
     def retrain(name: str) -> None:
-        with workspace_lock():
+        with file_lock(workspace / ".dvc" / "tmp" / "finetune-retrain.lock"):
             start = time.monotonic()
             done = subprocess.run(["dvc", "repro", "--single-item", "sources"], cwd=workspace,
                                   env=command_env(), capture_output=True, text=True, timeout=600)

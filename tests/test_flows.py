@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["DO_NOT_TRACK"] = "1"
-
-from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params  # noqa: E402
-from tests.ner_data import make_sentences, ner_params, write_conll  # noqa: E402
+from flows.workspaces import WORKSPACES
+from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
+from tests.ner_data import make_sentences, ner_params, write_conll
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +30,6 @@ SHIFTED = [  # another domain and style: recipes, sports chat, weather
     "Tomorrow brings sunny spells with a gentle breeze from the coast",
     "Our goalkeeper pulled off three incredible saves in extra time",
 ]
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    """One temporary Prefect server (SQLite) for every flow test."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -85,6 +74,17 @@ def champion(repo: Path):
     return mlflow.MlflowClient().get_model_version_by_alias("fin-sentiment", "champion")
 
 
+def retrain_limit(pipeline: str, new_limit: int | None = None):
+    """The pipeline's global concurrency limit on the Prefect server (changed first, as an operator would, when asked)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        if new_limit is not None:
+            client.update_global_concurrency_limit(f"finetune-retrain-{pipeline}", GlobalConcurrencyLimitUpdate(limit=new_limit))
+        return client.read_global_concurrency_limit_by_name(f"finetune-retrain-{pipeline}")
+
+
 def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
     from prefect.artifacts import Artifact
 
@@ -92,12 +92,16 @@ def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
 
     decisions = retrain(pipeline="sentiment")
     assert list(decisions) == ["sentiment"] and decisions["sentiment"]["alias"] == "champion"
-    assert not (repo / "models" / "intents").exists()  # the other pipeline of `tasks` is left alone
+    assert (repo / WORKSPACES / "sentiment" / "models" / "sentiment").is_dir()  # trained in the pipeline's own workspace
+    assert not (repo / WORKSPACES / "intents").exists() and not (repo / "models").exists()  # the rest is left alone
     assert str(champion(repo).version) == "1"
     artifact = Artifact.get("retrain-sentiment")
     assert artifact is not None
     assert "fin-sentiment v1 -> @champion" in artifact.data and "val | f1_macro" in artifact.data
     assert "#/experiments/" in artifact.data
+    limit = retrain_limit("sentiment")  # created by the run, with one slot, free again
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    retrain_limit("sentiment", new_limit=2)  # an operator's change, which the next run must keep
 
 
 def rejected_batch_events() -> list[dict]:
@@ -127,15 +131,17 @@ def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
     write_csv(repo / "data" / "incoming" / "batch-001.csv", make_rows(360, seed=5)[300:])
     (repo / "data" / "incoming" / "batch-002.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a screenshot dropped by mistake
     decision = retrain(pipeline="sentiment")["sentiment"]
+    assert (retrain_limit("sentiment").limit, retrain_limit("sentiment").active_slots) == (2, 0)
     assert decision["challenger"]["version"] == "2"  # trained, registered and judged despite the bad batch
     low, high = decision["test"]["interval"]  # a champion to test against this time: the artifact shows the test
     assert f"| paired_bootstrap | {decision['delta']:+.4f} | 95%: [{low:+.4f}, {high:+.4f}] |" in Artifact.get("retrain-sentiment").data
-    provenance = load_json(repo / "data" / "raw" / "sentiment.provenance.json")
+    workspace = repo / WORKSPACES / "sentiment"  # the batches dropped here are read there
+    provenance = load_json(workspace / "data" / "raw" / "sentiment.provenance.json")
     assert "data/incoming/batch-001.csv" in provenance["files"]
     assert [b["file"] for b in provenance["rejected_batches"]] == ["data/incoming/batch-002.csv"]
-    train = load_records(repo / "data" / "split" / "sentiment" / "train.jsonl")
+    train = load_records(workspace / "data" / "split" / "sentiment" / "train.jsonl")
     assert any(row.get("batch") == "batch-001.csv" for row in train)
-    recorded = load_records(repo / "data" / "quarantine" / "sentiment.batches.jsonl")
+    recorded = load_records(workspace / "data" / "quarantine" / "sentiment.batches.jsonl")
     assert [(r["file"], r["reason"]) for r in recorded] == [("data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
     assert "## Batches set aside (1)" in Artifact.get("retrain-sentiment").data
     events = rejected_batch_events()
