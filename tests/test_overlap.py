@@ -1,0 +1,169 @@
+"""Retrains that overlap, deployed as users deploy them: `finetune deploy` serving against a real Prefect
+server, labelled batches dropped into two pipelines' folders. The two pipelines retrain side by side in
+workspaces of their own and both promote; a second batch for one pipeline during its run waits for it and
+runs after; files dropped within the settle window make one run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from flows.workspaces import WORKSPACES
+from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
+
+pytestmark = pytest.mark.e2e
+
+PIPELINES = ("sentiment", "intents")
+SETTLE_SECONDS = 4
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def deployed_repo(tmp_path, tiny_model, prefect_server) -> Path:
+    """A committed git + DVC repo with two pipelines in `tasks`, each with its own drop folder, no model yet."""
+    from prefect.client.orchestration import get_client
+
+    params = tiny_params(tiny_model)
+    params["intents"] = {
+        **params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
+        "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"},
+        "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0},
+    }
+    params.update(tasks=list(PIPELINES), orchestration={"poll_seconds": 0.5, "settle_seconds": SETTLE_SECONDS})
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
+    write_csv(tmp_path / "data" / "intents.csv", make_intent_rows(240))
+    write_params(tmp_path, params)
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / ".gitignore").write_text("/mlflow/\n/deploy.log\n")
+    git("init", "-q", cwd=tmp_path)
+    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    git("add", "-A", cwd=tmp_path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
+    with get_client(sync_client=True) as client:  # another module's deployments of these names: their runs are not ours
+        for name in PIPELINES:
+            try:
+                client.delete_deployment(client.read_deployment_by_name(f"retrain/retrain-{name}").id)
+            except Exception:  # noqa: BLE001 - not there: nothing to delete
+                pass
+    return tmp_path
+
+
+@contextmanager
+def finetune_deploy(repo: Path) -> Iterator[Path]:
+    """`finetune deploy` in `repo` against the test's Prefect server, stopped with Ctrl-C at the end; yields its log."""
+    from prefect.settings import PREFECT_API_URL
+
+    log = repo / "deploy.log"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with log.open("w") as out:
+        process = subprocess.Popen([Path(sys.executable).parent / "finetune", "deploy"], cwd=repo, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield log
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for(condition, timeout: float, what: str, log: Path):
+    """Poll `condition` until it returns something true; fail with the deploy log's tail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}; finetune deploy said:\n{log.read_text()[-3000:]}")
+
+
+def retrain_runs(client, pipeline: str) -> list:
+    """The flow runs of a pipeline's retrain deployment, oldest first."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[f"retrain-{pipeline}"])),
+                                 sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+
+
+def stages_started(client, run) -> bool:
+    """Whether a flow run has started its first stage task (its workspace is ready, its inputs linked)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return bool(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))))
+
+
+def work_span(client, run) -> tuple[float, float]:
+    """When a flow run's stage tasks (its DVC work) started and ended, in seconds since the epoch."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    starts, ends = [t.start_time for t in tasks if t.start_time], [t.end_time for t in tasks if t.end_time]
+    return min(starts).timestamp(), max(ends).timestamp()
+
+
+def promoted(client, run) -> str:
+    """The promotion line of a run's `retrain-<pipeline>` artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    return next(a.data for a in artifacts if a.key and a.key.startswith("retrain-")).splitlines()[2]
+
+
+def test_two_pipelines_retrain_side_by_side_and_one_pipeline_waits_its_turn(deployed_repo):
+    from prefect.client.orchestration import get_client
+
+    repo = deployed_repo
+    with finetune_deploy(repo) as log, get_client(sync_client=True) as client:
+        wait_for(lambda: all(retrain_deployed(client, name) for name in PIPELINES), 120, "the deployments", log)
+        time.sleep(2)  # the watcher has taken stock of the folders
+        for i in range(5):  # five sentiment batches within the settle window, and one for intents
+            write_csv(repo / "data" / "incoming" / f"batch-{i}.csv", make_rows(20, seed=100 + i))
+            time.sleep(0.3)
+        write_csv(repo / "data" / "incoming" / "intents" / "day-1.csv", make_intent_rows(20, seed=7))
+
+        first = wait_for(lambda: [r for r in retrain_runs(client, "sentiment") if stages_started(client, r)], 120,
+                         "sentiment's retrain to start its stages", log)[0]
+        write_csv(repo / "data" / "incoming" / "batch-late.csv", make_rows(20, seed=200))  # during its run
+        done = lambda: [r for name in PIPELINES for r in retrain_runs(client, name) if r.state.is_final()]  # noqa: E731
+        wait_for(lambda: len(done()) == 3, 600, "three retrains to end", log)
+        sentiment, intents = retrain_runs(client, "sentiment"), retrain_runs(client, "intents")
+
+        assert [r.state.type.value for r in sentiment + intents] == ["COMPLETED"] * 3, log.read_text()[-3000:]
+        assert len(sentiment) == 2 and len(intents) == 1  # the five files made one run, the late batch a second
+        assert sentiment[0].id == first.id and all(r.parameters == {"pipeline": "sentiment"} for r in sentiment)
+        (first_start, first_end), (late_start, _) = work_span(client, sentiment[0]), work_span(client, sentiment[1])
+        intents_start, intents_end = work_span(client, intents[0])
+        assert max(first_start, intents_start) < min(first_end, intents_end), "the two pipelines did not overlap"
+        assert sentiment[1].start_time.timestamp() < first_end <= late_start, "the late batch's run did not wait"
+        assert "fin-sentiment v1 -> @champion" in promoted(client, sentiment[0])
+        assert "support-intents v1 -> @champion" in promoted(client, intents[0])
+        assert "fin-sentiment v2 -> " in promoted(client, sentiment[1])
+
+    train = (repo / WORKSPACES / "sentiment" / "data" / "split" / "sentiment" / "train.jsonl").read_text()
+    assert "batch-late.csv" in train and "batch-4.csv" in train  # every batch was read in the pipeline's workspace
+    assert not (repo / "models").exists()  # nothing ran in the deploying checkout
+
+
+def retrain_deployed(client, pipeline: str) -> bool:
+    """Whether `finetune deploy` has registered the pipeline's retrain deployment yet."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(f"retrain/retrain-{pipeline}") is not None
+    except ObjectNotFound:
+        return False
