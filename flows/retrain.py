@@ -2,13 +2,11 @@
 pipeline (or, with no pipeline named, of each pipeline of `tasks` in turn), one Prefect task per stage.
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
-retries, logs, a run history and a markdown artifact per task. One pipeline is never retrained
-twice at once: each run holds a slot of the pipeline's Prefect global concurrency limit
-`finetune-retrain-<pipeline>` (created with one slot the first time, never reset, so an operator's
-change stays; held under a lease that a killed run stops renewing, so the server frees it).
-Two DVC runs in one workspace would collide on DVC's lock, so runs also take a file lock in the
-workspace (for flows run against another Prefect server; a `dvc repro` typed by hand takes only
-DVC's own lock).
+retries, logs, a run history and a markdown artifact per task. Each pipeline runs in a workspace of
+its own (flows/workspaces.py), so different pipelines retrain side by side. One pipeline is never
+retrained twice at once: each run holds the slot of the pipeline's Prefect global concurrency limit
+`finetune-retrain-<pipeline>` (pipeline/locks.py), and a file lock per pipeline for runs against
+another Prefect server.
 
     python -m flows.retrain --pipeline intents   # retrains one pipeline, now
     python -m flows.retrain                      # every pipeline of `tasks`, one after the other
@@ -24,22 +22,17 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
 
 from flows.events import BATCH_REJECTED, emit
-from flows.workspaces import WORKSPACES, command_env, deployed_commit, file_lock, pipeline_workspace, uncommitted
+from flows.workspaces import WORKSPACES, command_env, deployed_commit, pipeline_workspace, uncommitted
 from pipeline import tracking
 from pipeline.errors import ConfigError, UserError
+from pipeline.locks import file_lock, limit_name, prefect_limit
 from pipeline.params import Params, did_you_mean
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
 from pipeline.stages import SOURCES, STAGES
 from pipeline.tasks import load_params
-
-LEASE_SECONDS = 60  # a killed run's slot is freed by the Prefect server this long after its last renewal
 
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="{stage}")
@@ -127,18 +120,6 @@ def summary_markdown(task_name: str, experiment: str, workspace: Path) -> str:
     )
 
 
-def pipeline_limit(pipeline: str) -> str:
-    """The global concurrency limit of a pipeline's retrains, created with one slot if it does not exist yet
-    (never reset: an operator may have changed it)."""
-    name = f"finetune-retrain-{pipeline}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
-    return name
-
-
 def pipelines_to_retrain(params: Params, pipeline: str | None) -> list[str]:
     """The pipeline named (one of `tasks`: dvc.yaml has stages for those only), or every pipeline of `tasks`."""
     if pipeline is None:
@@ -159,8 +140,7 @@ def retrain(pipeline: str | None = None) -> dict:
     run_stage = repro_stage.with_options(retries=params.orchestration.retries)
     decisions = {}
     for name in pipelines:
-        limit = pipeline_limit(name)
-        with concurrency(limit, occupy=1, lease_duration=LEASE_SECONDS, strict=True), file_lock(WORKSPACES / f"{name}.lock"):
+        with prefect_limit(limit_name("retrain", name)), file_lock(WORKSPACES / f"{name}.lock"):
             workspace = pipeline_workspace(name, params.task(name).data)
             get_run_logger().info("%s: in %s at %s", name, workspace, deployed_commit()[:12])
             for path in uncommitted():

@@ -19,17 +19,15 @@ takes none on `.git/worktrees/`.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pipeline import tracking
 from pipeline.errors import UsageError
+from pipeline.locks import file_lock
 from pipeline.params import SourceConfig
 from pipeline.stages.sources import files_behind
 
@@ -42,18 +40,6 @@ def command_env() -> dict[str, str]:
     """The environment for `dvc`: this interpreter's bin first, so dvc and `finetune` resolve to the venv."""
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Wait for, then hold, an exclusive lock on a file (released when the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def git(*args: str, cwd: Path | None = None) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import tempfile
+from contextlib import AbstractContextManager
 from typing import Any
 
 from pipeline import tracking
 from pipeline.errors import ModelError, TrackingError, UserError
+from pipeline.locks import file_lock, limit_name, prefect_api_configured, prefect_limit
 from pipeline.models import resolve_model
 from pipeline.tasks.base import Task
 
@@ -24,6 +26,19 @@ MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<vers
 def champion_uri(name: str) -> str:
     """The URI of a registered model's champion, e.g. models:/fin-sentiment@champion."""
     return f"models:/{name}@{CHAMPION}"
+
+
+def promotion_lock(name: str) -> tuple[str, AbstractContextManager]:
+    """(what it is, the lock) named after a registered model, that every process promoting to it takes.
+    A store on this disk: a file lock beside it (whoever writes it is on this machine, a `dvc repro`
+    typed by hand included). A tracking server: the Prefect global concurrency limit `finetune-promote-
+    <name>` when a Prefect API is configured (every machine), else a file lock in mlflow/ (this machine)."""
+    lock = limit_name("promote", name)
+    folder = tracking.local_store_folder()
+    if folder is None and prefect_api_configured():
+        return f"the Prefect global concurrency limit {lock}", prefect_limit(lock)
+    path = (folder or tracking.STORE_DIR.resolve()) / f"{lock}.lock"
+    return f"the lock {path}", file_lock(path)
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:

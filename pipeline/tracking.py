@@ -31,6 +31,17 @@ def tracking_uri() -> str:
     return USER_TRACKING_URI or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
+def local_store_folder() -> Path | None:
+    """The folder of a store on this machine's disk (the embedded SQLite one, or MLFLOW_TRACKING_URI set to
+    sqlite:///PATH or a folder), or None for a tracking server."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")).resolve()
+    return None
+
+
 def point_at_store() -> None:
     """Point MLflow at the tracking store (without an experiment: for reading the registry)."""
     import mlflow

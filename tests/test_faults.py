@@ -181,8 +181,9 @@ def test_tracking_server_down_gives_a_clear_error_and_promotes_nothing(workspace
 @pytest.mark.e2e
 def test_two_retrains_at_once_take_turns_on_the_workspace_lock(workspace, tiny_model):
     """Two threads do what the retrain flow does around DVC: hold the workspace's lock
-    (flows.workspaces.file_lock) while a real `dvc repro` runs. The second waits for the first; both succeed."""
-    from flows.workspaces import command_env, file_lock
+    (pipeline.locks.file_lock) while a real `dvc repro` runs. The second waits for the first; both succeed."""
+    from flows.workspaces import command_env
+    from pipeline.locks import file_lock
 
     init_repo(workspace, tiny_params(tiny_model))
     spans: dict[str, tuple[float, float, int, str]] = {}

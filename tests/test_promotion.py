@@ -1,12 +1,19 @@
-"""Fair champion/challenger promotion against a real MLflow store (SQLite in a temp dir)."""
+"""Fair champion/challenger promotion against a real MLflow store (SQLite in a temp dir), also with two
+challengers registered at the same moment by two processes."""
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
 
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, load_records
-from pipeline.registry import load_registered
+from pipeline.registry import load_registered, promotion_lock
 from pipeline.stages import register, run_stage
 from pipeline.stages.evaluate import score
 from pipeline.tasks import get_task, load_params
@@ -123,3 +130,44 @@ def test_register_without_evaluates_predictions_says_what_to_run(workspace):
     save_records(PATHS.val_predictions, [{"label": "positive", "score": 0.9}])  # from an older, smaller split
     with pytest.raises(UsageError, match="holds 1 predictions for 2 validation examples"):
         register.challenger_predictions(task, PATHS, val)
+
+
+def trained_elsewhere(folder: Path, tiny_model: Path, **overrides) -> Path:
+    """Another workspace on the same data and the same MLflow store (linked), its model trained and evaluated,
+    not registered yet."""
+    folder.mkdir()
+    (folder / "mlflow").symlink_to(Path("mlflow").resolve())
+    (folder / "data").mkdir()
+    shutil.copy("data/sample.csv", folder / "data" / "sample.csv")
+    write_params(folder, tiny_params(tiny_model, **overrides))
+    with chdir(folder):
+        for stage in ("collect", "validate", "split", "augment", "train", "evaluate"):
+            run_stage(stage, "sentiment", PARAMS)
+    return folder
+
+
+def test_two_promotions_at_once_end_with_the_better_model_as_champion(workspace, tiny_model):
+    plain = {"sentiment__promotion": {"test": "none", "min_delta": 0.0}}  # the order of judging alone decides
+    useless = train_and_register(tiny_model, UNTRAINED, **plain)
+    medium = trained_elsewhere(workspace / "medium", tiny_model, sentiment__train__epochs=1, **plain)
+    best = trained_elsewhere(workspace / "best", tiny_model, **plain)
+    scores = [load_json(folder / PATHS.metrics)["val"]["f1_macro"] for folder in (medium, best)]
+    assert useless["challenger"]["score"] < scores[0] < scores[1], "the three models must differ for this test"
+
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}  # as typed by hand
+    what, lock = promotion_lock(NAME)
+    with lock:  # held here until both have registered their version and wait at it: they judge one after the other
+        logs = [folder / "register.log" for folder in (medium, best)]
+        runs = [subprocess.Popen([Path(sys.executable).parent / "finetune", "stage", "register", "--task", "sentiment"],
+                                 cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                for folder, log in zip((medium, best), logs)]
+        deadline = time.monotonic() + 300
+        while not all(f"waiting for {what}" in log.read_text() for log in logs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [log.read_text()[-2000:] for log in logs]
+
+    first, second = sorted((load_json(folder / PATHS.promotion) for folder in (medium, best)),
+                           key=lambda d: d["champion"]["version"] != "1")  # the first judged met the useless champion
+    assert first["champion"]["version"] == "1" and first["promoted"]
+    assert second["champion"] == {"version": first["challenger"]["version"], "score": pytest.approx(first["challenger"]["score"])}
+    assert aliases()["champion"] == load_json(best / PATHS.promotion)["challenger"]["version"]

@@ -3,11 +3,16 @@ and move the `champion` alias only when the new version is better by more than `
 beyond the noise of which validation examples happen to be in the split (a paired bootstrap).
 
 The alias is the last thing written: a run that fails anywhere leaves the aliases as they were.
+Judging and moving the alias happen under a lock named after the registered model, with the
+champion read inside it: of two challengers registered at the same moment, the second is judged
+against the champion the first left, so the better one ends champion and each promotion.json
+names the champion it was really compared with.
 """
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from pipeline.models import use_all_cores
 from pipeline.params import Params, PromotionConfig, TaskConfig
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
-from pipeline.registry import CHALLENGER, CHAMPION, champion_version, load_registered
+from pipeline.registry import CHALLENGER, CHAMPION, champion_version, load_registered, promotion_lock
 from pipeline.significance import PairedTest, paired_bootstrap
 from pipeline.tasks.base import Task
 from pipeline.techniques import adapters
@@ -102,8 +107,8 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
 
 
 def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> tuple[dict, dict]:
-    """Re-score the champion, register the model, decide and move an alias, the very last step;
-    returns (decision, ONNX export report)."""
+    """Register the model, then, under the model's promotion lock, re-score the champion, decide and move
+    an alias, the very last step; returns (decision, ONNX export report)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -111,26 +116,34 @@ def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) 
     val = load_records(paths.split("val"))
     predictions = challenger_predictions(task, paths, val)
 
-    champion = champion_version(client, name)
-    champion_predictions = None
-    if champion is not None:
-        model, tokenizer = load_registered(task, f"models:/{name}/{champion.version}")  # pinned: the alias may move meanwhile
-        champion_predictions = task.predict(model, tokenizer, val)
-    verdict = judge(task, config.promotion, val, predictions, champion_predictions)
-    if champion is not None:
-        print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={verdict.champion:.4f}")
-
-    with tracking.resume_run(paths.model_dir, experiment) as run:
-        version = log_model(task, paths, name)
-        tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id, f"val_{metric}": f"{verdict.challenger:.4f}"}
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        export_report = log_export(task, config, paths, val, version) if config.registry.onnx else NO_EXPORT
-        decision = decision_record(verdict, config.promotion, name, metric, version, champion)
-        client.update_model_version(name, version, description=("Promoted to champion: " if verdict.promote else "Not promoted: ") + verdict.reason)
-        log_decision(decision, verdict)
-    client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
+    what, lock = promotion_lock(name)
+    with ExitStack() as promoting:  # the lock is held from judging to the alias, which comes after the run closed
+        with tracking.resume_run(paths.model_dir, experiment) as run:
+            version = log_model(task, paths, name)
+            tags = {**tracking.run_tags(paths.model_dir), "run_id": run.info.run_id,
+                    f"val_{metric}": f"{task.metrics(val, predictions)[metric]:.4f}"}
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+            export_report = log_export(task, config, paths, val, version) if config.registry.onnx else NO_EXPORT
+            print(f"register[{task.name}]: v{version} registered; waiting for {what} to judge it", flush=True)
+            promoting.enter_context(lock)
+            champion = champion_version(client, name)  # read inside the lock: another promotion may have moved it
+            verdict = judge(task, config.promotion, val, predictions, champion_predictions(task, name, champion, val))
+            if champion is not None:
+                print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={verdict.champion:.4f}")
+            decision = decision_record(verdict, config.promotion, name, metric, version, champion)
+            client.update_model_version(name, version, description=("Promoted to champion: " if verdict.promote else "Not promoted: ") + verdict.reason)
+            log_decision(decision, verdict)
+        client.set_registered_model_alias(name, decision["alias"], version)  # last step, see module docstring
     return decision, export_report
+
+
+def champion_predictions(task: Task, name: str, champion: Any | None, val: list[Record]) -> list[Record] | None:
+    """The champion's predictions on today's validation examples (None when there is no champion)."""
+    if champion is None:
+        return None
+    model, tokenizer = load_registered(task, f"models:/{name}/{champion.version}")  # pinned: the version judged
+    return task.predict(model, tokenizer, val)
 
 
 def challenger_predictions(task: Task, paths: TaskPaths, val: list[Record]) -> list[Record]:

@@ -1,0 +1,64 @@
+"""Locks that runs which overlap take: a file lock (processes of one machine) and a Prefect global
+concurrency limit (every process that talks to one Prefect server, on any machine).
+
+A Prefect limit is created with one slot the first time it is used and never reset, so an
+operator's change (more slots, or deactivating it) stays. Its slot is held under a lease the
+holder keeps renewing: a killed holder stops renewing and the server frees the slot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+LEASE_SECONDS = 60  # a killed holder's slot is freed by the Prefect server this long after its last renewal
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive lock on a file (released when the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def limit_name(*parts: str) -> str:
+    """A Prefect limit (or lock file) name from parts such as a registered model's name: safe characters only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(("finetune", *parts)))
+
+
+def prefect_api_configured() -> bool:
+    """Whether a Prefect server is configured (PREFECT_API_URL, in the environment or the active profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def ensure_limit(name: str) -> str:
+    """Create the Prefect global concurrency limit `name` with one slot unless it exists; returns the name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    return name
+
+
+@contextmanager
+def prefect_limit(name: str) -> Iterator[None]:
+    """Wait for, then hold, a slot of the Prefect global concurrency limit `name` (created if missing)."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(ensure_limit(name), occupy=1, lease_duration=LEASE_SECONDS, strict=True):
+        yield
