@@ -32,7 +32,8 @@ from common import ROOT, benchmark_parser, cpu_facts, timing, write_result
 PIPELINES = ("sentiment", "intents")
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-       "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+       "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+       "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def fresh_clone() -> Path:
@@ -88,6 +89,7 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
+    os.environ.update(ENV)  # the temporary Prefect server inherits it: no telemetry
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

@@ -27,7 +27,7 @@ from flows.events import BATCH_REJECTED, emit
 from flows.workspaces import WORKSPACES, command_env, deployed_commit, pipeline_workspace, uncommitted
 from pipeline import tracking
 from pipeline.errors import ConfigError, UserError
-from pipeline.locks import file_lock, limit_name, prefect_limit
+from pipeline.locks import check_prefect_api, file_lock, limit_name, prefect_limit
 from pipeline.params import Params, did_you_mean
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json
@@ -45,8 +45,15 @@ def repro_stage(stage: str, workspace: Path) -> str:
     output = (done.stdout + done.stderr).strip()
     logger.info("%s:\n%s", stage, output)
     if done.returncode != 0:
-        raise RuntimeError(f"dvc repro -s {stage} failed (exit {done.returncode}):\n{output[-2000:]}")
+        raise RuntimeError(f"dvc repro -s {stage} failed (exit {done.returncode}): {stage_error(output)}")
     return output
+
+
+def stage_error(output: str) -> str:
+    """The line that says why a stage failed: `finetune`'s own `error:` line, else DVC's last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output"])[-1]
 
 
 def mlflow_run_link(run_id: str, experiment: str) -> str:
@@ -136,6 +143,8 @@ def retrain(pipeline: str | None = None) -> dict:
     workspace; returns the promotion decision of each pipeline retrained."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
     pipelines = pipelines_to_retrain(params, pipeline)
+    tracking.point_at_store()
+    tracking.check_reachable()  # a store that does not answer: stop before training, not at register
     started = datetime.now(timezone.utc)
     run_stage = repro_stage.with_options(retries=params.orchestration.retries)
     decisions = {}
@@ -164,9 +173,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Retrain a pipeline (or every pipeline of `tasks`) now.")
     parser.add_argument("--pipeline", help="the pipeline to retrain (default: every pipeline of `tasks`, in turn)")
     arguments = parser.parse_args()
-    try:
-        pipelines_to_retrain(load_params(), arguments.pipeline)  # a misspelt name: one line, before the flow starts
+    try:  # a misspelt name, a Prefect server or tracking store that does not answer: one line, before the flow starts
+        pipelines_to_retrain(load_params(), arguments.pipeline)
+        check_prefect_api()
+        tracking.point_at_store()
+        tracking.check_reachable()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    retrain(arguments.pipeline)
+    state = retrain(arguments.pipeline, return_state=True)
+    if not state.is_completed():
+        sys.exit(f"error: the retrain ended {state.name}: {state.message} (its log and stage output are above and in the Prefect UI)")

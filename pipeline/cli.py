@@ -133,9 +133,12 @@ def loadtest(args: argparse.Namespace) -> None:
 def deploy(params_file: Path) -> None:
     """Serve the Prefect deployments (per pipeline a retrain: cron + new-batch and drift triggers; a monitor: cron) until interrupted."""
     from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
+    from pipeline.locks import check_prefect_api
     from pipeline.tasks import load_params
 
-    serve_deployments(load_params(params_file))
+    params = load_params(params_file)
+    check_prefect_api()  # a server that does not answer: one line, not serve()'s traceback
+    serve_deployments(params)
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:

@@ -1,5 +1,6 @@
 """Locks that runs which overlap take: a file lock (processes of one machine) and a Prefect global
-concurrency limit (every process that talks to one Prefect server, on any machine).
+concurrency limit (every process that talks to one Prefect server, on any machine); and the check
+that a configured Prefect server answers.
 
 A Prefect limit is created with one slot the first time it is used and never reset, so an
 operator's change (more slots, or deactivating it) stays. Its slot is held under a lease the
@@ -13,6 +14,8 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from pipeline.errors import ServiceError
 
 LEASE_SECONDS = 60  # a killed holder's slot is freed by the Prefect server this long after its last renewal
 
@@ -41,17 +44,40 @@ def prefect_api_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def check_prefect_api() -> None:
+    """Fail with one line (ServiceError) when a Prefect API is configured and does not answer; with none
+    configured, Prefect starts a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - the client checks the server's version on opening, and fails there
+        problem = exc
+    if problem is not None:
+        raise ServiceError(f"the Prefect API at {url} does not answer ({problem}): start the server (`prefect server start`) "
+                           "or point PREFECT_API_URL at one that runs")
+
+
 def ensure_limit(name: str) -> str:
     """Create the Prefect global concurrency limit `name` with one slot unless it exists; returns the name."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
+            client.read_global_concurrency_limit_by_name(name)  # read first: a refused create logs an error on the server
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another run created it a moment ago
+                pass
     return name
 
 

@@ -1,12 +1,15 @@
 """Retrains that overlap, deployed as users deploy them: `finetune deploy` serving against a real Prefect
 server, labelled batches dropped into two pipelines' folders. The two pipelines retrain side by side in
 workspaces of their own and both promote; a second batch for one pipeline during its run waits for it and
-runs after; files dropped within the settle window make one run."""
+runs after; files dropped within the settle window make one run. And a run killed mid-train (against
+`prefect server start`, whose services free a slot whose lease nobody renews): it ends Crashed, its slot is
+freed, the champion is untouched and the next run completes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 from flows.workspaces import WORKSPACES
 from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
@@ -29,11 +33,9 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture
-def deployed_repo(tmp_path, tiny_model, prefect_server) -> Path:
+def two_pipeline_repo(path: Path, tiny_model: Path) -> Path:
     """A committed git + DVC repo with two pipelines in `tasks`, each with its own drop folder, no model yet."""
-    from prefect.client.orchestration import get_client
-
+    path.mkdir(exist_ok=True)
     params = tiny_params(tiny_model)
     params["intents"] = {
         **params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
@@ -41,22 +43,30 @@ def deployed_repo(tmp_path, tiny_model, prefect_server) -> Path:
         "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0},
     }
     params.update(tasks=list(PIPELINES), orchestration={"poll_seconds": 0.5, "settle_seconds": SETTLE_SECONDS})
-    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
-    write_csv(tmp_path / "data" / "intents.csv", make_intent_rows(240))
-    write_params(tmp_path, params)
-    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    (tmp_path / ".gitignore").write_text("/mlflow/\n/deploy.log\n")
-    git("init", "-q", cwd=tmp_path)
-    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    git("add", "-A", cwd=tmp_path)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
+    write_csv(path / "data" / "sample.csv", make_rows(300))
+    write_csv(path / "data" / "intents.csv", make_intent_rows(240))
+    write_params(path, params)
+    (path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (path / ".gitignore").write_text("/mlflow/\n/deploy.log\n")
+    git("init", "-q", cwd=path)
+    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=path, check=True)
+    git("add", "-A", cwd=path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=path)
+    return path
+
+
+@pytest.fixture
+def deployed_repo(tmp_path, tiny_model, prefect_server) -> Path:
+    """Two pipelines in a fresh repo, on the session's Prefect server (no retrain deployments of theirs on it yet)."""
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:  # another module's deployments of these names: their runs are not ours
         for name in PIPELINES:
             try:
                 client.delete_deployment(client.read_deployment_by_name(f"retrain/retrain-{name}").id)
             except Exception:  # noqa: BLE001 - not there: nothing to delete
                 pass
-    return tmp_path
+    return two_pipeline_repo(tmp_path, tiny_model)
 
 
 @contextmanager
@@ -167,3 +177,96 @@ def retrain_deployed(client, pipeline: str) -> bool:
         return client.read_deployment_by_name(f"retrain/retrain-{pipeline}") is not None
     except ObjectNotFound:
         return False
+
+
+@pytest.fixture
+def real_prefect_server(tmp_path) -> Iterator[str]:
+    """`prefect server start` on loopback with a home of its own; its services run (unlike the test harness's),
+    the one that frees slots whose lease expired among them. The test's own client talks to it."""
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1")
+    url = f"http://127.0.0.1:{port}/api"
+    with (tmp_path / "prefect-server.log").open("w") as out:
+        server = subprocess.Popen([Path(sys.executable).parent / "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port), "--no-ui", "--analytics-off"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        pytest.fail(f"prefect server start did not answer:\n{(tmp_path / 'prefect-server.log').read_text()[-3000:]}")
+                    time.sleep(0.5)
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def deploy_pid(log: Path) -> int:
+    """The process id of the `finetune deploy` writing `log`."""
+    import psutil
+
+    return next(p.pid for p in psutil.process_iter(["cmdline", "cwd"])
+                if p.info["cmdline"] and p.info["cmdline"][-1] == "deploy" and p.info["cwd"] == str(log.parent))
+
+
+def kill_flow_run_training(deploy_pid: int, pipeline: str) -> None:
+    """SIGKILL the flow-run process that is training `pipeline` (a child of `finetune deploy`) with everything it started."""
+    import psutil
+
+    trainer = next((p for p in psutil.process_iter(["cmdline"])
+                    if p.info["cmdline"] and "stage train --task " + pipeline in " ".join(p.info["cmdline"])), None)
+    assert trainer is not None, "no train stage running"
+    flow_run = next(p for p in [trainer, *trainer.parents()] if p.ppid() == deploy_pid)
+    for process in [flow_run, *flow_run.children(recursive=True)]:
+        process.kill()
+
+
+def test_a_retrain_killed_mid_train_crashes_frees_its_slot_and_the_next_one_completes(tmp_path, tiny_model, real_prefect_server):
+    import mlflow
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    repo = two_pipeline_repo(tmp_path / "repo", tiny_model)
+    registry = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    versions = lambda: sorted(str(v.version) for v in registry.search_model_versions("name='fin-sentiment'"))  # noqa: E731
+    champion = lambda: str(registry.get_model_version_by_alias("fin-sentiment", "champion").version)  # noqa: E731
+    training = lambda: any("stage train --task sentiment" in " ".join(p.info["cmdline"] or [])  # noqa: E731
+                           for p in psutil.process_iter(["cmdline"]))
+    with finetune_deploy(repo) as log, get_client(sync_client=True) as client:
+        ended = lambda run: (found := client.read_flow_run(run.id)).state.is_final() and found  # noqa: E731
+        wait_for(lambda: retrain_deployed(client, "sentiment"), 120, "the deployments", log)
+        first = run_deployment("retrain/retrain-sentiment", timeout=0)
+        assert wait_for(lambda: ended(first), 300, "the first retrain", log).state.is_completed()
+        assert champion() == "1"
+
+        params = yaml.safe_load((repo / "params.yaml").read_text())  # a change to train on, deployed by a commit
+        params["sentiment"]["train"]["seed"] = 2
+        write_params(repo, params)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "another seed", cwd=repo)
+        second = run_deployment("retrain/retrain-sentiment", timeout=0)
+        wait_for(training, 300, "the second retrain to train", log)
+        kill_flow_run_training(deploy_pid(log), "sentiment")
+        assert wait_for(lambda: ended(second), 120, "the killed run to end", log).state.is_crashed()
+        assert champion() == "1" and versions() == ["1"]  # untouched, nothing registered
+
+        third = run_deployment("retrain/retrain-sentiment", timeout=0)  # waits until the server frees the dead run's slot
+        assert wait_for(lambda: ended(third), 420, "the next retrain", log).state.is_completed(), log.read_text()[-3000:]
+        limit = client.read_global_concurrency_limit_by_name("finetune-retrain-sentiment")
+        assert (limit.limit, limit.active_slots) == (1, 0)
+    assert versions() == ["1", "2"]

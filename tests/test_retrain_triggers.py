@@ -1,9 +1,12 @@
 """What starts a retrain, without a server: each pipeline's drop folder and its settle window, one retrain
-deployment per pipeline with triggers about that pipeline only, and the pipeline a retrain may name."""
+deployment per pipeline with triggers about that pipeline only, and the pipeline a retrain may name; and
+what stops one before it starts: a Prefect server or a tracking store that does not answer."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +90,14 @@ def test_the_old_single_drop_folder_key_says_what_replaced_it(tmp_path, tiny_mod
     path = write_params(tmp_path, {**tiny_params(tiny_model), "orchestration": {"drop_folder": "data/incoming"}})
     with pytest.raises(ConfigError, match=r"'orchestration.drop_folder' is gone: .* each pipeline's own 'data.incoming'"):
         load_params(path)
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("PREFECT_API_URL", "http://127.0.0.1:9/api", "error: the Prefect API at http://127.0.0.1:9/api does not answer"),
+    ("MLFLOW_TRACKING_URI", "http://127.0.0.1:9", "error: MLflow tracking server http://127.0.0.1:9 is not reachable"),
+])
+def test_a_server_that_does_not_answer_stops_a_retrain_in_one_line(two_pipelines, variable, value, said):
+    done = subprocess.run([sys.executable, "-m", "flows.retrain", "--pipeline", "sentiment"], capture_output=True, text=True,
+                          env={**os.environ, variable: value}, timeout=120)
+    assert done.returncode == 5 and done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(said)
+    assert not os.path.exists(".dvc/tmp/workspaces")  # stopped before anything ran
