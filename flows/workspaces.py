@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.errors import UsageError
+from pipeline.errors import ConfigError, UsageError
 from pipeline.locks import file_lock
 from pipeline.params import SourceConfig
 from pipeline.stages.sources import files_behind
@@ -127,6 +127,9 @@ def link_inputs(path: Path, data: SourceConfig) -> None:
     for name in (*sources, data.incoming):
         if Path(name).is_absolute():
             continue
+        if ".." in Path(name).parts:
+            raise ConfigError(f"params.yaml: '{name}' lies outside this checkout, where a pipeline's workspace (a worktree "
+                              f"in {WORKSPACES}) cannot find it by the same relative path: give it as an absolute path")
         for file in files_behind(Path(name)):
             if (path / file).is_symlink() or not (path / file).exists():
                 link(file.resolve(), path / file)

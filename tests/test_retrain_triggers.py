@@ -101,3 +101,35 @@ def test_a_server_that_does_not_answer_stops_a_retrain_in_one_line(two_pipelines
                           env={**os.environ, variable: value}, timeout=120)
     assert done.returncode == 5 and done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(said)
     assert not os.path.exists(".dvc/tmp/workspaces")  # stopped before anything ran
+
+
+def test_a_data_path_outside_the_checkout_must_be_absolute_for_a_workspace(tmp_path, monkeypatch):
+    from flows.workspaces import link_inputs
+    from pipeline.errors import ConfigError
+    from pipeline.params import SourceConfig
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"'\.\./shared/fpb\.txt' lies outside this checkout.*give it as an absolute path"):
+        link_inputs(tmp_path / "workspace", SourceConfig(source="../shared/fpb.txt"))
+
+
+def test_a_workspace_links_the_inputs_git_lacks_and_drops_links_to_removed_batches(tmp_path, monkeypatch):
+    from flows.workspaces import link_inputs
+    from pipeline.params import SourceConfig
+
+    monkeypatch.chdir(tmp_path)
+    workspace = tmp_path / "workspace"
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(5))
+    write_csv(tmp_path / "data" / "incoming" / "batch-1.csv", make_rows(5, seed=1))
+    (workspace / "data" / "incoming").mkdir(parents=True)
+    (workspace / "data" / "incoming" / "README.md").write_text("tracked, the workspace's own")
+    (tmp_path / "data" / "incoming" / "README.md").write_text("this checkout's copy")
+    link_inputs(workspace, SourceConfig(source="data/sample.csv"))
+    assert (workspace / "data" / "sample.csv").resolve() == tmp_path / "data" / "sample.csv"
+    assert (workspace / "data" / "incoming" / "batch-1.csv").read_text() == (tmp_path / "data" / "incoming" / "batch-1.csv").read_text()
+    assert (workspace / "data" / "incoming" / "README.md").read_text() == "tracked, the workspace's own"  # never replaced
+
+    (tmp_path / "data" / "incoming" / "batch-1.csv").unlink()
+    write_csv(tmp_path / "data" / "incoming" / "batch-2.csv", make_rows(5, seed=2))
+    link_inputs(workspace, SourceConfig(source="data/sample.csv"))
+    assert sorted(p.name for p in (workspace / "data" / "incoming").iterdir()) == ["README.md", "batch-2.csv"]
