@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import TrackingError
+from pipeline.locks import file_lock
 from pipeline.params import TaskConfig, section_hash
 from pipeline.paths import TaskPaths
 from pipeline.records import load_json, save_json
@@ -31,10 +32,10 @@ def tracking_uri() -> str:
     return USER_TRACKING_URI or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
-def local_store_folder() -> Path | None:
+def local_store_folder(uri: str | None = None) -> Path | None:
     """The folder of a store on this machine's disk (the embedded SQLite one, or MLFLOW_TRACKING_URI set to
     sqlite:///PATH or a folder), or None for a tracking server."""
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent
     if uri.startswith("file:") or "://" not in uri:
@@ -84,8 +85,12 @@ def check_reachable(uri: str | None = None) -> None:
             pass  # it answered (a proxy may refuse /health); the query below decides
         except OSError as exc:  # refused, timed out, unknown host
             raise TrackingError(f"MLflow tracking server {uri} is not reachable: {getattr(exc, 'reason', exc)} ({hint})") from None
+    folder = local_store_folder(uri) if uri.startswith("sqlite:") else None
+    # An SQLite store creates its tables on first use, and two processes doing that at once collide
+    # (runs of two pipelines starting together): the first query waits for a lock beside the database.
     try:
-        mlflow.search_experiments(max_results=1)
+        with file_lock(folder / "finetune-store.lock") if folder else nullcontext():
+            mlflow.search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {exc} ({hint})") from None
 

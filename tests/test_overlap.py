@@ -153,7 +153,8 @@ def test_two_pipelines_retrain_side_by_side_and_one_pipeline_waits_its_turn(depl
         wait_for(lambda: len(done()) == 3, 600, "three retrains to end", log)
         sentiment, intents = retrain_runs(client, "sentiment"), retrain_runs(client, "intents")
 
-        assert [r.state.type.value for r in sentiment + intents] == ["COMPLETED"] * 3, log.read_text()[-3000:]
+        states = [r.state.type.value for r in sentiment + intents]
+        assert states == ["COMPLETED"] * 3, f"{states}:\n{log.read_text()[-3000:]}"
         assert len(sentiment) == 2 and len(intents) == 1  # the five files made one run, the late batch a second
         assert sentiment[0].id == first.id and all(r.parameters == {"pipeline": "sentiment"} for r in sentiment)
         (first_start, first_end), (late_start, _) = work_span(client, sentiment[0]), work_span(client, sentiment[1])

@@ -133,3 +133,14 @@ def test_a_workspace_links_the_inputs_git_lacks_and_drops_links_to_removed_batch
     write_csv(tmp_path / "data" / "incoming" / "batch-2.csv", make_rows(5, seed=2))
     link_inputs(workspace, SourceConfig(source="data/sample.csv"))
     assert sorted(p.name for p in (workspace / "data" / "incoming").iterdir()) == ["README.md", "batch-2.csv"]
+
+
+def test_processes_opening_a_new_embedded_store_at_once_all_succeed(tmp_path):
+    """An SQLite store creates its tables on first use; retrains of two pipelines starting together did that at
+    once and one failed (`dimension_attributes`). Four processes open a fresh store together: none fails."""
+    script = "from pipeline import tracking; tracking.point_at_store(); tracking.check_reachable()"
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    openers = [subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 4, errors
