@@ -79,6 +79,16 @@ def write_csv(path: Path, rows: list[dict], fieldnames: tuple[str, ...] = ("text
     return path
 
 
+def write_texts(path: Path, texts: list[str], days: tuple[str, ...] = ("2026-11-26", "2026-11-27")) -> Path:
+    """A monitoring batch: csv with timestamp,text, the texts spread over `days`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["timestamp", "text"])
+        writer.writerows([f"{days[i % len(days)]}T09:00:00Z", text] for i, text in enumerate(texts))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_tracking_uri():
     """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; keep it from reaching the next test."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows.workspaces import WORKSPACES
-from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
+from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params, write_texts
 from tests.ner_data import make_sentences, ner_params, write_conll
 
 pytestmark = pytest.mark.e2e
@@ -171,15 +171,6 @@ def test_deployment_has_nightly_schedule_and_event_triggers(repo):
     assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"] and stored.parameters == {"pipeline": "intents"}
 
 
-def write_texts(path: Path, texts: list[str], days: tuple[str, ...] = ("2026-11-26", "2026-11-27")) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["timestamp", "text"])
-        writer.writerows([f"{days[i % len(days)]}T09:00:00Z", text] for i, text in enumerate(texts))
-    return path
-
-
 def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
     import sqlite3
 
@@ -276,38 +267,6 @@ def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
     for name in ("intents", "ner"):  # a csv pool with a text column, for NER too (its data column holds tokens)
         assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
         assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
-
-
-def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path):
-    import sqlite3
-
-    from flows.monitor import new_batches, open_db
-    from pipeline.params import MonitoringConfig
-
-    path = tmp_path / "predictions.db"
-    old = sqlite3.connect(path)  # the store as the monitor wrote it before pipelines were named
-    old.execute("CREATE TABLE predictions (timestamp TEXT, text TEXT, label TEXT, score REAL, model_version TEXT, batch TEXT, scored_at TEXT)")
-    old.execute("CREATE TABLE batches (name TEXT PRIMARY KEY, scored_at TEXT)")
-    old.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, '1', 'day-1.csv', '2026-11-26')",
-                    [("2026-11-26T09:00:00Z", "Profit rose", "positive", 0.9), ("2026-11-26T10:00:00Z", "Loss widened", "negative", 0.8)])
-    old.execute("INSERT INTO batches VALUES ('day-1.csv', '2026-11-26')")
-    old.commit()
-    old.close()
-
-    for _ in range(2):  # a second open finds it migrated
-        db = open_db(path, "sentiment")
-        assert db.execute("SELECT pipeline, label FROM predictions ORDER BY timestamp").fetchall() == [
-            ("sentiment", "positive"), ("sentiment", "negative")]
-        assert db.execute("SELECT pipeline, name FROM batches").fetchall() == [("sentiment", "day-1.csv")]
-        db.close()
-
-    incoming = tmp_path / "incoming"
-    for batch in ("day-1.csv", "day-2.csv", "intents/day-1.csv"):
-        write_texts(incoming / batch, ["some text"])
-    settings = MonitoringConfig(tasks=["sentiment", "intents"], input=str(incoming))
-    db = open_db(path, "sentiment")
-    assert new_batches(settings, "sentiment", db) == [incoming / "day-2.csv"]  # files directly in input: the first pipeline's
-    assert new_batches(settings, "intents", db) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
 
 
 def triggered_runs(deployments: list[str], trigger: str, expected: int) -> dict[str, list]:
