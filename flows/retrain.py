@@ -139,8 +139,8 @@ def pipelines_to_retrain(params: Params, pipeline: str | None) -> list[str]:
 
 @flow(name="retrain", log_prints=True)
 def retrain(pipeline: str | None = None) -> dict:
-    """Bring one pipeline (None: every pipeline of `tasks`) up to date with DVC, one run at a time in this
-    workspace; returns the promotion decision of each pipeline retrained."""
+    """Bring one pipeline (None: every pipeline of `tasks`, in turn) up to date with DVC in its own workspace,
+    one run per pipeline at a time; returns the promotion decision of each pipeline retrained."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
     pipelines = pipelines_to_retrain(params, pipeline)
     tracking.point_at_store()
