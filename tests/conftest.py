@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +89,23 @@ def write_texts(path: Path, texts: list[str], days: tuple[str, ...] = ("2026-11-
         writer = csv.writer(f)
         writer.writerow(["timestamp", "text"])
         writer.writerows([f"{days[i % len(days)]}T09:00:00Z", text] for i, text in enumerate(texts))
+    return path
+
+
+def commit(path: Path, message: str) -> None:
+    """Commit every change of the git repo at `path`."""
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True, capture_output=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], cwd=path, check=True, capture_output=True)
+
+
+def committed_project(path: Path, ignored: tuple[str, ...]) -> Path:
+    """`path` (its data and params written) made a project repo: the project's dvc.yaml, git and DVC initialised,
+    `ignored` in .gitignore, everything committed (a retrain runs the committed params)."""
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    (path / ".gitignore").write_text("".join(f"{name}\n" for name in ignored))
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True, capture_output=True)
+    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=path, check=True)
+    commit(path, "init")
     return path
 
 

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from flows.workspaces import WORKSPACES
-from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params, write_texts
+from tests.conftest import (
+    INTENT_VOCAB,
+    committed_project,
+    make_intent_rows,
+    make_rows,
+    tiny_params,
+    write_csv,
+    write_params,
+    write_texts,
+)
 from tests.ner_data import make_sentences, ner_params, write_conll
 
 pytestmark = pytest.mark.e2e
@@ -30,10 +36,6 @@ SHIFTED = [  # another domain and style: recipes, sports chat, weather
     "Tomorrow brings sunny spells with a gentle breeze from the coast",
     "Our goalkeeper pulled off three incredible saves in extra time",
 ]
-
-
-def git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def monitored_params(tiny_model: Path) -> dict:
@@ -51,16 +53,11 @@ def monitored_params(tiny_model: Path) -> dict:
 def repo(tmp_path_factory, tiny_model, prefect_server) -> Path:
     """A temp git + DVC repo with tiny data and params, as the working directory for the module."""
     path = tmp_path_factory.mktemp("flows-repo")
-    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
     write_csv(path / "data" / "sample.csv", make_rows(300))
     write_csv(path / "data" / "intents.csv", make_intent_rows(240))
     write_conll(path / "data" / "ner.conll", make_sentences(250))
     write_params(path, monitored_params(tiny_model))
-    (path / ".gitignore").write_text("/mlflow/\n/monitoring/\n")
-    git("init", "-q", cwd=path)
-    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=path, check=True)
-    git("add", "-A", cwd=path)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=path)
+    committed_project(path, ignored=("/mlflow/", "/monitoring/"))
     before = Path.cwd()
     os.chdir(path)
     yield path

@@ -21,16 +21,21 @@ import pytest
 import yaml
 
 from flows.workspaces import WORKSPACES
-from tests.conftest import INTENT_VOCAB, ROOT, make_intent_rows, make_rows, tiny_params, write_csv, write_params
+from tests.conftest import (
+    INTENT_VOCAB,
+    commit,
+    committed_project,
+    make_intent_rows,
+    make_rows,
+    tiny_params,
+    write_csv,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
 PIPELINES = ("sentiment", "intents")
 SETTLE_SECONDS = 4
-
-
-def git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def two_pipeline_repo(path: Path, tiny_model: Path) -> Path:
@@ -46,13 +51,7 @@ def two_pipeline_repo(path: Path, tiny_model: Path) -> Path:
     write_csv(path / "data" / "sample.csv", make_rows(300))
     write_csv(path / "data" / "intents.csv", make_intent_rows(240))
     write_params(path, params)
-    (path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    (path / ".gitignore").write_text("/mlflow/\n/deploy.log\n")
-    git("init", "-q", cwd=path)
-    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=path, check=True)
-    git("add", "-A", cwd=path)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=path)
-    return path
+    return committed_project(path, ignored=("/mlflow/", "/deploy.log"))
 
 
 @pytest.fixture
@@ -259,7 +258,7 @@ def test_a_retrain_killed_mid_train_crashes_frees_its_slot_and_the_next_one_comp
         params = yaml.safe_load((repo / "params.yaml").read_text())  # a change to train on, deployed by a commit
         params["sentiment"]["train"]["seed"] = 2
         write_params(repo, params)
-        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "another seed", cwd=repo)
+        commit(repo, "another seed")
         second = run_deployment("retrain/retrain-sentiment", timeout=0)
         wait_for(training, 300, "the second retrain to train", log)
         kill_flow_run_training(deploy_pid(log), "sentiment")
