@@ -10,8 +10,10 @@ holder keeps renewing: a killed holder stops renewing and the server frees the s
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
-from contextlib import contextmanager
+import tempfile
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -88,3 +90,17 @@ def prefect_limit(name: str) -> Iterator[None]:
 
     with concurrency(ensure_limit(name), occupy=1, lease_duration=LEASE_SECONDS, strict=True):
         yield
+
+
+def shared_lock(name: str, folder: Path | None, server: str) -> tuple[str, AbstractContextManager]:
+    """(what it is, the lock `name`) that every process writing one store takes. A store on this disk
+    (`folder`): a file lock in it, whoever writes it is on this machine, a command typed by hand
+    included. A store on a server (`server`, its address): the Prefect global concurrency limit `name`
+    when a Prefect API is configured (every machine), else a file lock in the temp folder, one per
+    server (this machine only)."""
+    if folder is None and prefect_api_configured():
+        return f"the Prefect global concurrency limit {name}", prefect_limit(name)
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / f"finetune-locks-{hashlib.sha256(server.encode()).hexdigest()[:12]}"
+    path = folder / f"{name}.lock"
+    return f"the lock {path}", file_lock(path)

@@ -344,7 +344,7 @@ class MonitoringConfig:
     tasks: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `tasks`
     input: str = "monitoring/incoming"  # csv batches (timestamp,text) in <input>/<pipeline>/; files directly here: the first pipeline's
     schedule: str = "0 * * * *"  # cron for the monitor deployments (hourly)
-    db: str = "monitoring/predictions.db"  # every prediction, with its model version
+    db: str = "monitoring/predictions.db"  # the prediction store: a SQLite file, or a database URL (postgresql://...)
     label_shift_pvalue: float = fraction(0.01)  # chi-square p-value below this: predicted labels drifted
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
     oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift

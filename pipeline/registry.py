@@ -8,16 +8,14 @@ registry one TrackingError (exit 5) wherever it happens.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
 from pipeline.errors import ModelError, TrackingError, UserError
-from pipeline.locks import file_lock, limit_name, prefect_api_configured, prefect_limit
+from pipeline.locks import limit_name, shared_lock
 from pipeline.models import resolve_model
 from pipeline.tasks.base import Task
 
@@ -31,20 +29,9 @@ def champion_uri(name: str) -> str:
 
 
 def promotion_lock(name: str) -> tuple[str, AbstractContextManager]:
-    """(what it is, the lock) named after a registered model, that every process promoting to it takes.
-    A store on this disk: a file lock beside it (whoever writes it is on this machine, a `dvc repro`
-    typed by hand included). A tracking server: the Prefect global concurrency limit `finetune-promote-
-    <name>` when a Prefect API is configured (every machine), else a file lock in the temp folder, one
-    per server and model (this machine only)."""
-    lock = limit_name("promote", name)
-    folder = tracking.local_store_folder()
-    if folder is None and prefect_api_configured():
-        return f"the Prefect global concurrency limit {lock}", prefect_limit(lock)
-    if folder is None:
-        server = hashlib.sha256(tracking.tracking_uri().encode()).hexdigest()[:12]
-        folder = Path(tempfile.gettempdir()) / f"finetune-locks-{server}"
-    path = folder / f"{lock}.lock"
-    return f"the lock {path}", file_lock(path)
+    """(what it is, the lock) named after a registered model, that every process promoting to it takes:
+    beside a tracking store on this disk, else shared by every process using the tracking server."""
+    return shared_lock(limit_name("promote", name), tracking.local_store_folder(), tracking.tracking_uri())
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -126,6 +126,19 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server on loopback for the session (skips when its binaries or psycopg2 are missing)."""
+    from tests.postgres import postgres_bin, postgres_cluster
+
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin")
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is a dependency")
+    with postgres_cluster(bindir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with the bundled tokenizer, saved like a pretrained base model."""
     from transformers import AutoTokenizer, BertConfig, BertModel, set_seed

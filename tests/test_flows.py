@@ -228,6 +228,28 @@ def test_monitor_per_pipeline_own_batches_report_and_label_shares(repo, champion
     assert db.execute("SELECT pipeline, name FROM batches WHERE pipeline = 'intents'").fetchall() == [("intents", "intents/day-1.csv")]
 
 
+def test_two_monitor_runs_at_once_score_each_batch_once(repo, champions):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    for i, day in enumerate(("day-2", "day-3")):
+        write_texts(repo / "monitoring" / "incoming" / "intents" / f"{day}.csv", [r["text"] for r in make_intent_rows(40, seed=5 + i)])
+    db = sqlite3.connect(repo / "monitoring" / "predictions.db")
+    query = "SELECT count(*), count(DISTINCT batch || '#' || position) FROM predictions WHERE pipeline = 'intents'"
+    before, _ = db.execute(query).fetchone()
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test's Prefect server
+    runs = [subprocess.Popen([sys.executable, "-m", "flows.monitor", "--task", "intents"], cwd=repo, env=env,  # the scheduled one and one by hand
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert all("monitor[intents]: waiting for the lock" in output for output in outputs)
+    assert sum("80 texts of 2 batch(es) scored by support-intents" in output for output in outputs) == 1, outputs  # the other: none new
+    assert db.execute(query).fetchone() == (before + 80, before + 80)
+
+
 def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions):
     import sqlite3
 

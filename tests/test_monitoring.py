@@ -5,6 +5,7 @@ champion (cached per version) and the report's daily figures and plots."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -13,36 +14,56 @@ from tests.conftest import LABELS, make_rows, tiny_params, write_params, write_t
 SETTINGS = {"label_shift_pvalue": 0.01, "confidence_drop": 0.1, "oov_increase": 0.15}
 
 
-def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path):
+OLD_STORES = {  # the store as earlier versions wrote it: before pipelines were named, and before rows were keyed
+    "unnamed": ["CREATE TABLE predictions (timestamp TEXT, text TEXT, label TEXT, score REAL, model_version TEXT, batch TEXT, scored_at TEXT)",
+                "CREATE TABLE batches (name TEXT PRIMARY KEY, scored_at TEXT)",
+                "INSERT INTO predictions VALUES ('2026-11-26T09:00:00Z', 'Profit rose', 'positive', 0.9, '1', 'day-1.csv', '2026-11-26')",
+                "INSERT INTO predictions VALUES ('2026-11-26T10:00:00Z', 'Loss widened', 'negative', 0.8, '1', 'day-1.csv', '2026-11-26')",
+                "INSERT INTO batches VALUES ('day-1.csv', '2026-11-26')"],
+    "unkeyed": ["CREATE TABLE predictions (timestamp, text, label, score, model_version, batch, scored_at, pipeline)",
+                "CREATE TABLE batches (pipeline TEXT, name TEXT, scored_at TEXT, PRIMARY KEY (pipeline, name))",
+                "INSERT INTO predictions VALUES ('2026-11-26T09:00:00Z', 'Profit rose', 'positive', 0.9, '1', 'day-1.csv', '2026-11-26', 'sentiment')",
+                "INSERT INTO predictions VALUES ('2026-11-26T10:00:00Z', 'Loss widened', 'negative', 0.8, '1', 'day-1.csv', '2026-11-26', 'sentiment')",
+                "INSERT INTO batches VALUES ('sentiment', 'day-1.csv', '2026-11-26')"],
+}
+
+
+@pytest.mark.parametrize("old", OLD_STORES)
+def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path, old):
     import sqlite3
 
-    from pipeline.monitoring.store import new_batches, open_db
+    from pipeline.monitoring.store import new_batches, open_store
     from pipeline.params import MonitoringConfig
 
     path = tmp_path / "predictions.db"
-    old = sqlite3.connect(path)  # the store as the monitor wrote it before pipelines were named
-    old.execute("CREATE TABLE predictions (timestamp TEXT, text TEXT, label TEXT, score REAL, model_version TEXT, batch TEXT, scored_at TEXT)")
-    old.execute("CREATE TABLE batches (name TEXT PRIMARY KEY, scored_at TEXT)")
-    old.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, '1', 'day-1.csv', '2026-11-26')",
-                    [("2026-11-26T09:00:00Z", "Profit rose", "positive", 0.9), ("2026-11-26T10:00:00Z", "Loss widened", "negative", 0.8)])
-    old.execute("INSERT INTO batches VALUES ('day-1.csv', '2026-11-26')")
-    old.commit()
-    old.close()
-
+    with sqlite3.connect(path) as db:
+        for statement in OLD_STORES[old]:
+            db.execute(statement)
     for _ in range(2):  # a second open finds it migrated
-        db = open_db(path, "sentiment")
-        assert db.execute("SELECT pipeline, label FROM predictions ORDER BY timestamp").fetchall() == [
-            ("sentiment", "positive"), ("sentiment", "negative")]
-        assert db.execute("SELECT pipeline, name FROM batches").fetchall() == [("sentiment", "day-1.csv")]
-        db.close()
+        open_store(str(path), "sentiment").dispose()
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT pipeline, batch, position, label FROM predictions ORDER BY timestamp").fetchall() == [
+                ("sentiment", "day-1.csv", 0, "positive"), ("sentiment", "day-1.csv", 1, "negative")]
+            assert db.execute("SELECT pipeline, name, scored_at FROM batches").fetchall() == [("sentiment", "day-1.csv", "2026-11-26")]
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
     incoming = tmp_path / "incoming"
     for batch in ("day-1.csv", "day-2.csv", "intents/day-1.csv"):
         write_texts(incoming / batch, ["some text"])
     settings = MonitoringConfig(tasks=["sentiment", "intents"], input=str(incoming))
-    db = open_db(path, "sentiment")
-    assert new_batches(settings, "sentiment", db) == [incoming / "day-2.csv"]  # files directly in input: the first pipeline's
-    assert new_batches(settings, "intents", db) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
+    engine = open_store(str(path), "sentiment")
+    assert new_batches(settings, "sentiment", engine) == [incoming / "day-2.csv"]  # files directly in input: the first pipeline's
+    assert new_batches(settings, "intents", engine) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
+
+
+def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
+    from pipeline.errors import ConfigError, ServiceError
+    from pipeline.monitoring.store import open_store
+
+    with pytest.raises(ConfigError, match="monitoring.db 'nosuchdb://x' is neither a path nor a database URL"):
+        open_store("nosuchdb://x", "sentiment")
+    with pytest.raises(ServiceError, match=r"monitoring.db postgresql://u@127.0.0.1:9/m: cannot open the prediction store .*start the database"):
+        open_store("postgresql://u@127.0.0.1:9/m", "sentiment")  # nothing listens on port 9
 
 
 def test_a_batch_is_read_with_its_name_and_a_wrong_header_is_named(tmp_path):
@@ -56,23 +77,108 @@ def test_a_batch_is_read_with_its_name_and_a_wrong_header_is_named(tmp_path):
         read_batch(tmp_path / "bad.csv", "bad.csv")
 
 
-def test_predictions_are_stored_once_per_batch_and_counted_per_day(tmp_path):
-    from pipeline.monitoring.store import daily_counts, new_batches, open_db, store
+def test_predictions_are_stored_once_per_row_and_counted_per_day(tmp_path):
+    from pipeline.monitoring.store import daily_counts, new_batches, open_store, store
     from pipeline.params import MonitoringConfig
 
     settings = MonitoringConfig(tasks=["sentiment", "ner"], input=str(tmp_path / "incoming"))
-    db = open_db(tmp_path / "predictions.db", "sentiment")
-    rows = [{"timestamp": f"2026-11-2{6 + i % 2}T09:00:00Z", "text": f"text {i}", "batch": "day.csv"} for i in range(4)]
+    engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
+    rows = [{"timestamp": f"2026-11-2{6 + i % 2}T09:00:00Z", "text": f"text {i}", "batch": "sentiment/day.csv", "position": i} for i in range(4)]
     labels = [{"label": label, "score": 0.9} for label in ("positive", "negative", "positive", "neutral")]
-    store(db, "sentiment", rows, labels, "3", ["sentiment/day.csv"])  # a batch is named by its path under monitoring.input
+    assert store(engine, "sentiment", rows, labels, "3", ["sentiment/day.csv"]) == 4  # a batch is named by its path under monitoring.input
+    assert store(engine, "sentiment", rows, labels, "3", ["sentiment/day.csv"]) == 0  # the same rows again: counted once
     entities = [{"entities": [{"type": "ORG"}, {"type": "PER"}], "score": 0.8}, {"entities": [], "score": 0.7}]
-    store(db, "ner", rows[:2], entities, "1", ["ner/day.csv"])
+    store(engine, "ner", rows[:2], entities, "1", ["ner/day.csv"])
 
-    assert daily_counts(db, "sentiment", tagger=False) == {
+    assert daily_counts(engine, "sentiment", tagger=False) == {
         "2026-11-26": (2, Counter({"positive": 2})), "2026-11-27": (2, Counter({"negative": 1, "neutral": 1}))}
-    assert daily_counts(db, "ner", tagger=True) == {"2026-11-26": (1, Counter({"ORG": 1, "PER": 1})), "2026-11-27": (1, Counter())}
+    assert daily_counts(engine, "ner", tagger=True) == {"2026-11-26": (1, Counter({"ORG": 1, "PER": 1})), "2026-11-27": (1, Counter())}
     write_texts(tmp_path / "incoming" / "sentiment" / "day.csv", ["text"])
-    assert new_batches(settings, "sentiment", db) == []  # scored already: never counted twice by a later run
+    assert new_batches(settings, "sentiment", engine) == []  # scored already: never counted twice by a later run
+
+
+def test_a_batch_is_claimed_by_one_run_and_a_failed_or_killed_runs_claim_is_not_kept(tmp_path):
+    from sqlalchemy import text
+
+    from pipeline.monitoring.store import claim, claimed, new_batches, open_store
+    from pipeline.params import MonitoringConfig
+
+    settings = MonitoringConfig(tasks=["sentiment"], input=str(tmp_path / "incoming"))
+    engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
+    for day in ("day-1", "day-2"):
+        write_texts(tmp_path / "incoming" / "sentiment" / f"{day}.csv", ["text"])
+    assert claim(engine, "sentiment", ["sentiment/day-1.csv"], "run-a") == ["sentiment/day-1.csv"]
+    assert claim(engine, "sentiment", ["sentiment/day-1.csv", "sentiment/day-2.csv"], "run-b") == ["sentiment/day-2.csv"]
+
+    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new_batches(settings, "sentiment", engine), settings) as got:
+        assert got == []  # both are claimed by live runs
+        raise RuntimeError("scoring failed")
+    with engine.begin() as connection:  # run-a was killed two hours ago
+        connection.execute(text("UPDATE batches SET claimed_at = '2026-01-01T00:00:00+00:00' WHERE claimed_by = 'run-a'"))
+    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new_batches(settings, "sentiment", engine), settings) as got:
+        assert [p.name for p in got] == ["day-1.csv"]  # a killed run's claim expires
+        raise RuntimeError("scoring failed")
+    assert claim(engine, "sentiment", ["sentiment/day-1.csv"], "run-c") == ["sentiment/day-1.csv"]  # the failed run released it
+
+
+def score_every_batch(location: str, incoming: str, start, results) -> None:
+    """One monitor run as the store sees it (another process): claim the new batches, score, store; then
+    store a batch it did not claim (a file named by hand) as every run does."""
+    from pipeline.monitoring.store import batch_name, claimed, new_batches, open_store, read_batch, store
+    from pipeline.params import MonitoringConfig
+
+    settings = MonitoringConfig(tasks=["sentiment"], input=incoming)
+    engine = open_store(location, "sentiment")
+    start.wait()  # both runs begin at the same moment
+    scored = []
+    for batch in new_batches(settings, "sentiment", engine):  # one at a time, so the runs interleave
+        with claimed(engine, "sentiment", [batch], settings) as got:
+            for path in got:
+                rows = read_batch(path, batch_name(path, settings))
+                store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [batch_name(path, settings)])
+                scored.append(path.name)
+    by_hand = Path(incoming).parent / "by-hand.csv"
+    rows = read_batch(by_hand, by_hand.name)
+    store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [by_hand.name])
+    results.put(scored)
+
+
+def two_runs_at_once(location: str, tmp_path: Path) -> None:
+    """Two processes score the same 30 batches and one file at once: each batch is scored by one, each row stored once."""
+    import multiprocessing
+
+    from sqlalchemy import text
+
+    from pipeline.monitoring.store import open_store
+
+    incoming = tmp_path / "incoming"
+    for i in range(30):
+        write_texts(incoming / "sentiment" / f"day-{i:02d}.csv", [f"text {i} {j}" for j in range(20)])
+    write_texts(tmp_path / "by-hand.csv", [f"by hand {j}" for j in range(20)])
+    open_store(location, "sentiment").dispose()  # the tables exist before the race
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    runs = [context.Process(target=score_every_batch, args=(location, str(incoming), start, results)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    start.set()
+    scored = [results.get(timeout=120) for _ in runs]
+    for run in runs:
+        run.join(timeout=60)
+        assert run.exitcode == 0
+    assert sorted(scored[0] + scored[1]) == [f"day-{i:02d}.csv" for i in range(30)]  # each batch by one run only
+    with open_store(location, "sentiment").begin() as connection:
+        assert connection.execute(text("SELECT count(*), count(DISTINCT batch || '#' || position) FROM predictions")).one() == (620, 620)
+        assert connection.execute(text("SELECT count(*) FROM batches WHERE scored_at IS NOT NULL")).scalar() == 31
+
+
+def test_two_runs_at_once_count_each_row_once_on_sqlite(tmp_path):
+    two_runs_at_once(str(tmp_path / "predictions.db"), tmp_path)
+
+
+@pytest.mark.e2e
+def test_two_runs_at_once_count_each_row_once_on_postgresql(tmp_path, postgres):
+    two_runs_at_once(postgres.create_database("monitoring"), tmp_path)
 
 
 def test_the_chi_square_oov_and_confidence_figures_on_known_inputs():
@@ -105,23 +211,43 @@ def sentiment(tmp_path, monkeypatch, tiny_model):
     return task, *task.load_model(str(tiny_model))
 
 
-def test_the_reference_comes_from_the_outputs_given_and_is_cached_per_version(tmp_path, sentiment):
-    from pipeline.monitoring.reference import REFERENCES, reference
+def test_the_reference_is_the_champions_own_from_its_run_and_cached_per_version(tmp_path, sentiment):
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.errors import ModelError
+    from pipeline.monitoring.reference import REFERENCES, log_reference_data, reference
     from pipeline.records import save_records
 
     task, model, tokenizer = sentiment
-    outputs = tmp_path / "workspace"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("fin-sentiment")
     rows = [{"text": r["text"], "label": r["label"]} for r in make_rows(40)]
-    for name, part in (("train", rows[:30]), ("val", rows[30:]), ("test", rows[30:])):
-        save_records(outputs / "data" / "split" / "sentiment" / f"{name}.jsonl", part)
-    save_records(outputs / "data" / "augmented" / "sentiment.jsonl", rows[:30])
+    save_records(tmp_path / "val.jsonl", rows[30:])
+    with mlflow.start_run() as run:  # what the train stage keeps in the model's run
+        log_reference_data(task, rows[:30], tmp_path / "val.jsonl")
+    version = client.create_model_version("fin-sentiment", f"runs:/{run.info.run_id}/model", run.info.run_id, tags={"data_hash": "a1"})
 
-    ref = reference(task, model, tokenizer, "4", outputs)
+    workspace = tmp_path / "workspace"  # holds nothing: the run has it all
+    ref = reference(task, model, tokenizer, version, workspace)
     assert sum(ref["labels"].values()) == 10 and set(ref["labels"]) <= set(LABELS) and 0 < ref["mean_confidence"] <= 1
-    assert set(ref["vocabulary"]) == {w for r in rows[:30] for w in r["text"].lower().rstrip(".").split()}
-    assert (REFERENCES / "sentiment-v4.json").exists()
-    (outputs / "data" / "split" / "sentiment" / "val.jsonl").unlink()
-    assert reference(task, model, tokenizer, "4", outputs) == ref  # read from the cache, the splits no longer needed
+    assert ref["vocabulary"] == sorted({w for r in rows[:30] for w in r["text"].lower().rstrip(".").split()})
+    assert ref["data_hash"] == "a1" and (REFERENCES / "fin-sentiment-v1.json").exists()
+    assert reference(task, model, tokenizer, version, workspace) == ref  # from the cache
+
+    with mlflow.start_run() as older:  # trained before runs kept the reference data
+        pass
+    old = client.create_model_version("fin-sentiment", f"runs:/{older.info.run_id}/model", older.info.run_id, tags={"data_hash": "b2"})
+    with pytest.raises(ModelError, match=r"fin-sentiment v2: its run \w+ holds no monitoring/ reference data .* promote a newer version"):
+        reference(task, model, tokenizer, old, workspace)
+    for name, part in (("train", rows[:30]), ("val", rows[30:]), ("test", rows[30:])):  # the workspace still holds its data
+        save_records(workspace / "data" / "split" / "sentiment" / f"{name}.jsonl", part)
+    save_records(workspace / "data" / "augmented" / "sentiment.jsonl", rows[:30])
+    files = [workspace / "data" / "augmented" / "sentiment.jsonl"] + [workspace / "data" / "split" / "sentiment" / f"{s}.jsonl" for s in ("val", "test")]
+    old = client.create_model_version("fin-sentiment", f"runs:/{older.info.run_id}/model", older.info.run_id,
+                                      tags={"data_hash": tracking.files_hash(files)})
+    assert reference(task, model, tokenizer, old, workspace)["labels"] == ref["labels"]
 
 
 def test_the_report_gives_the_daily_index_or_shares_and_their_plots(tmp_path, sentiment):

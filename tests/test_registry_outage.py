@@ -24,8 +24,9 @@ import pytest
 
 from pipeline import tracking
 from tests.conftest import ROOT
+from tests.postgres import free_port
 from tests.test_promotion import NAME, train_and_register
-from tests.test_tracking_server import MLFLOW, free_port, wait_for_health
+from tests.test_tracking_server import MLFLOW, wait_for_health
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 REGISTRY_CALL = re.compile(r"/(registered-models|model-versions)/")

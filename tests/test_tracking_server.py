@@ -1,19 +1,16 @@
 """The whole pipeline against a real MLflow tracking server backed by PostgreSQL.
 
-A module fixture creates a PostgreSQL cluster in a temp dir, starts it on 127.0.0.1 only,
-creates a database, and starts `mlflow server` on it (artifacts proxied into a temp dir).
+The session's PostgreSQL server (conftest's `postgres`: a cluster in a temp dir on 127.0.0.1 only)
+gets a database, and a module fixture starts `mlflow server` on it (artifacts proxied into a temp dir).
 The test runs `dvc repro` with MLFLOW_TRACKING_URI pointing at that server and checks the
 run, the registry, the artifacts and the database rows. Skips when PostgreSQL is missing.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +24,9 @@ import pytest
 import yaml
 
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
+from tests.postgres import free_port
 from tests.test_dvc_pipeline import every_stage, init_repo, sh, stages_run
 
-PG_USER = "postgres"  # PostgreSQL refuses to run as root; tests (and CI) run as root
 DATABASE = "mlflow"
 MLFLOW = Path(sys.executable).parent / "mlflow"
 
@@ -39,44 +36,6 @@ class TrackingServer:
     url: str  # http://127.0.0.1:PORT
     db_url: str  # postgresql://postgres@127.0.0.1:PORT/mlflow (trust auth, loopback only)
     artifacts: Path  # the server's --artifacts-destination
-
-
-def postgres_bin() -> Path | None:
-    """The folder holding initdb and pg_ctl: on PATH, else the newest /usr/lib/postgresql/*/bin."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).parent
-    if found:  # e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb
-        real = Path(found).resolve().parent
-        if (real / "pg_ctl").exists():
-            return real
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
-    for folder in reversed(versions):
-        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
-            return Path(folder)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(*args: str) -> list[str]:
-    """The command run as the postgres system user when we are root, as ourselves otherwise."""
-    if os.geteuid() != 0:
-        return list(args)
-    try:
-        pwd.getpwnam(PG_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER], check=True)
-    return ["runuser", "-u", PG_USER, "--", *args]
-
-
-def run_checked(args: list[str], **kwargs) -> None:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
 def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -95,65 +54,36 @@ def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def tracking_server() -> Iterator[TrackingServer]:
-    """PostgreSQL + `mlflow server` on loopback, both torn down at the end of the module."""
-    bindir = postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin")
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is in the [test] extras")
-
-    # Not pytest's tmp_path: its parents are root-only (0700), and the postgres user must own the cluster.
-    base = Path(tempfile.mkdtemp(prefix="pg-mlflow-"))
-    base.chmod(0o755)
-    data, artifacts = base / "pgdata", base / "artifacts"
+def tracking_server(postgres) -> Iterator[TrackingServer]:
+    """`mlflow server` on a PostgreSQL database, on loopback, torn down at the end of the module."""
+    db_url = postgres.create_database(DATABASE)
+    base = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+    artifacts, log = base / "artifacts", base / "mlflow-server.log"
     artifacts.mkdir()
-    if os.geteuid() == 0:
-        as_postgres()  # creates the postgres user when missing
-        shutil.chown(base, PG_USER)
-    pg_port, mlflow_port = free_port(), free_port()
-    server = None
-    pg_started = False
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner: not needed here
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(MLFLOW), "server", "--backend-store-uri", db_url.replace("postgresql://", "postgresql+psycopg2://"),
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
+            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches its workers too
+        )
     try:
-        run_checked(as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-instructions"))
-        # Loopback TCP only, and the unix socket inside the cluster's own folder (not /var/run/postgresql).
-        options = f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {data}"
-        run_checked(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-o", options, "-w", "-t", "60", "start"))
-        pg_started = True
-        connection = psycopg2.connect(host="127.0.0.1", port=pg_port, user=PG_USER, dbname="postgres")
-        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-        with connection.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {DATABASE}")
-        connection.close()
-
-        url = f"http://127.0.0.1:{mlflow_port}"
-        log = base / "mlflow-server.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner: not needed here
-        with log.open("w") as out:
-            server = subprocess.Popen(
-                [str(MLFLOW), "server",
-                 "--backend-store-uri", f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{pg_port}/{DATABASE}",
-                 "--artifacts-destination", str(artifacts),
-                 "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-                cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so teardown reaches its workers too
-            )
         wait_for_health(url, server, log)
-        yield TrackingServer(url=url, db_url=f"postgresql://{PG_USER}@127.0.0.1:{pg_port}/{DATABASE}", artifacts=artifacts)
+        yield TrackingServer(url=url, db_url=db_url, artifacts=artifacts)
     finally:
-        if server is not None and server.poll() is None:
+        if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-        if pg_started:
-            subprocess.run(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"), capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.e2e
 def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(tracking_server, tmp_path, tiny_model, monkeypatch):
     import mlflow
     import psycopg2

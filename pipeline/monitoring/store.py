@@ -1,63 +1,167 @@
-"""The prediction store: every prediction the monitor made, with its pipeline and model version, and
-the batches each pipeline has scored (SQLite, `monitoring.db`).
+"""The prediction store that many writers share: every prediction the monitor made, with its pipeline
+and model version, and the batches each pipeline has claimed and scored.
+
+`monitoring.db` is a path (SQLite, in WAL mode so readers never wait for a writer) or a SQLAlchemy
+URL such as postgresql://user@host/db (every machine writes to one server). Each prediction is keyed
+by (pipeline, batch, position in the batch), so a batch stored twice is counted once. A monitor run
+claims a batch before it scores it, so of two overlapping runs only one scores it; the claim of a run
+that failed is released, and that of a killed run expires after CLAIM_SECONDS.
 
 A pipeline's batches are csv files (`timestamp,text`) in `monitoring.input/<pipeline>/`, and, for
 the first pipeline of monitoring.tasks, directly in `monitoring.input`, where they lay when only
-one pipeline was monitored. A store written before pipelines were named is migrated in place.
+one pipeline was monitored. A SQLite store written by an earlier version is migrated in place.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
+import socket
+import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
-from pipeline.errors import DataError
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from pipeline.errors import ConfigError, DataError, ServiceError
 from pipeline.monitoring.drift import counted
 from pipeline.params import MonitoringConfig
 from pipeline.readers import read_file
 from pipeline.records import Record
 
+CLAIM_SECONDS = 3600  # a killed run's batches are scored again by the first run after this
+SQLITE_WAIT_SECONDS = 60  # how long a writer waits for another to finish its transaction
+
+metadata = MetaData()
+PREDICTIONS = Table(
+    "predictions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String, nullable=False),
+    Column("batch", String, nullable=False),  # a drop-folder file's path under monitoring.input
+    Column("position", Integer, nullable=False),  # the row's place in its batch
+    Column("timestamp", String), Column("text", Text), Column("label", String), Column("score", Float),
+    Column("model_version", String), Column("scored_at", String),
+    UniqueConstraint("pipeline", "batch", "position", name="one_prediction_per_row"),
+)
+BATCHES = Table(
+    "batches", metadata,
+    Column("pipeline", String, primary_key=True), Column("name", String, primary_key=True),
+    Column("claimed_by", String), Column("claimed_at", String),  # the run scoring it, and since when
+    Column("scored_at", String),  # null while claimed
+)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_name() -> str:
+    """Who claims a batch: this machine, process and run."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def store_url(location: str) -> str:
+    """A SQLAlchemy URL for monitoring.db: a path as a SQLite file; a URL as it is, PostgreSQL's through
+    psycopg2 (a dependency) unless it names another driver."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg2://" + location.split("://", 1)[1]
+    if "://" in location:
+        return location
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def sqlite_pragmas(connection, _record) -> None:
+    """WAL (readers never wait for the writer); SQLAlchemy, not the driver, begins the transactions."""
+    connection.isolation_level = None
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_SECONDS * 1000}")
+
+
+def begin_immediate(connection) -> None:
+    """Take SQLite's write lock when a transaction begins, not when it first writes: two writers that
+    both read first would otherwise deadlock, one of them failing at once."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_store(location: str, first: str) -> Engine:
+    """The prediction store at monitoring.db, its tables created. A SQLite store of an earlier version is
+    migrated in place, its rows given to `first` when they predate pipeline names."""
+    try:
+        engine = create_engine(store_url(location))
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"params.yaml: monitoring.db '{location}' is neither a path nor a database URL SQLAlchemy can open ({exc}): "
+                          "give a file path, or e.g. postgresql://user@host:5432/monitoring") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", sqlite_pragmas)
+        event.listen(engine, "begin", begin_immediate)
+    try:
+        with engine.begin() as connection:  # a migration happens whole or not at all
+            migrate(connection, first)
+            metadata.create_all(connection)
+    except OperationalError as exc:
+        shown = make_url(location).render_as_string(hide_password=True) if "://" in location else location
+        raise ServiceError(f"monitoring.db {shown}: cannot open the prediction store ({' '.join(str(exc.orig).split())}): "
+                           "start the database or fix the address") from None
+    return engine
+
+
+def migrate(connection, first: str) -> None:
+    """Bring a SQLite store of an earlier version to today's tables: predictions gain their pipeline
+    (`first`) and position, batches their pipeline and claim."""
+    existing = inspect(connection)
+    tables = set(existing.get_table_names())
+    old = {name: {c["name"] for c in existing.get_columns(name)} for name in ("predictions", "batches") if name in tables}
+    if "position" in old.get("predictions", {"position"}) and "claimed_by" in old.get("batches", {"claimed_by"}):
+        return
+    for name in old:
+        connection.execute(text(f"ALTER TABLE {name} RENAME TO {name}_before"))
+    metadata.create_all(connection)
+    pipeline = "pipeline" if "pipeline" in old.get("predictions", ()) else ":first"
+    if "predictions" in old:
+        connection.execute(text(
+            "INSERT INTO predictions (pipeline, batch, position, timestamp, text, label, score, model_version, scored_at) "
+            f"SELECT {pipeline}, batch, ROW_NUMBER() OVER (PARTITION BY {pipeline}, batch ORDER BY rowid) - 1, "
+            "timestamp, text, label, score, model_version, scored_at FROM predictions_before"), {"first": first})
+    pipeline = "pipeline" if "pipeline" in old.get("batches", ()) else ":first"
+    if "batches" in old:
+        connection.execute(text(f"INSERT INTO batches (pipeline, name, scored_at) SELECT {pipeline}, name, scored_at FROM batches_before"),
+                           {"first": first})
+    for name in old:
+        connection.execute(text(f"DROP TABLE {name}_before"))
+
 
 def read_batch(path: Path, name: str) -> list[Record]:
     """Rows of a csv with columns timestamp,text (ISO 8601 timestamps; the date is their first 10 characters),
-    each with the name of its batch."""
+    each with the name of its batch and its position there."""
     rows = read_file(path, "csv", "utf-8")
     missing = {"timestamp", "text"} - set(rows[0])
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (expected timestamp,text)")
-    return [{"timestamp": r["timestamp"], "text": r["text"], "batch": name} for r in rows if r["text"].strip()]
-
-
-PREDICTION_COLUMNS = "timestamp, text, label, score, model_version, batch, scored_at, pipeline"
-
-
-def columns(db: sqlite3.Connection, table: str) -> set[str]:
-    """The column names of a table (none when it does not exist)."""
-    return {column for _, column, *_ in db.execute(f"PRAGMA table_info({table})")}
-
-
-def open_db(path: Path, first: str) -> sqlite3.Connection:
-    """The prediction store. One from before pipelines were named is migrated in place: its rows and
-    batches are given to `first`, the pipeline monitored then."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.execute("BEGIN")  # a migration happens whole or not at all
-    db.execute(f"CREATE TABLE IF NOT EXISTS predictions ({PREDICTION_COLUMNS})")
-    if "pipeline" not in columns(db, "predictions"):
-        db.execute("ALTER TABLE predictions ADD COLUMN pipeline TEXT")
-        db.execute("UPDATE predictions SET pipeline = ?", (first,))
-    batch_columns = columns(db, "batches")
-    old_batches = bool(batch_columns) and "pipeline" not in batch_columns  # keyed by the file name alone
-    if old_batches:
-        db.execute("ALTER TABLE batches RENAME TO batches_before_pipelines")
-    db.execute("CREATE TABLE IF NOT EXISTS batches (pipeline TEXT, name TEXT, scored_at TEXT, PRIMARY KEY (pipeline, name))")
-    if old_batches:
-        db.execute("INSERT INTO batches SELECT ?, name, scored_at FROM batches_before_pipelines", (first,))
-        db.execute("DROP TABLE batches_before_pipelines")
-    db.commit()
-    return db
+    return [{"timestamp": r["timestamp"], "text": r["text"], "batch": name, "position": i} for i, r in enumerate(rows) if r["text"].strip()]
 
 
 def batch_folders(settings: MonitoringConfig, pipeline: str) -> list[Path]:
@@ -72,32 +176,86 @@ def batch_name(path: Path, settings: MonitoringConfig) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
 
 
-def new_batches(settings: MonitoringConfig, pipeline: str, db: sqlite3.Connection) -> list[Path]:
-    """The pipeline's csv batches that no earlier run scored for it."""
-    done = {name for (name,) in db.execute("SELECT name FROM batches WHERE pipeline = ?", (pipeline,))}
+def new_batches(settings: MonitoringConfig, pipeline: str, engine: Engine) -> list[Path]:
+    """The pipeline's csv batches that no run has scored for it yet."""
+    query = select(BATCHES.c.name).where(BATCHES.c.pipeline == pipeline, BATCHES.c.scored_at.is_not(None))
+    with engine.begin() as connection:
+        done = set(connection.scalars(query))
     found = [p for folder in batch_folders(settings, pipeline) if folder.is_dir() for p in folder.glob("*.csv")]
     return sorted(p for p in found if batch_name(p, settings) not in done)
 
 
-def store(db: sqlite3.Connection, pipeline: str, rows: list[Record], predictions: list[Record], version: str, batches: list[str]) -> None:
-    """Each prediction (label: the label, or the entity types in order, space-separated) and the batches scored."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    db.executemany(
-        f"INSERT INTO predictions ({PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(r["timestamp"], r["text"], " ".join(counted(p)), p["score"], version, r["batch"], now, pipeline)
-         for r, p in zip(rows, predictions)],
-    )
-    db.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", [(pipeline, name, now) for name in batches])
-    db.commit()
+def insert(engine: Engine, table: Table):
+    """INSERT with the dialect's ON CONFLICT clauses (SQLite and PostgreSQL share them)."""
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def daily_counts(db: sqlite3.Connection, pipeline: str, tagger: bool) -> dict[str, tuple[int, Counter]]:
+def claim(engine: Engine, pipeline: str, names: list[str], by: str) -> list[str]:
+    """Claim unscored batches for the run `by`; returns those it got: not scored, and not claimed by a
+    live run (a claim older than CLAIM_SECONDS is a killed run's, and is taken over)."""
+    stale = (datetime.now(timezone.utc) - timedelta(seconds=CLAIM_SECONDS)).isoformat(timespec="seconds")
+    got = []
+    for name in names:
+        with engine.begin() as connection:
+            taken = connection.execute(insert(engine, BATCHES).values(pipeline=pipeline, name=name, claimed_by=by, claimed_at=now())
+                                       .on_conflict_do_nothing()).rowcount
+            if not taken:  # one statement: of two runs taking over the same stale claim, one wins
+                taken = connection.execute(
+                    update(BATCHES).where(BATCHES.c.pipeline == pipeline, BATCHES.c.name == name, BATCHES.c.scored_at.is_(None),
+                                          (BATCHES.c.claimed_at.is_(None)) | (BATCHES.c.claimed_at < stale))
+                    .values(claimed_by=by, claimed_at=now())).rowcount
+        if taken:
+            got.append(name)
+    return got
+
+
+def release(engine: Engine, pipeline: str, names: list[str], by: str) -> None:
+    """Give back the run's claims on batches it did not score, for the next run."""
+    with engine.begin() as connection:
+        connection.execute(BATCHES.delete().where(BATCHES.c.pipeline == pipeline, BATCHES.c.name.in_(names),
+                                                  BATCHES.c.claimed_by == by, BATCHES.c.scored_at.is_(None)))
+
+
+@contextmanager
+def claimed(engine: Engine, pipeline: str, paths: list[Path], settings: MonitoringConfig) -> Iterator[list[Path]]:
+    """The batches among `paths` this run claimed; claims it did not score are released if the run fails."""
+    by = run_name()
+    names = {batch_name(p, settings): p for p in paths}
+    got = claim(engine, pipeline, list(names), by)
+    try:
+        yield [names[name] for name in got]
+    except BaseException:
+        release(engine, pipeline, got, by)
+        raise
+
+
+def store(engine: Engine, pipeline: str, rows: list[Record], predictions: list[Record], version: str, names: list[str]) -> int:
+    """Each prediction (label: the label, or the entity types in order, space-separated), and the batches
+    marked scored, in one transaction; a row stored before is not stored again. Returns the rows added."""
+    scored_at = now()
+    values = [{"pipeline": pipeline, "batch": r["batch"], "position": r["position"], "timestamp": r["timestamp"], "text": r["text"],
+               "label": " ".join(counted(p)), "score": p["score"], "model_version": version, "scored_at": scored_at}
+              for r, p in zip(rows, predictions)]
+    scored = insert(engine, BATCHES)
+    scored = scored.on_conflict_do_update(index_elements=["pipeline", "name"], set_={"scored_at": scored.excluded.scored_at})
+    with engine.begin() as connection:
+        new = insert(engine, PREDICTIONS).on_conflict_do_nothing().returning(PREDICTIONS.c.id)
+        added = len(connection.execute(new, values).all()) if values else 0
+        if names:
+            connection.execute(scored, [{"pipeline": pipeline, "name": name, "scored_at": scored_at} for name in names])
+    return added
+
+
+def daily_counts(engine: Engine, pipeline: str, tagger: bool) -> dict[str, tuple[int, Counter]]:
     """(texts, counts of labels or entity types) per day among all the pipeline's stored predictions."""
+    day = func.substr(PREDICTIONS.c.timestamp, 1, 10)
+    query = (select(day, PREDICTIONS.c.label, func.count()).where(PREDICTIONS.c.pipeline == pipeline)
+             .group_by(day, PREDICTIONS.c.label).order_by(day))
     days: dict[str, tuple[int, Counter]] = {}
-    query = "SELECT substr(timestamp, 1, 10), label, count(*) FROM predictions WHERE pipeline = ? GROUP BY 1, 2 ORDER BY 1"
-    for day, label, n in db.execute(query, (pipeline,)):
-        texts, counts = days.get(day, (0, Counter()))
-        for item in (label.split() if tagger else [label]):
-            counts[item] += n
-        days[day] = (texts + n, counts)
+    with engine.begin() as connection:
+        for date, label, n in connection.execute(query):
+            texts, counts = days.get(date, (0, Counter()))
+            for item in (label.split() if tagger else [label]):
+                counts[item] += n
+            days[date] = (texts + n, counts)
     return days

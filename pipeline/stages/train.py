@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from pipeline import distributed, registry, tracking
 from pipeline.errors import ConfigError
 from pipeline.models import check_max_length, keep_layers, mixed_precision, resolve_model, use_all_cores
+from pipeline.monitoring.reference import log_reference_data
 from pipeline.params import Params, TaskConfig, section_hash
 from pipeline.paths import TaskPaths, ensure_writable
 from pipeline.plots import learning_curves_png
@@ -61,6 +62,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
                     mlflow.log_artifact(str(report), artifact_path="data")
             if paths.data_docs.is_dir():
                 mlflow.log_artifacts(str(paths.data_docs), artifact_path="data/data_docs")
+            log_reference_data(task, train_examples, paths.split("val"))
         if last_checkpoint:
             print(f"train[{task.name}]: resuming from {last_checkpoint}")
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
