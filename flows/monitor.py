@@ -1,16 +1,16 @@
 """Monitor flow: score a pipeline's incoming text with its champion, store every prediction, plot
-what it predicts per day, and check for drift against the champion's reference data. It only
+what it predicts per day, and check that text, with the answers `finetune serve` gave and logged to
+the store, for drift against the champion's reference data. It only
 orchestrates: the store, the drift statistics, the reference and the report are pipeline/monitoring/.
 
     python -m flows.monitor --task intents --input FILE   # once, on a csv with columns timestamp,text
-    python -m flows.monitor --task intents                # every batch for intents not scored yet
+    python -m flows.monitor --task intents                # every batch and served answer for intents not checked yet
 
 Each pipeline of `monitoring.tasks` is monitored on its own: its batches (pipeline/monitoring/store.py),
 its report reports/monitor/<pipeline>.json with its plots in reports/monitor/<pipeline>/. All
 pipelines share one prediction store, each row marked with its pipeline. Runs overlap safely: one
 run per pipeline at a time (a lock), each batch claimed before it is scored, each row stored once.
-On drift, an event triggers
-the pipeline's retrain deployment and the texts the champion is least sure about go to data/to_label/
+On drift, an event triggers the pipeline's retrain deployment and the texts the champion is least sure about go to data/to_label/
 for labelling.
 """
 
@@ -33,7 +33,18 @@ from pipeline.models import use_all_cores
 from pipeline.monitoring.drift import MONITORED, is_tagger, measure_drift
 from pipeline.monitoring.reference import reference
 from pipeline.monitoring.report import report_path, summary_markdown, write_daily
-from pipeline.monitoring.store import batch_folders, batch_name, claimed, daily_counts, new_batches, open_store, read_batch, store
+from pipeline.monitoring.store import (
+    batch_folders,
+    batch_name,
+    claimed,
+    daily_counts,
+    new_batches,
+    new_served,
+    open_store,
+    read_batch,
+    store,
+    stored_rows,
+)
 from pipeline.params import MonitoringConfig, Params
 from pipeline.records import save_json
 from pipeline.registry import champion_uri, load_registered, registered_version
@@ -58,7 +69,8 @@ def monitor_lock(pipeline: str, settings: MonitoringConfig) -> tuple[str, Abstra
 
 @flow(name="monitor", log_prints=True)
 def monitor(input: str | None = None, task: str | None = None) -> dict:
-    """Score a pipeline's new text with its champion, store it, report per day and drift; on drift, ask for a retrain."""
+    """Check a pipeline's new text (drop-folder batches and served answers) against its champion's
+    reference, store it, report per day and drift; on drift, ask for a retrain."""
     params = load_params()
     settings = params.monitoring
     pipeline = task or first_pipeline(settings)
@@ -70,22 +82,23 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
     print(f"monitor[{pipeline}]: waiting for {what}", flush=True)
     with lock:
         if input:  # a file named by hand is scored whatever the store holds; rows stored before are not stored again
-            return score_and_report(task, params, engine, [Path(input)])
-        with claimed(engine, pipeline, new_batches(settings, pipeline, engine), settings) as batches:
-            return score_and_report(task, params, engine, batches)
+            return check(task, params, engine, [Path(input)], [])
+        files = {batch_name(path, settings): path for path in new_batches(settings, pipeline, engine)}
+        with claimed(engine, pipeline, [*files, *new_served(engine, pipeline)]) as names:
+            return check(task, params, engine, [files[n] for n in names if n in files], [n for n in names if n not in files])
 
 
-def score_and_report(task: Task, params: Params, engine: Engine, batches: list[Path]) -> dict:
-    """Score the batches with the champion, store them, report per day and drift; on drift, ask for a retrain."""
-    import mlflow
-
-    logger = get_run_logger()
+def check(task: Task, params: Params, engine: Engine, files: list[Path], served: list[str]) -> dict:
+    """Score the files' text with the champion and store it; with the served answers the champion gave,
+    report per day and drift. The batches are marked done either way."""
     settings, pipeline = params.monitoring, task.name
-    rows = [row for batch in batches for row in read_batch(batch, batch_name(batch, settings))]
-    if not rows:
-        logger.info("%s: no new text in %s", pipeline, ", ".join(map(str, batches or batch_folders(settings, pipeline))))
-        if batches:
-            store(engine, pipeline, [], [], "", [batch_name(b, settings) for b in batches])  # empty, but seen: not claimed again
+    rows = [row for path in files for row in read_batch(path, batch_name(path, settings))]
+    answered = stored_rows(engine, pipeline, served, is_tagger(task))
+    names = [batch_name(path, settings) for path in files] + served
+    if not rows and not answered:
+        print(f"monitor[{pipeline}]: no new text in {', '.join(map(str, files or batch_folders(settings, pipeline)))} "
+              "and no new served answers")
+        store(engine, pipeline, [], [], "", names)  # empty, but seen: not claimed again
         return {}
 
     use_all_cores()
@@ -94,26 +107,40 @@ def score_and_report(task: Task, params: Params, engine: Engine, batches: list[P
     champion = registered_version(champion_uri(name))
     version = str(champion.version)
     model, tokenizer = load_registered(task, f"models:/{name}/{version}")  # pinned: the alias may move meanwhile
-    predictions = task.predict(model, tokenizer, rows)
-    added = store(engine, pipeline, rows, predictions, version, [batch_name(b, settings) for b in batches])
-    print(f"monitor[{pipeline}]: {len(rows)} texts of {len(batches)} batch(es) scored by {name} v{version}, "
-          f"{added} stored ({len(rows) - added} stored before)")
+    predictions = task.predict(model, tokenizer, rows) if rows else []
+    added = store(engine, pipeline, rows, predictions, version, names)
+    by_champion = [(row, prediction) for row, prediction, answered_by in answered if answered_by == version]
+    print(f"monitor[{pipeline}]: {len(rows)} texts of {len(files)} batch(es) scored by {name} v{version}, {added} stored "
+          f"({len(rows) - added} stored before); {len(answered)} served answers, {len(by_champion)} of them by v{version}")
+    texts = [r["text"] for r in rows] + [row["text"] for row, _ in by_champion]  # other versions' answers: not this reference's
+    predictions += [prediction for _, prediction in by_champion]
+    if not texts:
+        return {}
 
     ref = reference(task, model, tokenizer, champion, latest_outputs(pipeline))
     shift = MONITORED[task.pipeline_task]
-    drift = measure_drift(ref, [r["text"] for r in rows], predictions, settings, shift)
+    drift = measure_drift(ref, texts, predictions, settings, shift)
     report = {
-        "pipeline": pipeline, "model": name, "model_version": version, "texts": len(rows), "batches": [str(b) for b in batches],
+        "pipeline": pipeline, "model": name, "model_version": version, "texts": len(texts), "batches": [str(b) for b in files],
+        "served_texts": len(by_champion), "served_batches": len(served),
         "reference_data_hash": ref["data_hash"], "drift_detected": any(d["drifted"] for d in drift.values()), "drift": drift,
     }
     plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
-        queued = rank(task, model, tokenizer, [r["text"] for r in rows], picks.strategy, settings.queue_size, picks.diversity, picks.seed)
+        queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
         report["labelling_queue"] = str(write_queue(queued, task.name))
     save_json(report_path(pipeline), report)
+    publish(report, plots, experiment_id, shift)
+    return report
 
-    tags = {"monitor": "true", "task": pipeline, "model_name": name, "model_version": version}
+
+def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> None:
+    """The report into an MLflow run and a Prefect artifact; on drift, the event that asks for a retrain."""
+    import mlflow
+
+    pipeline, version, drift = report["pipeline"], report["model_version"], report["drift"]
+    tags = {"monitor": "true", "task": pipeline, "model_name": report["model"], "model_version": version}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{pipeline}", tags=tags):
         mlflow.log_metrics({
             f"{shift}_pvalue": drift[shift]["pvalue"], "confidence_drop": drift["confidence"]["drop"],
@@ -122,12 +149,10 @@ def score_and_report(task: Task, params: Params, engine: Engine, batches: list[P
         for path in (report_path(pipeline), *plots):
             mlflow.log_artifact(str(path))
     create_markdown_artifact(key=f"monitor-{pipeline}", markdown=summary_markdown(report), description=f"drift and daily figures of {pipeline}")
-
     if report["drift_detected"]:
         emit(DRIFT_DETECTED, pipeline, {"model_version": version, "report": str(report_path(pipeline)),
                                         "queue": report["labelling_queue"]})
-        logger.warning("%s: drift detected: retrain requested, texts queued in %s", pipeline, report["labelling_queue"])
-    return report
+        get_run_logger().warning("%s: drift detected: retrain requested, texts queued in %s", pipeline, report["labelling_queue"])
 
 
 if __name__ == "__main__":

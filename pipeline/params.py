@@ -329,6 +329,8 @@ class ServingConfig:
     reload_seconds: float = positive(30.0)  # how often the registry alias is checked for a new version
     keep_alive_seconds: float = positive(75.0)  # idle connections kept open: longer than clients and proxies keep them
     runtime: Literal["onnx", "torch"] = "onnx"  # onnx: the version's ONNX Runtime export when it has one (registry.onnx)
+    log_share: float = fraction(1.0)  # share of the monitored pipelines' answers written to monitoring.db (0: none)
+    log_queue: int = at_least(1, 10000)  # requests waiting to be written to monitoring.db; beyond, answers are dropped and counted
 
 
 @dataclass

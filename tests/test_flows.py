@@ -250,6 +250,34 @@ def test_two_monitor_runs_at_once_score_each_batch_once(repo, champions):
     assert db.execute(query).fetchone() == (before + 80, before + 80)
 
 
+def test_the_monitor_checks_served_answers_once_beside_drop_folder_batches(repo, champions):
+    import mlflow
+
+    from flows.monitor import monitor
+    from pipeline.monitoring.served import PredictionLog
+    from pipeline.registry import champion_uri, load_registered, registered_version
+    from pipeline.tasks import get_task, load_params
+
+    params = load_params()
+    task = get_task("intents", params.task("intents"))
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    version = str(registered_version(champion_uri("support-intents")).version)
+    model, tokenizer = load_registered(task, f"models:/support-intents/{version}")
+    texts = [r["text"] for r in make_intent_rows(50, seed=11)]
+    answers = task.predict(model, tokenizer, [{"text": text} for text in texts])
+    log = PredictionLog(params.monitoring.db, "sentiment", ["intents"], share=1.0, capacity=100)  # as `finetune serve` logs
+    log.start()
+    for start in range(0, 50, 10):
+        log.offer("intents", version, texts[start : start + 10], answers[start : start + 10])
+    log.offer("intents", "0", ["Where is my card?"], [{"label": "card_lost_or_stolen", "score": 0.5}])  # another version's
+    log.stop()
+    write_texts(repo / "monitoring" / "incoming" / "intents" / "day-4.csv", [r["text"] for r in make_intent_rows(20, seed=12)])
+
+    report = monitor(task="intents")
+    assert (report["texts"], report["served_texts"], report["served_batches"]) == (70, 50, 1)
+    assert monitor(task="intents") == {}  # each served answer is checked once
+
+
 def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions):
     import sqlite3
 

@@ -4,6 +4,7 @@ champion (cached per version) and the report's daily figures and plots."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_predictions_are_stored_once_per_row_and_counted_per_day(tmp_path):
 def test_a_batch_is_claimed_by_one_run_and_a_failed_or_killed_runs_claim_is_not_kept(tmp_path):
     from sqlalchemy import text
 
-    from pipeline.monitoring.store import claim, claimed, new_batches, open_store
+    from pipeline.monitoring.store import batch_name, claim, claimed, new_batches, open_store
     from pipeline.params import MonitoringConfig
 
     settings = MonitoringConfig(tasks=["sentiment"], input=str(tmp_path / "incoming"))
@@ -110,13 +111,14 @@ def test_a_batch_is_claimed_by_one_run_and_a_failed_or_killed_runs_claim_is_not_
     assert claim(engine, "sentiment", ["sentiment/day-1.csv"], "run-a") == ["sentiment/day-1.csv"]
     assert claim(engine, "sentiment", ["sentiment/day-1.csv", "sentiment/day-2.csv"], "run-b") == ["sentiment/day-2.csv"]
 
-    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new_batches(settings, "sentiment", engine), settings) as got:
+    new = [batch_name(path, settings) for path in new_batches(settings, "sentiment", engine)]
+    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new) as got:
         assert got == []  # both are claimed by live runs
         raise RuntimeError("scoring failed")
     with engine.begin() as connection:  # run-a was killed two hours ago
         connection.execute(text("UPDATE batches SET claimed_at = '2026-01-01T00:00:00+00:00' WHERE claimed_by = 'run-a'"))
-    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new_batches(settings, "sentiment", engine), settings) as got:
-        assert [p.name for p in got] == ["day-1.csv"]  # a killed run's claim expires
+    with pytest.raises(RuntimeError), claimed(engine, "sentiment", new) as got:
+        assert got == ["sentiment/day-1.csv"]  # a killed run's claim expires
         raise RuntimeError("scoring failed")
     assert claim(engine, "sentiment", ["sentiment/day-1.csv"], "run-c") == ["sentiment/day-1.csv"]  # the failed run released it
 
@@ -132,11 +134,11 @@ def score_every_batch(location: str, incoming: str, start, results) -> None:
     start.wait()  # both runs begin at the same moment
     scored = []
     for batch in new_batches(settings, "sentiment", engine):  # one at a time, so the runs interleave
-        with claimed(engine, "sentiment", [batch], settings) as got:
-            for path in got:
-                rows = read_batch(path, batch_name(path, settings))
-                store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [batch_name(path, settings)])
-                scored.append(path.name)
+        with claimed(engine, "sentiment", [batch_name(batch, settings)]) as got:
+            for name in got:
+                rows = read_batch(batch, name)
+                store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [name])
+                scored.append(batch.name)
     by_hand = Path(incoming).parent / "by-hand.csv"
     rows = read_batch(by_hand, by_hand.name)
     store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [by_hand.name])
@@ -179,6 +181,89 @@ def test_two_runs_at_once_count_each_row_once_on_sqlite(tmp_path):
 @pytest.mark.e2e
 def test_two_runs_at_once_count_each_row_once_on_postgresql(tmp_path, postgres):
     two_runs_at_once(postgres.create_database("monitoring"), tmp_path)
+
+
+def served_batches(location: str) -> list[tuple]:
+    from sqlalchemy import text
+
+    from pipeline.monitoring.store import open_store
+
+    with open_store(location, "sentiment").begin() as connection:
+        return connection.execute(text("SELECT pipeline, name, claimed_by, scored_at FROM batches ORDER BY name")).all()
+
+
+def test_served_answers_are_written_off_the_request_path_in_batches_the_monitor_takes_once_handed_over(tmp_path, monkeypatch):
+    from pipeline.monitoring import served
+    from pipeline.monitoring.store import claim, new_served, open_store, stored_rows
+
+    location = str(tmp_path / "predictions.db")
+    log = served.PredictionLog(location, "sentiment", ["sentiment", "ner"], share=1.0, capacity=100)
+    log.offer("sentiment", "3", ["Profit rose", "Loss widened"], [{"label": "positive", "score": 0.9}, {"label": "negative", "score": 0.8}])
+    log.offer("ner", "1", ["Anna Berg joined Norvik Bank"], [{"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}])
+    log.offer("translation", "2", ["Guten Tag"], [{"translation": "Good day"}])  # not monitored: not logged
+    log.start()
+    engine = open_store(location, "sentiment")
+    deadline = time.monotonic() + 30
+    while sum(log.counts.written.values()) < 3:
+        assert time.monotonic() < deadline, "the writer wrote nothing"
+        time.sleep(0.05)
+    assert [(p, claimed_by) for p, _, claimed_by, _ in served_batches(location)] == [("ner", log.server), ("sentiment", log.server)]
+    assert new_served(engine, "sentiment") != [] and claim(engine, "sentiment", new_served(engine, "sentiment"), "monitor") == []  # still open
+    log.offer("sentiment", "4", ["Sales were flat"], [{"label": "neutral", "score": 0.6}])
+    log.stop()  # writes what is queued, then hands every batch over
+    assert not log.thread.is_alive() and log.counts.written == {"sentiment": 3, "ner": 1} and log.counts.dropped == 0
+    assert all(claimed_by is None and scored_at is None for *_, claimed_by, scored_at in served_batches(location))
+    names = new_served(engine, "sentiment")
+    assert claim(engine, "sentiment", names, "monitor") == names  # handed over: the monitor's now
+    rows = stored_rows(engine, "sentiment", names, tagger=False)
+    assert [(r["text"], r["position"], p, version) for r, p, version in rows] == [
+        ("Profit rose", 0, {"label": "positive", "score": 0.9}, "3"), ("Loss widened", 1, {"label": "negative", "score": 0.8}, "3"),
+        ("Sales were flat", 2, {"label": "neutral", "score": 0.6}, "4")]
+    assert [p for _, p, _ in stored_rows(engine, "ner", new_served(engine, "ner"), tagger=True)] == [
+        {"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}]
+
+
+def test_a_served_batch_is_handed_over_after_roll_seconds_while_the_server_runs(tmp_path, monkeypatch):
+    from pipeline.monitoring import served
+
+    monkeypatch.setattr(served, "ROLL_SECONDS", 0.3)
+    location = str(tmp_path / "predictions.db")
+    log = served.PredictionLog(location, "sentiment", ["sentiment"], share=1.0, capacity=100)
+    log.start()
+    log.offer("sentiment", "3", ["Profit rose"], [{"label": "positive", "score": 0.9}])
+    deadline = time.monotonic() + 30
+    while not (served_batches(location) and served_batches(location)[0][2] is None):
+        assert time.monotonic() < deadline, "the batch was never handed over"
+        time.sleep(0.05)
+    log.offer("sentiment", "3", ["Loss widened"], [{"label": "negative", "score": 0.8}])
+    log.stop()
+    assert [name.rsplit("/", 1)[1] for _, name, _, _ in served_batches(location)] == ["1", "2"]  # the next answer: a new batch
+
+
+def test_a_full_queue_or_a_store_that_is_down_drops_answers_and_counts_them(tmp_path):
+    from pipeline.monitoring import served
+
+    log = served.PredictionLog(str(tmp_path / "predictions.db"), "sentiment", ["sentiment"], share=1.0, capacity=1)
+    started = time.perf_counter()
+    for _ in range(3):  # the writer is not running: the first request fills the queue
+        log.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+    assert time.perf_counter() - started < 0.1 and log.depth() == 1 and log.counts.dropped_queue_full == 4
+
+    down = served.PredictionLog("postgresql://u@127.0.0.1:9/m", "sentiment", ["sentiment"], share=1.0, capacity=10)
+    down.start()
+    down.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+    down.stop()
+    assert not down.thread.is_alive() and down.counts.dropped_write_failed == 2 and sum(down.counts.written.values()) == 0
+
+
+def test_a_share_of_the_answers_is_logged(tmp_path):
+    from pipeline.monitoring import served
+
+    log = served.PredictionLog(str(tmp_path / "predictions.db"), "sentiment", ["sentiment"], share=0.25, capacity=2000)
+    for _ in range(1000):
+        log.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+    kept = sum(len(answers.texts) for answers in list(log.queue.queue))
+    assert 400 < kept < 600  # 2000 texts, a quarter of them: 500 +- 5 standard deviations
 
 
 def test_the_chi_square_oov_and_confidence_figures_on_known_inputs():

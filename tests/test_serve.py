@@ -122,6 +122,24 @@ def test_predict_health_version_and_docs(url):
         assert client.get("/docs").status_code == 200
 
 
+def test_every_answer_is_logged_to_the_prediction_store_once(registry, tmp_path):
+    from pipeline.monitoring.store import new_served, open_store, stored_rows
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["monitoring"] = {"db": str(tmp_path / "served.db")}
+    texts = [f"{word} in quarter {i}" for i in range(12) for word in ("profit rose", "loss widened")]
+    with serving(write_yaml(tmp_path / "params.yaml", params)) as url, httpx.Client(base_url=url) as client:
+        answers = {}
+        for start in range(0, len(texts), 4):
+            body = client.post("/predict" if start % 8 else "/sentiment/predict", json={"texts": texts[start : start + 4]}).json()
+            answers.update((text, (p["label"], p["score"], body["model_version"])) for text, p in zip(texts[start : start + 4], body["predictions"]))
+    # The server stopped: what it answered is written, and its batch handed over to the monitor.
+    engine = open_store(str(tmp_path / "served.db"), "sentiment")
+    logged = stored_rows(engine, "sentiment", new_served(engine, "sentiment"), tagger=False)
+    assert len(logged) == len(texts)
+    assert {row["text"]: (p["label"], pytest.approx(p["score"]), version) for row, p, version in logged} == answers
+
+
 @pytest.mark.parametrize(
     "body, where, problem",
     [

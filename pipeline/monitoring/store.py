@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from pipeline.errors import ConfigError, DataError, ServiceError
@@ -51,6 +51,7 @@ from pipeline.params import MonitoringConfig
 from pipeline.readers import read_file
 from pipeline.records import Record
 
+SERVED = "served/"  # the name of every batch of served answers begins so
 CLAIM_SECONDS = 3600  # a killed run's batches are scored again by the first run after this
 SQLITE_WAIT_SECONDS = 60  # how long a writer waits for another to finish its transaction
 
@@ -217,33 +218,61 @@ def release(engine: Engine, pipeline: str, names: list[str], by: str) -> None:
 
 
 @contextmanager
-def claimed(engine: Engine, pipeline: str, paths: list[Path], settings: MonitoringConfig) -> Iterator[list[Path]]:
-    """The batches among `paths` this run claimed; claims it did not score are released if the run fails."""
+def claimed(engine: Engine, pipeline: str, names: list[str]) -> Iterator[list[str]]:
+    """The batches among `names` this run claimed; claims it did not score are released if the run fails."""
     by = run_name()
-    names = {batch_name(p, settings): p for p in paths}
-    got = claim(engine, pipeline, list(names), by)
+    got = claim(engine, pipeline, names, by)
     try:
-        yield [names[name] for name in got]
+        yield got
     except BaseException:
         release(engine, pipeline, got, by)
         raise
 
 
+def prediction_row(pipeline: str, row: Record, prediction: Record, version: str, scored_at: str) -> Record:
+    """A row's prediction as the store keeps it (label: the label, or the entity types in order, space-separated)."""
+    return {"pipeline": pipeline, "batch": row["batch"], "position": row["position"], "timestamp": row["timestamp"], "text": row["text"],
+            "label": " ".join(counted(prediction)), "score": prediction["score"], "model_version": version, "scored_at": scored_at}
+
+
+def add_predictions(connection: Connection, engine: Engine, values: list[Record]) -> int:
+    """Insert prediction rows, leaving out any stored before; returns how many were added."""
+    if not values:
+        return 0
+    new = insert(engine, PREDICTIONS).on_conflict_do_nothing().returning(PREDICTIONS.c.id)
+    return len(connection.execute(new, values).all())
+
+
 def store(engine: Engine, pipeline: str, rows: list[Record], predictions: list[Record], version: str, names: list[str]) -> int:
-    """Each prediction (label: the label, or the entity types in order, space-separated), and the batches
-    marked scored, in one transaction; a row stored before is not stored again. Returns the rows added."""
+    """Each row's prediction, and the batches marked done, in one transaction; a row stored before is
+    not stored again. Returns the rows added."""
     scored_at = now()
-    values = [{"pipeline": pipeline, "batch": r["batch"], "position": r["position"], "timestamp": r["timestamp"], "text": r["text"],
-               "label": " ".join(counted(p)), "score": p["score"], "model_version": version, "scored_at": scored_at}
-              for r, p in zip(rows, predictions)]
-    scored = insert(engine, BATCHES)
-    scored = scored.on_conflict_do_update(index_elements=["pipeline", "name"], set_={"scored_at": scored.excluded.scored_at})
+    done = insert(engine, BATCHES)
+    done = done.on_conflict_do_update(index_elements=["pipeline", "name"], set_={"scored_at": done.excluded.scored_at})
     with engine.begin() as connection:
-        new = insert(engine, PREDICTIONS).on_conflict_do_nothing().returning(PREDICTIONS.c.id)
-        added = len(connection.execute(new, values).all()) if values else 0
+        added = add_predictions(connection, engine, [prediction_row(pipeline, r, p, version, scored_at) for r, p in zip(rows, predictions)])
         if names:
-            connection.execute(scored, [{"pipeline": pipeline, "name": name, "scored_at": scored_at} for name in names])
+            connection.execute(done, [{"pipeline": pipeline, "name": name, "scored_at": scored_at} for name in names])
     return added
+
+
+def new_served(engine: Engine, pipeline: str) -> list[str]:
+    """The batches of served answers (see served.py) that no monitor run has checked yet."""
+    query = select(BATCHES.c.name).where(BATCHES.c.pipeline == pipeline, BATCHES.c.name.startswith(SERVED), BATCHES.c.scored_at.is_(None))
+    with engine.begin() as connection:
+        return sorted(connection.scalars(query))
+
+
+def stored_rows(engine: Engine, pipeline: str, names: list[str], tagger: bool) -> list[tuple[Record, Record, str]]:
+    """(row, prediction, model version) of each text stored in the batches `names`, in order."""
+    columns = PREDICTIONS.c
+    query = (select(columns.batch, columns.position, columns.timestamp, columns.text, columns.label, columns.score, columns.model_version)
+             .where(columns.pipeline == pipeline, columns.batch.in_(names)).order_by(columns.batch, columns.position))
+    with engine.begin() as connection:
+        found = connection.execute(query).all()
+    return [({"batch": batch, "position": position, "timestamp": timestamp, "text": text},
+             {"entities": [{"type": t} for t in label.split()], "score": score} if tagger else {"label": label, "score": score}, version)
+            for batch, position, timestamp, text, label, score, version in found]
 
 
 def daily_counts(engine: Engine, pipeline: str, tagger: bool) -> dict[str, tuple[int, Counter]]:

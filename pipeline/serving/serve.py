@@ -9,6 +9,9 @@
   version is loaded in the background and swapped in by replacing one reference: batches already
   running finish on the old model, no request waits for the load or is dropped, and no other
   pipeline notices. A pipeline with no model yet answers 503 until its watcher finds its first.
+- The monitored pipelines' answers (serving.log_share of them) go to the prediction store for the
+  monitor, written by one thread from a bounded queue (pipeline/monitoring/served.py): a request
+  never waits for the store; answers that do not fit are dropped from the log and counted.
 - The port is bound before the models load, so a port in use fails at once; it listens once they
   are loaded. Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is exactly
   how long httpx keeps one for reuse, so a client could reuse a connection just as the server
@@ -33,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorF
 
 from pipeline import tracking
 from pipeline.errors import ModelError, ServiceError
+from pipeline.monitoring.served import PredictionLog
 from pipeline.params import Params, ServingConfig
 from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version
 from pipeline.tasks import get_task
@@ -211,8 +215,8 @@ class Service:
     """One pipeline's model, the queue that batches requests for it, and the reloads that replace it.
     `served` is None while its URI points at nothing: the watcher loads the first version that appears."""
 
-    def __init__(self, task: Task, uri: str, settings: ServingConfig, served: Served | None):
-        self.task, self.uri, self.settings, self.served = task, uri, settings, served
+    def __init__(self, task: Task, uri: str, settings: ServingConfig, served: Served | None, log: PredictionLog | None = None):
+        self.task, self.uri, self.settings, self.served, self.log = task, uri, settings, served, log
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.held: Pending | None = None  # a request that did not fit the last batch: first in the next
         self.reload_lock = asyncio.Lock()
@@ -286,6 +290,8 @@ class Service:
                     if top_k:  # each request keeps as many ranked labels as it asked for (none: left out)
                         answers = [{**answer, "top_k": answer["top_k"][: pending.top_k] or None} for answer in answers]
                     pending.result.set_result((served.version, answers))
+                    if self.log:
+                        self.log.offer(self.task.name, served.version, pending.texts, answers)
                 start += len(pending.texts)
 
     async def reload(self) -> bool:
@@ -327,11 +333,20 @@ class Service:
             await asyncio.gather(*workers, return_exceptions=True)
 
 
+def prediction_log(params: Params, settings: ServingConfig) -> PredictionLog | None:
+    """The log that writes the monitored pipelines' answers to the prediction store (None with log_share 0)."""
+    monitored = params.monitoring.tasks
+    if settings.log_share == 0 or not monitored:
+        return None
+    return PredictionLog(params.monitoring.db, monitored[0], monitored, settings.log_share, settings.log_queue)
+
+
 def load_services(params: Params, settings: ServingConfig, model_uri: str | None = None) -> dict[str, Service]:
     """A Service per pipeline, by name: every one in `tasks` (and settings.task) at its champion, or with
-    `model_uri` settings.task's alone, at that URI. A pipeline whose URI points at nothing yet is served
-    once it does (see Service); a ModelError when that leaves nothing to serve."""
+    `model_uri` settings.task's alone, at that URI; all share one prediction log. A pipeline whose URI
+    points at nothing yet is served once it does (see Service); a ModelError when that leaves nothing to serve."""
     names = [settings.task] if model_uri else list(dict.fromkeys([*params.tasks, settings.task]))
+    log = prediction_log(params, settings)
     services, missing = {}, []
     for name in names:
         config = params.task(name)
@@ -342,7 +357,7 @@ def load_services(params: Params, settings: ServingConfig, model_uri: str | None
         except ModelError as exc:
             served = None
             missing.append(exc)
-        services[name] = Service(task, uri, settings, served)
+        services[name] = Service(task, uri, settings, served, log)
     if len(missing) == len(names) == 1:
         raise missing[0]
     if len(missing) == len(names):
@@ -353,8 +368,12 @@ def load_services(params: Params, settings: ServingConfig, model_uri: str | None
 
 @contextlib.asynccontextmanager
 async def running(services: Iterable[Service]) -> AsyncIterator[None]:
-    """Run every service's batch worker and watcher while the app runs."""
+    """Run every service's batch worker and watcher, and their prediction log's writer, while the app runs."""
+    services = list(services)
     async with contextlib.AsyncExitStack() as stack:
+        for log in {service.log for service in services if service.log}:  # one, shared
+            log.start()
+            stack.push_async_callback(asyncio.to_thread, log.stop)  # after the workers stop: what they offered is written
         for service in services:
             await stack.enter_async_context(service.running())
         yield
