@@ -122,6 +122,41 @@ def test_predict_health_version_and_docs(url):
         assert client.get("/docs").status_code == 200
 
 
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """GET /metrics, parsed: each sample's value by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain; version=")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def test_ready_version_header_and_prometheus_metrics(url):
+    before = scrape(url)
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/ready").json() == {"ready": True, "pipelines": {"sentiment": {"status": "ok", "model_version": "1"}}}
+        for path in ("/predict", "/sentiment/predict"):
+            answer = client.post(path, json={"texts": [POSITIVE, NEUTRAL]})
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == answer.json()["model_version"] == "1"
+        assert client.post("/predict", json={"texts": []}).status_code == 422
+    after = scrape(url)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("finetune_requests_total", pipeline="sentiment", status="200") == 2  # /predict is sentiment's
+    assert grew("finetune_requests_total", pipeline="sentiment", status="422") == 1
+    assert grew("finetune_request_seconds_count", pipeline="sentiment") == 3
+    assert grew("finetune_batch_texts_sum", pipeline="sentiment") == 4  # two calls of two texts (or one of four)
+    assert after[("finetune_model_info", (("name", NAME), ("pipeline", "sentiment"), ("runtime", "torch"), ("version", "1")))] == 1
+    assert after[("finetune_pipeline_ready", (("pipeline", "sentiment"),))] == 1
+    assert after[("finetune_prediction_log_dropped_total", (("reason", "queue_full"),))] == 0
+    assert ("finetune_prediction_log_queue_depth", ()) in after
+    assert grew("finetune_prediction_log_written_total", pipeline="sentiment") in (0, 4)  # written by now, or still queued
+
+
 def test_every_answer_is_logged_to_the_prediction_store_once(registry, tmp_path):
     from pipeline.monitoring.store import new_served, open_store, stored_rows
 
@@ -640,7 +675,10 @@ def test_finetune_serve_serves_the_pipelines_with_a_model_and_waits_for_the_othe
         assert "serve: POST /ner/predict: ner v1 (models:/ner@champion) with torch" in lines
         assert ("serve: POST /later/predict: no model at models:/ner-later@champion yet: answers 503 until one is registered "
                 "(checked every 30 s, or POST /reload)") in lines
-        assert httpx.get(f"{url}/health").json()["pipelines"]["later"] == {"status": "no_model", "model_version": None}
+        health, ready = httpx.get(f"{url}/health"), httpx.get(f"{url}/ready")
+        assert health.status_code == 200 and health.json()["pipelines"]["later"] == {"status": "no_model", "model_version": None}
+        assert ready.status_code == 503 and ready.json()["ready"] is False  # alive, not ready: no traffic yet
+        assert ready.json()["pipelines"]["later"] == {"status": "no_model", "model_version": None}
         waiting = httpx.post(f"{url}/later/predict", json={"texts": NER_TEXTS})
         assert waiting.status_code == 503 and waiting.json()["detail"] == (
             "later has no model yet: nothing at models:/ner-later@champion; it is served once one is registered")
@@ -652,6 +690,7 @@ def test_finetune_serve_serves_the_pipelines_with_a_model_and_waits_for_the_othe
         assert httpx.post(f"{url}/later/reload").json() == {"reloaded": True, "version": "1"}
         answered = httpx.post(f"{url}/later/predict", json={"texts": NER_TEXTS})
         assert answered.status_code == 200 and answered.json()["model_version"] == "1"
+        assert httpx.get(f"{url}/ready").json() == {"ready": True, "pipelines": httpx.get(f"{url}/health").json()["pipelines"]}
     finally:
         server.terminate()
         server.wait()

@@ -12,6 +12,9 @@
 - The monitored pipelines' answers (serving.log_share of them) go to the prediction store for the
   monitor, written by one thread from a bounded queue (pipeline/monitoring/served.py): a request
   never waits for the store; answers that do not fit are dropped from the log and counted.
+- For operators: GET /health is liveness, GET /ready readiness (503 until every pipeline has a
+  model), GET /metrics Prometheus' (pipeline/serving/metrics.py); every predict answer names its
+  model version in the header X-Model-Version.
 - The port is bound before the models load, so a port in use fails at once; it listens once they
   are loaded. Idle connections stay open `keep_alive_seconds`: uvicorn's default, 5 s, is exactly
   how long httpx keeps one for reuse, so a client could reuse a connection just as the server
@@ -27,11 +30,13 @@ import errno
 import logging
 import re
 import socket
+import time
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Literal
+from typing import Annotated, Any, AsyncIterator, Callable, Iterable, Iterator, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator, create_model
 
 from pipeline import tracking
@@ -39,6 +44,7 @@ from pipeline.errors import ModelError, ServiceError
 from pipeline.monitoring.served import PredictionLog
 from pipeline.params import Params, ServingConfig
 from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version
+from pipeline.serving.metrics import Metrics
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
 from pipeline.tasks.text_classification import TextClassificationTask
@@ -46,6 +52,7 @@ from pipeline.tasks.token_classification import TokenClassificationTask
 from pipeline.tasks.translation import TranslationTask
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so messages show beside its own
+VERSION_HEADER = "X-Model-Version"  # on every predict answer: the version that made its predictions
 
 
 # the served model -------------------------------------------------------------------------------
@@ -176,6 +183,11 @@ class Health(BaseModel):
     pipelines: dict[str, PipelineHealth]
 
 
+class Readiness(BaseModel):
+    ready: bool = Field(description="every pipeline has a model to answer with")
+    pipelines: dict[str, PipelineHealth]
+
+
 class Version(BaseModel):
     name: str
     version: str | None  # None: the pipeline has no model yet
@@ -220,6 +232,7 @@ class Service:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.held: Pending | None = None  # a request that did not fit the last batch: first in the next
         self.reload_lock = asyncio.Lock()
+        self.observe_batch: Callable[[int], None] = lambda texts: None  # the app's batch-size histogram, once it has one
 
     @property
     def version(self) -> str | None:
@@ -273,6 +286,7 @@ class Service:
             batch = await self.next_batch()
             served = self.served  # this batch finishes on this model even if a swap happens meanwhile
             examples = [{"text": text} for pending in batch for text in pending.texts]
+            self.observe_batch(len(examples))
             top_k = max(pending.top_k for pending in batch)  # ranks enough labels for every request in the batch
             options = {"top_k": top_k} if top_k else {}
             try:
@@ -397,12 +411,14 @@ def add_predict_route(app: FastAPI, path: str, service: Service, body: type[Base
 
     @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True,
               summary=f"Predict with {service.task.name} ({service.uri})")
-    async def predict(request: body) -> response:
-        """Predictions for each text, in the order of `texts`; 503 while the pipeline has no model yet."""
+    async def predict(request: body, answer: Response) -> response:
+        """Predictions for each text, in the order of `texts`, and the version that made them in the header
+        X-Model-Version; 503 while the pipeline has no model yet."""
         if service.served is None:
             raise HTTPException(503, f"{service.task.name} has no model yet: nothing at {service.uri}; it is served "
                                      "once one is registered")
         version, predictions = await service.predict(request.texts, getattr(request, "top_k", None) or 0)  # a classifier's
+        answer.headers[VERSION_HEADER] = version
         return response(model_version=version, predictions=predictions)
 
 
@@ -430,6 +446,11 @@ async def reload_checked(service: Service) -> Reload:
     return Reload(reloaded=reloaded, version=service.version)
 
 
+def pipeline_health(services: dict[str, Service]) -> dict[str, PipelineHealth]:
+    """Each pipeline's status (ok, or no_model) and version."""
+    return {name: PipelineHealth(status="ok" if s.served else "no_model", model_version=s.version) for name, s in services.items()}
+
+
 def version_of(service: Service) -> Version:
     """The version a service answers with and where it came from (name and alias only, before its first)."""
     served = service.served
@@ -443,6 +464,9 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
     """The HTTP API of `services` (by pipeline name), POST /predict being `default`'s; their workers and
     watchers run for the app's lifetime."""
     settings = services[default].settings
+    metrics = Metrics(services)
+    for name, service in services.items():
+        service.observe_batch = metrics.batch_texts.labels(pipeline=name).observe
     app = FastAPI(
         title="finetune-pipeline serving",
         summary=f"Predicts with {', '.join(s.uri for s in services.values())}, batching concurrent requests.",
@@ -465,6 +489,18 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
                                            "(serving.max_texts_per_request x serving.max_text_chars)"}, status_code=413)
         return await call_next(request)
 
+    predicting = {"/predict": default, **{f"/{name}/predict": name for name in services}}
+
+    @app.middleware("http")
+    async def count_predict_requests(request: Request, call_next):
+        """Every predict request's status and latency into the metrics, refused ones (4xx) included."""
+        pipeline = predicting.get(request.url.path) if request.method == "POST" else None
+        started = time.perf_counter()
+        response = await call_next(request)
+        if pipeline:
+            metrics.answered(pipeline, response.status_code, time.perf_counter() - started)
+        return response
+
     bodies = {name: request_model(service.task, settings) for name, service in services.items()}
     add_predict_route(app, "/predict", services[default], bodies[default])
     for name, service in services.items():
@@ -472,10 +508,22 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Health:
-        """Up, and each pipeline's model version (the app only starts once the models that exist are loaded)."""
-        pipelines = {name: PipelineHealth(status="ok" if s.served else "no_model", model_version=s.version)
-                     for name, s in services.items()}
-        return Health(status="ok", model_version=services[default].version, pipelines=pipelines)
+        """Liveness: the process answers. With each pipeline's model version (the app only starts once the
+        models that exist are loaded)."""
+        return Health(status="ok", model_version=services[default].version, pipelines=pipeline_health(services))
+
+    @app.get("/ready", responses={503: {"model": Readiness, "description": "a pipeline has no model yet"}})
+    async def ready() -> Readiness:
+        """Readiness: 200 once every pipeline has a model to answer with, 503 until then."""
+        readiness = Readiness(ready=all(s.served for s in services.values()), pipelines=pipeline_health(services))
+        if not readiness.ready:
+            return JSONResponse(readiness.model_dump(), status_code=503)
+        return readiness
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> PlainTextResponse:
+        """The metrics in Prometheus' text format (see pipeline/serving/metrics.py)."""
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version")
     async def version() -> Versions:
