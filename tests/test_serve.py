@@ -9,9 +9,12 @@ import copy
 import dataclasses
 import http.client
 import http.server
+import itertools
 import json
+import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -350,6 +353,110 @@ def test_a_new_champion_is_swapped_in_without_failed_requests(url, tiny_model):
     switches = [version for i, (_, version) in enumerate(results) if i == 0 or results[i - 1][1] != version]
     assert switches == ["1", "2", "1"]
     assert httpx.get(f"{url}/version").json()["version"] == "1"
+
+
+def start_replica(params_file: Path, output: Path) -> tuple[subprocess.Popen, str]:
+    """A `finetune serve` process on a free port, its output to a file (a pipe nobody reads would fill
+    and stall it); the process and its URL once it listens."""
+    with output.open("w") as sink:
+        server = subprocess.Popen([str(FINETUNE), "--params", str(params_file), "serve", "--port", "0"], stdout=sink, stderr=subprocess.STDOUT)
+    found = None
+
+    def listening() -> bool:
+        nonlocal found
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", output.read_text())
+        return bool(found) or server.poll() is not None
+
+    wait_until(listening, timeout=120)
+    assert found, f"the replica exited before listening:\n{output.read_text()}"
+    return server, found[1]
+
+
+def test_two_replicas_under_load_both_take_a_promotion_and_the_monitor_sees_every_answer_once(registry, tiny_model, tmp_path,
+                                                                                             prefect_server):
+    import mlflow
+    from sqlalchemy import text as sql
+
+    from flows.monitor import monitor
+    from pipeline.monitoring.store import new_served, open_store
+    from pipeline.registry import load_registered
+    from pipeline.tasks import get_task
+
+    client = mlflow.MlflowClient()
+    if not any(str(v.version) == "2" for v in client.search_model_versions(f"name='{NAME}'")):  # the hot-swap test made it
+        train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=0.5, sentiment__train__seed=7)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    texts = [row["text"] for row in make_rows(120, seed=21)]
+    task = get_task("sentiment", load_params().task("sentiment"))
+    expected = {version: dict(zip(texts, (p["label"] for p in task.predict(*load_registered(task, f"models:/{NAME}/{version}"),
+                                                                          [{"text": t} for t in texts]))))
+                for version in ("1", "2")}
+    assert expected["1"] != expected["2"]  # so an answer tells which version made it
+
+    params_text = Path("params.yaml").read_text()
+    params = yaml.safe_load(params_text)
+    params["serving"] = {**params.get("serving", {}), "reload_seconds": 0.5}
+    params["monitoring"] = {"db": str(tmp_path / "predictions.db")}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))  # the replicas' and the monitor's
+    replicas, answers, stop = [], [], threading.Event()  # answers: (replica, status, header, body version, texts, labels)
+
+    def balance(seed: int) -> None:
+        """One client behind a round-robin load balancer."""
+        pick = random.Random(seed)
+        with httpx.Client(timeout=60) as http:
+            for turn in itertools.count(seed):
+                if stop.is_set():
+                    return
+                sent = pick.sample(texts, 2)
+                index = turn % len(replicas)
+                response = http.post(f"{replicas[index][1]}/predict", json={"texts": sent})
+                body = response.json() if response.is_success else {}
+                answers.append((index, response.status_code, response.headers.get("x-model-version"), body.get("model_version"),
+                                sent, [p["label"] for p in body.get("predictions", [])]))
+
+    try:
+        replicas = [start_replica(Path("params.yaml"), tmp_path / f"replica-{i}.log") for i in range(2)]
+        clients = [threading.Thread(target=balance, args=(seed,)) for seed in range(4)]
+        for thread in clients:
+            thread.start()
+        wait_until(lambda: len(answers) > 40)
+        client.set_registered_model_alias(NAME, "champion", "2")  # a promotion in the middle of the load
+        wait_until(lambda: all(httpx.get(f"{url}/version").json()["version"] == "2" for _, url in replicas), timeout=30)
+        served_before = len(answers)
+        wait_until(lambda: len(answers) > served_before + 40)
+        stop.set()
+        for thread in clients:
+            thread.join()
+    finally:
+        stop.set()
+        for server, _ in replicas:
+            server.send_signal(signal.SIGINT)  # Ctrl-C: what is queued is written, the batches handed over
+        for server, _ in replicas:
+            server.wait(timeout=60)
+        Path("params.yaml").write_text(params_text)
+
+    assert {status for _, status, *_ in answers} == {200}
+    assert all(header == version for _, _, header, version, _, _ in answers)
+    assert all(labels == [expected[version][t] for t in sent] for _, _, _, version, sent, labels in answers)  # made by that version
+    assert {(replica, version) for replica, _, _, version, _, _ in answers} == {(0, "1"), (1, "1"), (0, "2"), (1, "2")}  # both swapped
+    assert all(server.returncode == 0 for server, _ in replicas)
+
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
+        served = new_served(engine, "sentiment")
+        assert len({name.split("/")[1] for name in served}) == 2  # each replica wrote batches of its own
+        report = monitor(task="sentiment")
+        by_champion = sum(len(sent) for _, _, _, version, sent, _ in answers if version == "2")
+        assert (report["served_batches"], report["served_texts"]) == (len(served), by_champion)
+        with engine.begin() as connection:
+            rows = connection.execute(sql("SELECT count(*), count(DISTINCT batch || '#' || position) FROM predictions "
+                                           "WHERE batch LIKE 'served/%'")).one()
+        assert rows == (2 * len(answers), 2 * len(answers))  # every answered text, once
+        assert new_served(engine, "sentiment") == [] and monitor(task="sentiment") == {}  # checked once
+    finally:
+        Path("params.yaml").write_text(params_text)
+        client.set_registered_model_alias(NAME, "champion", "1")  # as the module's other tests expect
 
 
 def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
