@@ -96,9 +96,11 @@ def store_url(location: str) -> str:
 
 
 def sqlite_pragmas(connection, _record) -> None:
-    """WAL (readers never wait for the writer); SQLAlchemy, not the driver, begins the transactions."""
+    """WAL (readers never wait for the writer), synced at checkpoints rather than at every commit (a power
+    cut may lose the last commits, never corrupts); SQLAlchemy, not the driver, begins the transactions."""
     connection.isolation_level = None
     connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_SECONDS * 1000}")
 
 
@@ -235,12 +237,15 @@ def prediction_row(pipeline: str, row: Record, prediction: Record, version: str,
             "label": " ".join(counted(prediction)), "score": prediction["score"], "model_version": version, "scored_at": scored_at}
 
 
-def add_predictions(connection: Connection, engine: Engine, values: list[Record]) -> int:
-    """Insert prediction rows, leaving out any stored before; returns how many were added."""
+def add_predictions(connection: Connection, engine: Engine, values: list[Record], count: bool = True) -> int | None:
+    """Insert prediction rows, leaving out any stored before; returns how many were added (with `count`)."""
     if not values:
         return 0
-    new = insert(engine, PREDICTIONS).on_conflict_do_nothing().returning(PREDICTIONS.c.id)
-    return len(connection.execute(new, values).all())
+    new = insert(engine, PREDICTIONS).on_conflict_do_nothing()
+    if not count:  # one executemany, without fetching a row back per insert
+        connection.execute(new, values)
+        return None
+    return len(connection.execute(new.returning(PREDICTIONS.c.id), values).all())
 
 
 def store(engine: Engine, pipeline: str, rows: list[Record], predictions: list[Record], version: str, names: list[str]) -> int:
