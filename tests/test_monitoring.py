@@ -130,8 +130,8 @@ def score_every_batch(location: str, incoming: str, start, results) -> None:
     from pipeline.params import MonitoringConfig
 
     settings = MonitoringConfig(tasks=["sentiment"], input=incoming)
+    start.wait()  # both runs begin at the same moment, the store's tables not created yet
     engine = open_store(location, "sentiment")
-    start.wait()  # both runs begin at the same moment
     scored = []
     for batch in new_batches(settings, "sentiment", engine):  # one at a time, so the runs interleave
         with claimed(engine, "sentiment", [batch_name(batch, settings)]) as got:
@@ -146,7 +146,8 @@ def score_every_batch(location: str, incoming: str, start, results) -> None:
 
 
 def two_runs_at_once(location: str, tmp_path: Path) -> None:
-    """Two processes score the same 30 batches and one file at once: each batch is scored by one, each row stored once."""
+    """Two processes open a new store and score the same 30 batches and one file at once: each batch is scored
+    by one, each row stored once."""
     import multiprocessing
 
     from sqlalchemy import text
@@ -157,7 +158,6 @@ def two_runs_at_once(location: str, tmp_path: Path) -> None:
     for i in range(30):
         write_texts(incoming / "sentiment" / f"day-{i:02d}.csv", [f"text {i} {j}" for j in range(20)])
     write_texts(tmp_path / "by-hand.csv", [f"by hand {j}" for j in range(20)])
-    open_store(location, "sentiment").dispose()  # the tables exist before the race
     context = multiprocessing.get_context("spawn")
     start, results = context.Event(), context.Queue()
     runs = [context.Process(target=score_every_batch, args=(location, str(incoming), start, results)) for _ in range(2)]
@@ -184,6 +184,7 @@ def test_two_runs_at_once_count_each_row_once_on_postgresql(tmp_path, postgres):
 
 
 def served_batches(location: str) -> list[tuple]:
+    """(pipeline, name, claimed_by, scored_at) of every batch in the store."""
     from sqlalchemy import text
 
     from pipeline.monitoring.store import open_store
@@ -192,11 +193,12 @@ def served_batches(location: str) -> list[tuple]:
         return connection.execute(text("SELECT pipeline, name, claimed_by, scored_at FROM batches ORDER BY name")).all()
 
 
-def test_served_answers_are_written_off_the_request_path_in_batches_the_monitor_takes_once_handed_over(tmp_path, monkeypatch):
+def served_answers_round_trip(location: str) -> None:
+    """Answers offered to a prediction log reach the store at `location` in batches of the server's, which
+    the monitor can claim once they are handed over, with their predictions as they were answered."""
     from pipeline.monitoring import served
     from pipeline.monitoring.store import claim, new_served, open_store, stored_rows
 
-    location = str(tmp_path / "predictions.db")
     log = served.PredictionLog(location, "sentiment", ["sentiment", "ner"], share=1.0, capacity=100)
     log.offer("sentiment", "3", ["Profit rose", "Loss widened"], [{"label": "positive", "score": 0.9}, {"label": "negative", "score": 0.8}])
     log.offer("ner", "1", ["Anna Berg joined Norvik Bank"], [{"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}])
@@ -221,6 +223,15 @@ def test_served_answers_are_written_off_the_request_path_in_batches_the_monitor_
         ("Sales were flat", 2, {"label": "neutral", "score": 0.6}, "4")]
     assert [p for _, p, _ in stored_rows(engine, "ner", new_served(engine, "ner"), tagger=True)] == [
         {"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}]
+
+
+def test_served_answers_are_written_off_the_request_path_in_batches_the_monitor_takes_once_handed_over(tmp_path):
+    served_answers_round_trip(str(tmp_path / "predictions.db"))
+
+
+@pytest.mark.e2e
+def test_served_answers_round_trip_through_postgresql(postgres):
+    served_answers_round_trip(postgres.create_database("served"))
 
 
 def test_a_served_batch_is_handed_over_after_roll_seconds_while_the_server_runs(tmp_path, monkeypatch):

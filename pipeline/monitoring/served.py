@@ -130,6 +130,10 @@ class PredictionLog:
         while True:
             stopping = self.stopping.is_set()  # read first: what was queued before stop() is still written
             answers = self.take()
+            if not answers and not self.open:  # nothing to write or hand over: no need for the store
+                if stopping:
+                    return
+                continue
             try:
                 engine = engine or open_store(self.location, self.first)
                 if answers:

@@ -53,6 +53,7 @@ from pipeline.records import Record
 
 SERVED = "served/"  # the name of every batch of served answers begins so
 CLAIM_SECONDS = 3600  # a killed run's batches are scored again by the first run after this
+SCHEMA_LOCK = 7461_2026  # the PostgreSQL advisory lock taken while the tables are created
 SQLITE_WAIT_SECONDS = 60  # how long a writer waits for another to finish its transaction
 
 metadata = MetaData()
@@ -123,6 +124,8 @@ def open_store(location: str, first: str) -> Engine:
         event.listen(engine, "begin", begin_immediate)
     try:
         with engine.begin() as connection:  # a migration happens whole or not at all
+            if engine.dialect.name == "postgresql":  # two first opens at once: one creates the tables, the other waits
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             migrate(connection, first)
             metadata.create_all(connection)
     except OperationalError as exc:
