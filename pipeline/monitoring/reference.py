@@ -50,17 +50,21 @@ def reference(task: Task, model, tokenizer, version: Any, outputs: Path) -> dict
     if cache.exists():
         return load_json(cache)
     words_seen, val = reference_data(task, version, outputs)
-    predictions = task.predict(model, tokenizer, val)
-    ref = {
-        "model_version": str(version.version),
-        "data_hash": version.tags.get("data_hash"),
+    ref = {"model_version": str(version.version), "data_hash": version.tags.get("data_hash"),
+           **figures(task, val, task.predict(model, tokenizer, val), words_seen)}
+    save_json(cache, ref)  # whole: a monitor run beside this one reads the old file or this one
+    return ref
+
+
+def figures(task: Task, val: list[Record], predictions: list[Record], words_seen: list[str]) -> dict:
+    """What drift is measured against: the counts (labels or entity types) and mean confidence of the
+    predictions on the validation examples, their rate of words unseen in training, and the vocabulary."""
+    return {
         "labels": dict(Counter(c for p in predictions for c in counted(p))),
         "mean_confidence": mean_score(predictions),
         "oov_rate": oov_rate([task.unlabelled_text(r) for r in val], set(words_seen)),
         "vocabulary": words_seen,
     }
-    save_json(cache, ref)  # whole: a monitor run beside this one reads the old file or this one
-    return ref
 
 
 def reference_data(task: Task, version: Any, outputs: Path) -> tuple[list[str], list[Record]]:
