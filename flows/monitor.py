@@ -38,6 +38,7 @@ from pipeline.monitoring.store import (
     batch_name,
     claimed,
     daily_counts,
+    local_folder,
     new_batches,
     new_served,
     open_store,
@@ -63,8 +64,7 @@ def first_pipeline(settings: MonitoringConfig) -> str:
 def monitor_lock(pipeline: str, settings: MonitoringConfig) -> tuple[str, AbstractContextManager]:
     """(what it is, the lock) that one pipeline's monitor runs take, one at a time: beside a SQLite store,
     else shared by every process writing to the database server."""
-    local = None if "://" in settings.db else Path(settings.db).parent
-    return shared_lock(limit_name("monitor", pipeline), local, settings.db)
+    return shared_lock(limit_name("monitor", pipeline), local_folder(settings.db), settings.db)
 
 
 @flow(name="monitor", log_prints=True)

@@ -84,12 +84,22 @@ def run_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def is_url(location: str) -> bool:
+    """Whether monitoring.db names a database server rather than a SQLite file."""
+    return "://" in location
+
+
+def local_folder(location: str) -> Path | None:
+    """The folder of a SQLite store; None for a database server."""
+    return None if is_url(location) else Path(location).parent
+
+
 def store_url(location: str) -> str:
     """A SQLAlchemy URL for monitoring.db: a path as a SQLite file; a URL as it is, PostgreSQL's through
     psycopg2 (a dependency) unless it names another driver."""
     if location.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg2://" + location.split("://", 1)[1]
-    if "://" in location:
+    if is_url(location):
         return location
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +139,7 @@ def open_store(location: str, first: str) -> Engine:
             migrate(connection, first)
             metadata.create_all(connection)
     except OperationalError as exc:
-        shown = make_url(location).render_as_string(hide_password=True) if "://" in location else location
+        shown = make_url(location).render_as_string(hide_password=True) if is_url(location) else location
         raise ServiceError(f"monitoring.db {shown}: cannot open the prediction store ({' '.join(str(exc.orig).split())}): "
                            "start the database or fix the address") from None
     return engine

@@ -473,14 +473,14 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
         lifespan=lambda app: running(services.values()),
     )
     body_limit = max_body_bytes(settings)
-    predict_paths = {"/predict", *(f"/{name}/predict" for name in services)}
+    predicting = {"/predict": default, **{f"/{name}/predict": name for name in services}}  # the pipeline of each predict route
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
         """413 before a byte of an oversized body is read, 411 for a predict body of unknown length,
         400 for a length that is no number (uvicorn's parser answers that itself; another ASGI server may not)."""
         declared = request.headers.get("content-length")
-        if request.method == "POST" and request.url.path in predict_paths and declared is None:
+        if request.method == "POST" and request.url.path in predicting and declared is None:
             return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
         if declared is not None and not declared.strip().isdigit():
             return JSONResponse({"detail": f"the Content-Length header must be a number of bytes, got {declared!r}"}, status_code=400)
@@ -488,8 +488,6 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
             return JSONResponse({"detail": f"the body has {declared} bytes; at most {body_limit} are accepted "
                                            "(serving.max_texts_per_request x serving.max_text_chars)"}, status_code=413)
         return await call_next(request)
-
-    predicting = {"/predict": default, **{f"/{name}/predict": name for name in services}}
 
     @app.middleware("http")
     async def count_predict_requests(request: Request, call_next):
