@@ -296,6 +296,27 @@ def test_the_chi_square_oov_and_confidence_figures_on_known_inputs():
     assert drift["confidence"]["drop"] == pytest.approx(0.4) and drift["confidence"]["drifted"]
 
 
+def test_the_class_probability_and_embedding_shift_tests_on_known_samples():
+    import numpy as np
+
+    from pipeline.monitoring.drift import class_probability_shift, embedding_shift
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet([5, 2, 1], 300)
+    assert class_probability_shift(probabilities, probabilities) == (0.0, 1.0)  # the same sample: no difference at all
+    statistic, pvalue = class_probability_shift(probabilities, rng.dirichlet([1, 2, 5], 100))
+    assert statistic > 0.5 and pvalue < 1e-6
+    embeddings = rng.normal(size=(300, 16))
+    assert embedding_shift(embeddings, embeddings) == (pytest.approx(0.0, abs=1e-12), 1.0)
+    mmd, pvalue = embedding_shift(embeddings, rng.normal(0.5, 1, size=(100, 16)), permutations=99)
+    assert mmd > 0 and pvalue == 0.01  # no random split is as far apart: the smallest p-value 99 splits can give
+
+    # Same distribution on both sides: each test alarms at p < 0.05 in about 5% of draws (Bonferroni: at most)
+    alarms = [(class_probability_shift(probabilities, rng.dirichlet([5, 2, 1], 100))[1] < 0.05,
+               embedding_shift(embeddings, rng.normal(size=(100, 16)), permutations=99, seed=i)[1] < 0.05) for i in range(100)]
+    assert all(sum(column) <= 12 for column in zip(*alarms))  # 5 expected; 12 is 3 standard deviations above
+
+
 @pytest.fixture
 def sentiment(tmp_path, monkeypatch, tiny_model):
     """The sentiment task of tiny params, with the tiny random model (cwd: a temp folder)."""

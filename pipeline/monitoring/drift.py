@@ -1,12 +1,15 @@
 """Drift statistics: what the champion predicts on incoming text against what it predicted on its
 reference data (a chi-square on the labels or entity types counted, the drop in mean confidence,
-the rise in the share of words never seen in training), each with its threshold and verdict.
+the rise in the share of words never seen in training), each with its threshold and verdict; and the two
+detectors "Failing Loudly" (Rabanser et al., 2019) found strongest, on the champion's predicted
+probabilities and on its own embeddings of the text.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any
 
 from pipeline.params import MonitoringConfig
 from pipeline.records import Record
@@ -49,6 +52,33 @@ def label_shift_pvalue(reference_counts: dict[str, int], counts: dict[str, int])
         return 1.0  # one label on both sides, or nothing counted on one (no entities): no mix to compare
     table = [[reference_counts.get(label, 0) for label in labels], [counts.get(label, 0) for label in labels]]
     return float(chi2_contingency(table).pvalue)
+
+
+def class_probability_shift(reference: Any, current: Any) -> tuple[float, float]:
+    """Black-box shift detection (BBSD): a Kolmogorov-Smirnov test per class on the predicted probabilities
+    ([texts, classes] each); (the largest KS statistic, the smallest p-value Bonferroni-corrected for the classes)."""
+    from scipy.stats import ks_2samp
+
+    tests = [ks_2samp(reference[:, k], current[:, k]) for k in range(reference.shape[1])]
+    return max(float(t.statistic) for t in tests), min(1.0, reference.shape[1] * min(float(t.pvalue) for t in tests))
+
+
+def embedding_shift(reference: Any, current: Any, permutations: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Maximum mean discrepancy between two samples of embeddings ([texts, hidden] each), RBF kernel with the
+    median heuristic for its width; (MMD², the p-value of a permutation test: the share of random splits of
+    the pooled texts at least as far apart)."""
+    import numpy as np
+
+    pooled = np.vstack([reference, current]).astype(np.float64)
+    norms = (pooled * pooled).sum(axis=1)
+    distances = np.maximum(norms[:, None] + norms[None, :] - 2 * pooled @ pooled.T, 0)
+    kernel = np.exp(-distances / np.median(distances[distances > 0]))
+    # MMD² (biased) of a split is wᵀKw, w = 1/m on one side and -1/n on the other: all splits in one product
+    split = np.r_[np.full(len(reference), 1 / len(reference)), np.full(len(current), -1 / len(current))]
+    rng = np.random.default_rng(seed)
+    splits = np.column_stack([split] + [rng.permutation(split) for _ in range(permutations)])
+    mmd = ((kernel @ splits) * splits).sum(axis=0)
+    return float(mmd[0]), float((1 + (mmd[1:] >= mmd[0]).sum()) / (permutations + 1))
 
 
 def measure_drift(ref: dict, texts: list[str], predictions: list[Record], settings: MonitoringConfig, shift: str) -> dict:
