@@ -14,9 +14,10 @@ larger than its pool is drawn with replacement), `--windows` per kind and size (
 - `negative_20`, `negative_30`, `negative_60`: the test split resampled so that 20%, 30%, 60% of the
   texts are negative by their gold label (11% in the split), the rest in their own proportions.
 Detectors, each timed per window (the scoring, shared by all, is timed apart, per text):
-- the monitor's own (measure_drift, monitoring's defaults): `label_shift` (chi-square on predicted
-  labels), `confidence` (drop in mean confidence), `oov_rate` (rise in unseen words), `monitor_any`
-  (its alarm: one of them);
+- the monitor's own (measure_drift, monitoring's defaults): `label_shift` (the predicted labels: a
+  chi-square p-value and how far their shares moved), `chi_square_only` (the p-value alone, the rule
+  before the distance), `confidence` (drop in mean confidence), `oov_rate` (rise in unseen words),
+  `monitor_alarm` (its alarm: a figure of monitoring.alarm drifted);
 - the "Failing Loudly" anchors (Rabanser et al., 2019), alarm at p < 0.05: `class_probabilities` (BBSD,
   a KS test per class on the predicted probabilities, Bonferroni) and `embeddings_mmd` (MMD on the
   champion's embeddings, permutation test);
@@ -25,7 +26,8 @@ Detectors, each timed per window (the scoring, shared by all, is timed apart, pe
   (its text method takes about two seconds a window).
 Per detector, kind and size: the share of windows that alarm and the milliseconds a window takes; on
 the windows Evidently saw, every detector's rate; and, from each detector's score, its detection rate
-at the threshold that keeps false alarms at 5% (its best use, whatever its default threshold).
+at the threshold that keeps false alarms at 5% (its best use, whatever its default threshold); and
+the label figure's alarm rates under other thresholds (`label_rule_sweep`), to set its defaults.
 The CPU model and flags are recorded beside them. Writes benchmarks/results/drift.json, drift.png
 (detection against false alarms at n=200) and drift-sizes.png (alarm rates against window size).
 
@@ -65,6 +67,7 @@ KINDS = (QUIET, BENIGN, *SHIFTS)
 TARGET = {"max_false_alarm_rate": 0.05, "min_detection_rate": 0.95, "at_size": 200}
 ALPHA = 0.05  # the anchors' significance level, as in Failing Loudly
 PERMUTATIONS = 200  # per MMD test
+SWEEP_PVALUES, SWEEP_DISTANCES = (0.01, 0.05), (0.0, 0.05, 0.075, 0.1, 0.15)  # the label rule's thresholds tried
 FIQA = SHARED_DATA / "fiqa_semeval"
 EVIDENTLY = ["evidently==0.7.23", "pandas<3"]  # 0.7 imports a pandas helper that pandas 3 removed
 EVIDENTLY_VENV = ROOT / "benchmarks" / ".evidently-venv"
@@ -115,22 +118,23 @@ def scored(task, model, tokenizer, records: list[dict]) -> dict:
     return {"text": [r["text"] for r in records], "predictions": predictions, "probabilities": probabilities, "embeddings": embeddings}
 
 
-def detect(ref: dict, pool: dict, indices: list[int]) -> dict:
+def detect(ref: dict, pool: dict, indices: list[int], settings) -> dict:
     """Every project-side detector on one window: {name: {"score" (higher: more drift), "drifted", "seconds"}}."""
-    from pipeline.monitoring.drift import class_probability_shift, embedding_shift, measure_drift
-    from pipeline.params import MonitoringConfig
+    from pipeline.monitoring.drift import class_probability_shift, embedding_shift, fired, measure_drift
 
-    found = {}
     started = time.perf_counter()
-    monitor = measure_drift(ref, [pool["text"][i] for i in indices], [pool["predictions"][i] for i in indices],
-                            MonitoringConfig(), "label_shift")
+    monitor = measure_drift(ref, [pool["text"][i] for i in indices], [pool["predictions"][i] for i in indices], settings, "label_shift")
     seconds = time.perf_counter() - started
-    found["label_shift"] = {"score": -math.log10(max(monitor["label_shift"]["pvalue"], 1e-300)), "drifted": monitor["label_shift"]["drifted"]}
-    found["confidence"] = {"score": monitor["confidence"]["drop"], "drifted": monitor["confidence"]["drifted"]}
-    found["oov_rate"] = {"score": monitor["oov_rate"]["increase"], "drifted": monitor["oov_rate"]["drifted"]}
-    found["monitor_any"] = {"score": None, "drifted": any(figure["drifted"] for figure in monitor.values())}
+    label = monitor["label_shift"]
+    found = {
+        "label_shift": {"score": label["distance"], "drifted": label["drifted"], "pvalue": label["pvalue"], "distance": label["distance"]},
+        "chi_square_only": {"score": -math.log10(max(label["pvalue"], 1e-300)), "drifted": label["pvalue"] < settings.label_shift_pvalue},
+        "confidence": {"score": monitor["confidence"]["drop"], "drifted": monitor["confidence"]["drifted"]},
+        "oov_rate": {"score": monitor["oov_rate"]["increase"], "drifted": monitor["oov_rate"]["drifted"]},
+        "monitor_alarm": {"score": None, "drifted": bool(fired(monitor, settings))},
+    }
     for figure in found.values():
-        figure["seconds"] = seconds  # one call measures all three
+        figure["seconds"] = seconds  # one call measures them all
     started = time.perf_counter()
     _, pvalue = class_probability_shift(ref["probabilities"], pool["probabilities"][indices])
     found["class_probabilities"] = {"score": -math.log10(max(pvalue, 1e-300)), "drifted": pvalue < ALPHA,
@@ -139,6 +143,14 @@ def detect(ref: dict, pool: dict, indices: list[int]) -> dict:
     mmd, pvalue = embedding_shift(ref["embeddings"], pool["embeddings"][indices], PERMUTATIONS)
     found["embeddings_mmd"] = {"score": mmd, "drifted": pvalue < ALPHA, "seconds": time.perf_counter() - started}
     return found
+
+
+def label_rule_sweep(found: dict) -> dict:
+    """The label figure's alarm rate per kind and size under other p-value and distance thresholds (the
+    monitoring keys label_shift_pvalue and label_shift_distance), from each window's p-value and distance."""
+    return {f"p<{pvalue} moved>={distance}": {kind: {str(size): round(statistics.mean(
+        w["label_shift"]["pvalue"] < pvalue and w["label_shift"]["distance"] >= distance for w in found[kind, size]), 4)
+        for size in SIZES} for kind in KINDS} for pvalue in SWEEP_PVALUES for distance in SWEEP_DISTANCES}
 
 
 def evidently_python() -> Path:
@@ -189,44 +201,45 @@ def curve(quiet: list[float], shifted: list[float]) -> tuple[list[float], list[f
             [sum(s > t for s in shifted) / len(shifted) for t in thresholds] + [1.0])
 
 
-def plot_tradeoff(windows: dict, rates: dict, path: Path) -> None:
-    """Per shift kind at n=200: each detector's detection against its false alarms as its threshold moves
-    (the curve), and at its default threshold (the dot)."""
+def panels() -> tuple:
+    """(pyplot, figure, six axes in two rows) for one panel per window kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = (BENIGN, *SHIFTS)
-    figure, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.8), sharey=True)
-    for axis, kind in zip(axes, kinds):
+    figure, axes = plt.subplots(2, 3, figsize=(12, 7.5), sharey=True)
+    return plt, figure, list(axes.flat)
+
+
+def plot_tradeoff(windows: dict, rates: dict, path: Path) -> None:
+    """Per shift kind at n=200: each detector's detection against its false alarms as its threshold moves
+    (the curve), and at its default threshold (the dot)."""
+    plt, figure, axes = panels()
+    for axis, kind in zip(axes, (BENIGN, *SHIFTS)):
         quiet, shifted = windows[QUIET], windows[kind]
         for number, name in enumerate(quiet[0]):
             color = f"C{number}"
             if quiet[0][name]["score"] is not None:
-                axis.plot(*curve([w[name]["score"] for w in quiet], [w[name]["score"] for w in shifted]), color=color, lw=1, label=name)
-            axis.plot(rates[QUIET][name], rates[kind][name], "o", color=color, ms=4)
+                axis.plot(*curve([w[name]["score"] for w in quiet], [w[name]["score"] for w in shifted]), color=color, lw=1)
+            axis.plot(rates[QUIET][name], rates[kind][name], "o", color=color, ms=4, label=name)
         axis.axvline(TARGET["max_false_alarm_rate"], color="black", lw=0.6, ls="--")
         axis.axhline(TARGET["min_detection_rate"], color="black", lw=0.6, ls="--")
         axis.set_xscale("symlog", linthresh=0.01)
         axis.set_xlim(0, 1)
         axis.set_title(kind, fontsize=10)
         axis.set_xlabel("false alarms (unshifted windows)")
-    axes[0].set_ylabel("windows that alarm (n=200)")
-    axes[-1].legend(fontsize=6, loc="lower right")
+        axis.set_ylabel("windows that alarm (n=200)")
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center", title="dot: default threshold")
+    axes[-1].axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def plot_sizes(table: dict, path: Path) -> None:
     """Alarm rate against window size, per kind and detector."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(KINDS), figsize=(3.3 * len(KINDS), 3.4), sharey=True)
+    plt, figure, axes = panels()
     for axis, kind in zip(axes, KINDS):
         for name in table[kind][str(SIZES[0])]["alarm_rate"]:
             axis.plot(SIZES, [table[kind][str(size)]["alarm_rate"][name] for size in SIZES], marker="o", ms=3, lw=1, label=name)
@@ -235,10 +248,10 @@ def plot_sizes(table: dict, path: Path) -> None:
         axis.set_xticks(SIZES, [str(size) for size in SIZES])
         axis.set_title(kind, fontsize=10)
         axis.set_xlabel("texts per window")
-    axes[0].set_ylabel("share of windows that alarm")
-    axes[-1].legend(fontsize=6)
+        axis.set_ylabel("share of windows that alarm")
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -273,22 +286,20 @@ def main() -> None:
     agreed = all_agree_sentences()
     clear = [i for i, record in enumerate(test) if normalise_text(record["text"]) in agreed]
 
-    rng, table, windows, drawn = random.Random(0), {}, {}, {}
+    settings, rng, table, found, drawn = MonitoringConfig(), random.Random(0), {}, {}, {}
     for kind in KINDS:
         table[kind] = {}
         for size in SIZES:
             drawn[kind, size] = [draw_window(kind, size, test, clear, len(other), rng) for _ in range(args.windows)]
-            found = [detect(ref, pools[pool], indices) for pool, indices in drawn[kind, size]]
-            table[kind][str(size)] = {"alarm_rate": alarm_rates(found), "ms_per_window": {
-                name: round(1000 * statistics.median(w[name]["seconds"] for w in found), 2) for name in found[0]}}
+            found[kind, size] = [detect(ref, pools[pool], indices, settings) for pool, indices in drawn[kind, size]]
+            table[kind][str(size)] = {"alarm_rate": alarm_rates(found[kind, size]), "ms_per_window": {
+                name: round(1000 * statistics.median(w[name]["seconds"] for w in found[kind, size]), 2) for name in found[kind, size][0]}}
             print(f"{kind:15s} n={size:4d}: {table[kind][str(size)]['alarm_rate']}", flush=True)
-            if size == TARGET["at_size"]:
-                windows[kind] = found
 
     at, seen = TARGET["at_size"], args.evidently_windows
     verdicts = run_evidently(ref, pools, [window for kind in KINDS for window in drawn[kind, at][:seen]])
+    windows = {kind: found[kind, at][:seen] for kind in KINDS}  # the windows every detector saw
     for number, kind in enumerate(KINDS):
-        windows[kind] = windows[kind][:seen]  # the windows every detector saw
         for window, evidently in zip(windows[kind], verdicts[number * seen:(number + 1) * seen]):
             window.update(evidently)
     same_windows = {kind: alarm_rates(windows[kind]) for kind in KINDS}
@@ -309,7 +320,9 @@ def main() -> None:
         "texts": {"test": len(test), "clear_sentences": len(clear), "val_reference": len(val), "other_source": len(other)},
         "test_label_shares": {label: round(count / len(test), 4) for label, count in sorted(Counter(r["label"] for r in test).items())},
         "reference": {"labels": ref["labels"], "mean_confidence": round(ref["mean_confidence"], 4), "oov_rate": round(ref["oov_rate"], 4)},
-        "settings": {"monitor": {key: getattr(MonitoringConfig(), key) for key in ("label_shift_pvalue", "confidence_drop", "oov_increase")},
+        "label_rule_sweep": label_rule_sweep(found),
+        "settings": {"monitor": {key: getattr(settings, key) for key in ("alarm", "label_shift_pvalue", "label_shift_distance",
+                                                                          "confidence_drop", "oov_increase")},
                      "anchors": {"alpha": ALPHA, "mmd_permutations": PERMUTATIONS}, "evidently": EVIDENTLY},
         "scoring_ms_per_text": round(ms_per_text, 2),
         "data": {"champion": PHRASEBANK, "other_source": "fiqa_semeval/FiQA_post.json + SemEval2017Task5Headlines.json",

@@ -30,7 +30,7 @@ from pipeline import tracking
 from pipeline.errors import ConfigError
 from pipeline.locks import limit_name, shared_lock
 from pipeline.models import use_all_cores
-from pipeline.monitoring.drift import MONITORED, is_tagger, measure_drift
+from pipeline.monitoring.drift import MONITORED, fired, how_far, is_tagger, measure_drift
 from pipeline.monitoring.reference import reference
 from pipeline.monitoring.report import report_path, summary_markdown, write_daily
 from pipeline.monitoring.store import (
@@ -120,10 +120,11 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     ref = reference(task, model, tokenizer, champion, latest_outputs(pipeline))
     shift = MONITORED[task.pipeline_task]
     drift = measure_drift(ref, texts, predictions, settings, shift)
+    alarm = fired(drift, settings)
     report = {
         "pipeline": pipeline, "model": name, "model_version": version, "texts": len(texts), "batches": [str(b) for b in files],
-        "served_texts": len(by_champion), "served_batches": len(served),
-        "reference_data_hash": ref["data_hash"], "drift_detected": any(d["drifted"] for d in drift.values()), "drift": drift,
+        "served_texts": len(by_champion), "served_batches": len(served), "reference_data_hash": ref["data_hash"],
+        "drift_detected": bool(alarm), "alarm": [how_far(figure, drift[figure]) for figure in alarm], "drift": drift,
     }
     plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
     if report["drift_detected"]:
@@ -143,7 +144,7 @@ def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> 
     tags = {"monitor": "true", "task": pipeline, "model_name": report["model"], "model_version": version}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{pipeline}", tags=tags):
         mlflow.log_metrics({
-            f"{shift}_pvalue": drift[shift]["pvalue"], "confidence_drop": drift["confidence"]["drop"],
+            f"{shift}_pvalue": drift[shift]["pvalue"], f"{shift}_distance": drift[shift]["distance"], "confidence_drop": drift["confidence"]["drop"],
             "oov_increase": drift["oov_rate"]["increase"], "drift_detected": float(report["drift_detected"]),
         })
         for path in (report_path(pipeline), *plots):
@@ -152,7 +153,8 @@ def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> 
     if report["drift_detected"]:
         emit(DRIFT_DETECTED, pipeline, {"model_version": version, "report": str(report_path(pipeline)),
                                         "queue": report["labelling_queue"]})
-        get_run_logger().warning("%s: drift detected: retrain requested, texts queued in %s", pipeline, report["labelling_queue"])
+        get_run_logger().warning("%s: drift detected (%s): retrain requested, texts queued in %s", pipeline,
+                                 "; ".join(report["alarm"]), report["labelling_queue"])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pipeline.errors import ConfigError, DataError
 PARAMS_FILE = Path("params.yaml")
 SPLIT_NAMES = ("train", "val", "test")  # the keys of a pre-split data.source, and the splits the split stage writes
 # data.format: what the readers read (pipeline/readers.py); parallel is two aligned files, PREFIX.<source> and PREFIX.<target>
+DriftFigure = Literal["label_shift", "confidence", "oov_rate"]  # what monitoring.alarm may name
 DataFormat = Literal["csv", "tsv", "jsonl", "parquet", "phrasebank", "conll", "parallel"]
 
 
@@ -347,7 +348,9 @@ class MonitoringConfig:
     input: str = "monitoring/incoming"  # csv batches (timestamp,text) in <input>/<pipeline>/; files directly here: the first pipeline's
     schedule: str = "0 * * * *"  # cron for the monitor deployments (hourly)
     db: str = "monitoring/predictions.db"  # the prediction store: a SQLite file, or a database URL (postgresql://...)
-    label_shift_pvalue: float = fraction(0.01)  # chi-square p-value below this: predicted labels drifted
+    alarm: list[DriftFigure] = field(default_factory=lambda: ["label_shift", "oov_rate"])  # the figures whose drift raises the alarm (retrain, labelling queue); the others are reported
+    label_shift_pvalue: float = fraction(0.05)  # chi-square p-value below this ...
+    label_shift_distance: float = fraction(0.075)  # ... and the predicted label shares moved at least this (total variation): labels drifted
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
     oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift
     queue_size: int = at_least(1, 50)  # least certain texts written to data/to_label/ when drift is detected

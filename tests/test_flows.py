@@ -183,7 +183,7 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
 
     report = monitor(str(write_texts(repo / "incoming" / "shifted.csv", SHIFTED * 5, days=("2026-11-28",))))
     assert report["drift_detected"] is True
-    assert report["drift"]["oov_rate"]["drifted"]
+    assert report["drift"]["oov_rate"]["drifted"] and any(why.startswith("oov_rate: increase") for why in report["alarm"])
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
     assert len(queue) == 40 and {"text", "predicted_label", "confidence", "uncertainty"} <= set(queue[0])

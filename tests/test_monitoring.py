@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import LABELS, make_rows, tiny_params, write_params, write_texts
 
-SETTINGS = {"label_shift_pvalue": 0.01, "confidence_drop": 0.1, "oov_increase": 0.15}
+SETTINGS = {"label_shift_pvalue": 0.01, "label_shift_distance": 0.1, "confidence_drop": 0.1, "oov_increase": 0.15}
 
 
 OLD_STORES = {  # the store as earlier versions wrote it: before pipelines were named, and before rows were keyed
@@ -296,6 +296,25 @@ def test_the_chi_square_oov_and_confidence_figures_on_known_inputs():
     assert drift["confidence"]["drop"] == pytest.approx(0.4) and drift["confidence"]["drifted"]
 
 
+def test_a_tiny_real_difference_in_a_large_window_does_not_alarm_and_only_the_alarm_figures_fire():
+    from pipeline.monitoring.drift import fired, label_distance, label_shift_pvalue, measure_drift
+    from pipeline.params import MonitoringConfig
+
+    assert label_distance({"a": 50, "b": 50}, {"a": 70, "b": 30}) == pytest.approx(0.2)  # a fifth would have to change
+    assert label_distance({"a": 10}, {"b": 4}) == 1.0 and label_distance({"a": 10}, {}) == 0.0
+    reference = {"neutral": 3300, "positive": 1700}
+    larger = {"neutral": 3500, "positive": 1500}  # 70% neutral against 66%: real, and small
+    assert label_shift_pvalue(reference, larger) < 1e-4 and label_distance(reference, larger) == pytest.approx(0.04)
+    ref = {"labels": reference, "mean_confidence": 0.9, "oov_rate": 0.05, "vocabulary": ["profit", "rose"]}
+    predictions = [{"label": label, "score": 0.7} for label, count in larger.items() for _ in range(count)]
+    drift = measure_drift(ref, ["profit rose"] * 5000, predictions, MonitoringConfig(**SETTINGS), "label_shift")
+    assert not drift["label_shift"]["drifted"] and drift["confidence"]["drifted"]  # confidence fell by 0.2
+    assert fired(drift, MonitoringConfig(**SETTINGS, alarm=["label_shift", "oov_rate"])) == []  # reported, not alarmed on
+    assert fired(drift, MonitoringConfig(**SETTINGS, alarm=["confidence"])) == ["confidence"]
+    tagger = {"entity_types": {**drift["label_shift"], "drifted": True}}
+    assert fired(tagger, MonitoringConfig(**SETTINGS, alarm=["label_shift"])) == ["entity_types"]  # the chi-square of either kind
+
+
 def test_the_class_probability_and_embedding_shift_tests_on_known_samples():
     import numpy as np
 
@@ -372,10 +391,10 @@ def test_the_report_gives_the_daily_index_or_shares_and_their_plots(tmp_path, se
 
     task, _, _ = sentiment
     days = {"2026-11-26": (4, Counter({"positive": 3, "negative": 1})), "2026-11-27": (2, Counter({"neutral": 2}))}
-    report = {"pipeline": "sentiment", "model": "fin-sentiment", "model_version": "4", "texts": 6, "drift_detected": False,
-              "drift": {"label_shift": {"pvalue": 0.5, "threshold": 0.01, "drifted": False}}}
+    report = {"pipeline": "sentiment", "model": "fin-sentiment", "model_version": "4", "texts": 6, "drift_detected": False, "alarm": [],
+              "drift": {"label_shift": {"pvalue": 0.5, "threshold": 0.01, "distance": 0.02, "min_distance": 0.1, "drifted": False}}}
     plots = write_daily(report, days, task, "4")
     assert report["index"] == [{"date": "2026-11-26", "index": 0.5, "texts": 4}, {"date": "2026-11-27", "index": 0.0, "texts": 2}]
     assert plots == [REPORTS / "sentiment" / "index.png", REPORTS / "sentiment" / "index.html"] and all(p.exists() for p in plots)
-    assert "| 2026-11-26 | +0.500 | 4 |" in summary_markdown(report) and "| label_shift | 0.5000 | 0.01 | False |" in summary_markdown(report)
+    assert "| 2026-11-26 | +0.500 | 4 |" in summary_markdown(report) and "| label_shift: p 0.5 (threshold 0.01), mix moved 0.020 (at least 0.1) | False |" in summary_markdown(report)
     assert [sum(d["shares"].values()) for d in daily_shares(days)] == [pytest.approx(1.0), pytest.approx(1.0)]

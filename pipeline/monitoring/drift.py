@@ -54,6 +54,17 @@ def label_shift_pvalue(reference_counts: dict[str, int], counts: dict[str, int])
     return float(chi2_contingency(table).pvalue)
 
 
+def label_distance(reference_counts: dict[str, int], counts: dict[str, int]) -> float:
+    """How far the mix of labels (or entity types) moved: the total variation distance between the two
+    sets of shares, half their summed absolute differences (0: the same mix; 0.2: a fifth of the
+    predictions would have to change label to match)."""
+    reference_total, total = sum(reference_counts.values()), sum(counts.values())
+    if not reference_total or not total:
+        return 0.0
+    labels = set(reference_counts) | set(counts)
+    return sum(abs(reference_counts.get(label, 0) / reference_total - counts.get(label, 0) / total) for label in labels) / 2
+
+
 def class_probability_shift(reference: Any, current: Any) -> tuple[float, float]:
     """Black-box shift detection (BBSD): a Kolmogorov-Smirnov test per class on the predicted probabilities
     ([texts, classes] each); (the largest KS statistic, the smallest p-value Bonferroni-corrected for the classes)."""
@@ -82,16 +93,34 @@ def embedding_shift(reference: Any, current: Any, permutations: int = 200, seed:
 
 
 def measure_drift(ref: dict, texts: list[str], predictions: list[Record], settings: MonitoringConfig, shift: str) -> dict:
-    """The three drift figures, each with its threshold and verdict; `shift` names the chi-square's (label_shift or entity_types)."""
+    """The three drift figures, each with its threshold and verdict; `shift` names the chi-square's (label_shift
+    or entity_types), which drifts when its p-value is small and the mix moved far enough to matter."""
     counts = dict(Counter(c for p in predictions for c in counted(p)))
-    pvalue = label_shift_pvalue(ref["labels"], counts)
+    pvalue, distance = label_shift_pvalue(ref["labels"], counts), label_distance(ref["labels"], counts)
     confidence = mean_score(predictions)
     oov = oov_rate(texts, set(ref["vocabulary"]))
     return {
-        shift: {"pvalue": pvalue, "threshold": settings.label_shift_pvalue, "reference": ref["labels"],
-                "current": counts, "drifted": pvalue < settings.label_shift_pvalue},
+        shift: {"pvalue": pvalue, "threshold": settings.label_shift_pvalue, "distance": distance,
+                "min_distance": settings.label_shift_distance, "reference": ref["labels"], "current": counts,
+                "drifted": pvalue < settings.label_shift_pvalue and distance >= settings.label_shift_distance},
         "confidence": {"reference": ref["mean_confidence"], "current": confidence, "drop": ref["mean_confidence"] - confidence,
                        "threshold": settings.confidence_drop, "drifted": ref["mean_confidence"] - confidence > settings.confidence_drop},
         "oov_rate": {"reference": ref["oov_rate"], "current": oov, "increase": oov - ref["oov_rate"],
                      "threshold": settings.oov_increase, "drifted": oov - ref["oov_rate"] > settings.oov_increase},
     }
+
+
+def fired(drift: dict, settings: MonitoringConfig) -> list[str]:
+    """The figures that drifted and raise the alarm (monitoring.alarm, where `label_shift` names the
+    chi-square of either kind); the others are only reported."""
+    return [name for name, figure in drift.items()
+            if figure["drifted"] and ("label_shift" if name in MONITORED.values() else name) in settings.alarm]
+
+
+def how_far(name: str, figure: dict) -> str:
+    """One figure against its threshold, in words: what fired and by how much."""
+    if "pvalue" in figure:
+        return (f"{name}: p {figure['pvalue']:.2g} (threshold {figure['threshold']}), "
+                f"mix moved {figure['distance']:.3f} (at least {figure['min_distance']})")
+    change = "drop" if "drop" in figure else "increase"
+    return f"{name}: {change} {figure[change]:.3f} (threshold {figure['threshold']})"

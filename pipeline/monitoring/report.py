@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pipeline.monitoring.drift import is_tagger
+from pipeline.monitoring.drift import how_far, is_tagger
 from pipeline.plots import label_shares_png, sentiment_index_html, sentiment_index_png
 from pipeline.tasks.base import Task
 
@@ -50,10 +50,7 @@ def write_daily(report: dict, days: dict[str, tuple[int, Counter]], task: Task, 
 
 def summary_markdown(report: dict) -> str:
     drift = report["drift"]
-    rows = "\n".join(
-        f"| {name} | {figures.get('pvalue', figures.get('drop', figures.get('increase'))):.4f} | {figures['threshold']} | {figures['drifted']} |"
-        for name, figures in drift.items()
-    )
+    rows = "\n".join(f"| {how_far(name, figure)} | {figure['drifted']} |" for name, figure in drift.items())
     if "index" in report:
         daily = "Daily sentiment index\n\n| date | index | texts |\n|---|---|---|\n" + "\n".join(
             f"| {d['date']} | {d['index']:+.3f} | {d['texts']} |" for d in report["index"])
@@ -63,7 +60,8 @@ def summary_markdown(report: dict) -> str:
             for d in report["shares"])
     return (
         f"# Monitor {report['pipeline']}: {report['model']} v{report['model_version']}\n\n"
-        f"**drift detected: {report['drift_detected']}** on {report['texts']} texts\n\n"
-        f"| measure | value (p-value / drop / increase) | threshold | drifted |\n|---|---|---|---|\n{rows}\n\n"
+        f"**drift detected: {report['drift_detected']}** on {report['texts']} texts"
+        f"{': ' + '; '.join(report['alarm']) if report['alarm'] else ''}\n\n"
+        f"| figure against its threshold | drifted |\n|---|---|\n{rows}\n\n"
         f"## {daily}\n\nPlots: `{REPORTS / report['pipeline']}/`\n"
     )
