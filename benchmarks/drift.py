@@ -15,8 +15,8 @@ larger than its pool is drawn with replacement), `--windows` per kind and size (
   texts are negative by their gold label (11% in the split), the rest in their own proportions.
 Detectors, each timed per window (the scoring, shared by all, is timed apart, per text):
 - the monitor's own (measure_drift, monitoring's defaults): `label_shift` (the predicted labels: a
-  chi-square p-value and how far their shares moved), `chi_square_only` (the p-value alone, the rule
-  before the distance), `confidence` (drop in mean confidence), `oov_rate` (rise in unseen words),
+  chi-square p-value and how far their shares moved), `chi_square_only` (the p-value alone at the same
+  threshold: what the distance adds), `confidence` (drop in mean confidence), `oov_rate` (rise in unseen words),
   `monitor_alarm` (its alarm: a figure of monitoring.alarm drifted);
 - the "Failing Loudly" anchors (Rabanser et al., 2019), alarm at p < 0.05: `class_probabilities` (BBSD,
   a KS test per class on the predicted probabilities, Bonferroni) and `embeddings_mmd` (MMD on the

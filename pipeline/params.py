@@ -349,7 +349,7 @@ class MonitoringConfig:
     schedule: str = "0 * * * *"  # cron for the monitor deployments (hourly)
     db: str = "monitoring/predictions.db"  # the prediction store: a SQLite file, or a database URL (postgresql://...)
     alarm: list[DriftFigure] = field(default_factory=lambda: ["label_shift", "oov_rate"])  # the figures whose drift raises the alarm (retrain, labelling queue); the others are reported
-    label_shift_pvalue: float = fraction(0.05)  # chi-square p-value below this ...
+    label_shift_pvalue: float = fraction(0.01)  # chi-square p-value below this ...
     label_shift_distance: float = fraction(0.075)  # ... and the predicted label shares moved at least this (total variation): labels drifted
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
     oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift
