@@ -148,9 +148,14 @@ def detect(ref: dict, pool: dict, indices: list[int], settings) -> dict:
 def label_rule_sweep(found: dict) -> dict:
     """The label figure's alarm rate per kind and size under other p-value and distance thresholds (the
     monitoring keys label_shift_pvalue and label_shift_distance), from each window's p-value and distance."""
-    return {f"p<{pvalue} moved>={distance}": {kind: {str(size): round(statistics.mean(
-        w["label_shift"]["pvalue"] < pvalue and w["label_shift"]["distance"] >= distance for w in found[kind, size]), 4)
-        for size in SIZES} for kind in KINDS} for pvalue in SWEEP_PVALUES for distance in SWEEP_DISTANCES}
+
+    def rate(windows: list[dict], pvalue: float, distance: float) -> float:
+        return round(statistics.mean(w["label_shift"]["pvalue"] < pvalue and w["label_shift"]["distance"] >= distance
+                                     for w in windows), 4)
+
+    return {f"p<{pvalue} moved>={distance}": {kind: {str(size): rate(found[kind, size], pvalue, distance) for size in SIZES}
+                                              for kind in KINDS}
+            for pvalue in SWEEP_PVALUES for distance in SWEEP_DISTANCES}
 
 
 def evidently_python() -> Path:
