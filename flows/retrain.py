@@ -3,7 +3,9 @@ pipeline (or, with no pipeline named, of each pipeline of `tasks` in turn), one 
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
 retries, logs, a run history and a markdown artifact per task. Each pipeline runs in a workspace of
-its own (flows/workspaces.py), so different pipelines retrain side by side. One pipeline is never
+its own (flows/workspaces.py), so different pipelines retrain side by side. With a default DVC remote,
+a run pulls the pipeline's outputs before and pushes them after, and the registered version records
+the dvc.lock it was built from (flows/storage.py). One pipeline is never
 retrained twice at once: each run holds the slot of the pipeline's Prefect global concurrency limit
 `finetune-retrain-<pipeline>` (pipeline/locks.py), and a file lock per pipeline for runs against
 another Prefect server.
@@ -23,6 +25,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows import storage
 from flows.events import BATCH_REJECTED, emit
 from flows.workspaces import WORKSPACES, command_env, deployed_commit, pipeline_workspace, uncommitted
 from pipeline import tracking
@@ -154,11 +157,15 @@ def retrain(pipeline: str | None = None) -> dict:
             get_run_logger().info("%s: in %s at %s", name, workspace, deployed_commit()[:12])
             for path in uncommitted():
                 get_run_logger().warning("%s: not committed, so not what this run uses: commit it to deploy it", path)
+            storage.pull(workspace, name, params.task(name).registry.name)
             run_stage(SOURCES, workspace)
             run_stage(f"{STAGES[0]}@{name}", workspace)  # collect: report the batches it set aside before anything can fail
             report_rejected_batches(name, started, workspace)
             for stage in STAGES[1:]:
+                if stage == "register":  # nothing is judged whose data and model are not in the remote yet
+                    storage.push(workspace, name)
                 run_stage(f"{stage}@{name}", workspace)
+            storage.record_build(workspace, load_json(workspace / TaskPaths(name).promotion), storage.push(workspace, name))
             # Read while the workspace is still this run's: the next run would rewrite these files.
             create_markdown_artifact(
                 key=f"retrain-{name}",

@@ -7,6 +7,8 @@ dvc.yaml it runs are the committed ones. It shares with this checkout what must 
 
 - the DVC cache (`cache.dir`): a stage already run in any workspace is restored from DVC's run
   cache instead of run again, and outputs are linked from the cache, not copied;
+- the DVC configuration: the committed .dvc/config, and .dvc/config.local copied at every run (a
+  remote's endpoint and credentials set with `dvc remote modify --local`);
 - the embedded MLflow store (`mlflow/mlflow.db` and `mlflow/artifacts` are links to this
   checkout's; a tracking server set in MLFLOW_TRACKING_URI is shared anyway);
 - the pipeline's input files git does not have: its `data.source` and the batches of its
@@ -81,9 +83,9 @@ def pipeline_workspace(pipeline: str, data: SourceConfig) -> Path:
             shutil.rmtree(path, ignore_errors=True)  # left half made by a killed run
             git("worktree", "prune")
             git("worktree", "add", "--detach", str(path), commit)
-            share_dvc_cache(path)
         else:
             git("checkout", "--force", "--detach", commit, cwd=path)  # dvc.lock may differ from the committed one
+    share_dvc_config(path)
     link_store(path)
     link_inputs(path, data)
     return path
@@ -97,9 +99,12 @@ def is_worktree(path: Path) -> bool:
     return done.returncode == 0
 
 
-def share_dvc_cache(path: Path) -> None:
-    """Point the worktree's DVC at this checkout's cache, linking from it (the worktree's .dvc/config.local)."""
+def share_dvc_config(path: Path) -> None:
+    """The worktree's .dvc/config.local: this checkout's (a remote's credentials and endpoint often live there),
+    with DVC pointed at this checkout's cache, linking from it."""
     cache = subprocess.run(["dvc", "cache", "dir"], capture_output=True, text=True, check=True, env=command_env()).stdout.strip()
+    local = Path(".dvc/config.local")
+    (path / local).write_text(local.read_text() if local.exists() else "")
     for key, value in (("cache.dir", cache), ("cache.type", CACHE_LINKS)):
         subprocess.run(["dvc", "config", "--local", key, value], cwd=path, capture_output=True, check=True, env=command_env())
 

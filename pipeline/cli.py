@@ -141,6 +141,19 @@ def deploy(params_file: Path) -> None:
     serve_deployments(params)
 
 
+def restore(task_name: str, model_uri: str | None, params_file: Path) -> None:
+    """Restore the build (data, splits, model, reports) of a registered version from the DVC remote, here."""
+    from flows.storage import restore as restore_build  # late: flows import prefect
+    from pipeline import tracking
+    from pipeline.registry import champion_uri
+    from pipeline.tasks import load_params
+
+    config = load_params(params_file).task(task_name)
+    tracking.point_at_store()
+    tracking.check_reachable()
+    print(restore_build(task_name, model_uri or champion_uri(config.registry.name)))
+
+
 def read_texts(args: argparse.Namespace) -> list[str]:
     """The non-blank texts of --file, the arguments or stdin; a UsageError when there are none."""
     if args.file:
@@ -218,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seconds", type=bounded(float, 0, low_open=True), default=30.0, help="how long to keep sending (default: 30)")
 
     commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
+
+    rst = commands.add_parser("restore", help="in a checkout at a registered version's commit: its dvc.lock, then `dvc pull` its "
+                              "data, splits, model and reports from the DVC remote")
+    rst.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
+    rst.add_argument("--model", help="models:/NAME/VERSION or models:/NAME@ALIAS (default: the champion)")
     return parser
 
 
@@ -257,6 +275,8 @@ def run_command(args: argparse.Namespace) -> None:
         search(args.task, args.trials, args.apply, args.params)
     elif args.command == "loadtest":
         loadtest(args)
+    elif args.command == "restore":
+        restore(args.task, args.model, args.params)
     else:
         predict(read_texts(args), args.task, args.model, args.params)
 

@@ -139,6 +139,19 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """One S3-compatible endpoint (moto's server mode) on loopback for the session, with dummy credentials in
+    the environment of this process and of everything it starts."""
+    from tests.s3 import CREDENTIALS, s3_server
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in CREDENTIALS.items():
+            patch.setenv(key, value)
+        with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+            yield server
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with the bundled tokenizer, saved like a pretrained base model."""
     from transformers import AutoTokenizer, BertConfig, BertModel, set_seed

@@ -1,7 +1,9 @@
-"""The whole pipeline against a real MLflow tracking server backed by PostgreSQL.
+"""The whole pipeline against a real MLflow tracking server backed by PostgreSQL, artifacts on S3.
 
 The session's PostgreSQL server (conftest's `postgres`: a cluster in a temp dir on 127.0.0.1 only)
-gets a database, and a module fixture starts `mlflow server` on it (artifacts proxied into a temp dir).
+gets a database, and a module fixture starts `mlflow server` on it, its artifacts proxied into a bucket
+of the session's S3-compatible endpoint (conftest's `s3`: moto's server mode on loopback, standing in
+for S3); clients send artifacts through the server and need no S3 credentials of their own.
 The test runs `dvc repro` with MLFLOW_TRACKING_URI pointing at that server and checks the
 run, the registry, the artifacts and the database rows. Skips when PostgreSQL is missing.
 """
@@ -23,9 +25,9 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.conftest import make_rows, tiny_params, write_csv, write_params
+from tests.conftest import commit, committed_project, make_rows, tiny_params, write_csv, write_params
 from tests.postgres import free_port
-from tests.test_dvc_pipeline import every_stage, init_repo, sh, stages_run
+from tests.test_dvc_pipeline import BIN, every_stage, init_repo, sh, stages_run
 
 DATABASE = "mlflow"
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -35,7 +37,7 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 class TrackingServer:
     url: str  # http://127.0.0.1:PORT
     db_url: str  # postgresql://postgres@127.0.0.1:PORT/mlflow (trust auth, loopback only)
-    artifacts: Path  # the server's --artifacts-destination
+    bucket: str  # the S3 bucket of its --artifacts-destination s3://BUCKET/mlflow
 
 
 def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -54,25 +56,27 @@ def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def tracking_server(postgres) -> Iterator[TrackingServer]:
-    """`mlflow server` on a PostgreSQL database, on loopback, torn down at the end of the module."""
+def tracking_server(postgres, s3) -> Iterator[TrackingServer]:
+    """`mlflow server` on a PostgreSQL database with artifacts on S3, on loopback, torn down at the end of the module."""
     db_url = postgres.create_database(DATABASE)
+    bucket = "mlflow-artifacts"
+    artifacts = f"{s3.create_bucket(bucket)}/mlflow"
     base = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
-    artifacts, log = base / "artifacts", base / "mlflow-server.log"
-    artifacts.mkdir()
+    log = base / "mlflow-server.log"
     url = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner: not needed here
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint  # S3 itself needs none: boto3 finds AWS from the credentials
     with log.open("w") as out:
         server = subprocess.Popen(
             [str(MLFLOW), "server", "--backend-store-uri", db_url.replace("postgresql://", "postgresql+psycopg2://"),
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
+             "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
             cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches its workers too
         )
     try:
         wait_for_health(url, server, log)
-        yield TrackingServer(url=url, db_url=db_url, artifacts=artifacts)
+        yield TrackingServer(url=url, db_url=db_url, bucket=bucket)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -84,7 +88,7 @@ def tracking_server(postgres) -> Iterator[TrackingServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(tracking_server, tmp_path, tiny_model, monkeypatch):
+def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(tracking_server, s3, tmp_path, tiny_model, monkeypatch):
     import mlflow
     import psycopg2
 
@@ -115,9 +119,9 @@ def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(
     assert run.data.metrics["val_f1_macro"] == pytest.approx(metrics["val"]["f1_macro"])
     assert run.data.tags["promotion"] == "champion" and champion.tags["data_hash"] == run.data.tags["data_hash"]
 
-    # The artifacts: in the server's --artifacts-destination, and downloadable through the server.
+    # The artifacts: in the S3 bucket of the server's --artifacts-destination, and downloadable through the server.
     assert champion.source.startswith(("models:/", "mlflow-artifacts:/")), champion.source
-    stored = {p.name for p in tracking_server.artifacts.rglob("*") if p.is_file()}
+    stored = {key.rsplit("/", 1)[-1] for key in s3.keys(tracking_server.bucket, "mlflow/")}
     assert {"MLmodel", "model.safetensors", "learning_curves.png", "metrics.json", "promotion.json"} <= stored, sorted(stored)
     # The process-wide URI too: models:/ resolves through the registry URI, which follows it (an
     # earlier test in this session may have left it on a SQLite store).
@@ -158,3 +162,61 @@ def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(
         cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
         assert cursor.fetchone() == ("FINISHED",)
     connection.close()
+
+
+def test_a_retrain_pushes_its_build_and_a_fresh_clone_restores_it_and_reruns_nothing(tracking_server, s3, prefect_server, tmp_path,
+                                                                                      tiny_model, monkeypatch):
+    """Shared storage: the retrain flow pushes to a DVC remote on S3 and records the build on the version;
+    a fresh clone (its own DVC cache, nothing local) restores it with `finetune restore`, `dvc repro` there
+    runs only the sources fingerprint, and a retrain there starts from the build and registers nothing new."""
+    import mlflow
+
+    from flows.retrain import retrain
+    from flows.storage import REMOTE_TAG
+    from flows.workspaces import WORKSPACES
+
+    name, bucket = "restorable-sentiment", "dvc-remote"
+    remote = f"{s3.create_bucket(bucket)}/dvc"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_csv(repo / "data" / "sample.csv", make_rows(150))
+    write_params(repo, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__registry={"name": name}))
+    committed_project(repo, ignored=("/mlflow/",))
+    sh("dvc", "remote", "add", "-d", "storage", remote, cwd=repo)
+    sh("dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint, cwd=repo)
+    commit(repo, "a DVC remote on S3")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)  # for the stages' processes and `finetune restore`
+    monkeypatch.setattr("pipeline.tracking.USER_TRACKING_URI", tracking_server.url)  # the flow's: read at import
+    monkeypatch.chdir(repo)
+
+    decision = retrain(pipeline="sentiment")["sentiment"]
+    client = mlflow.MlflowClient(tracking_uri=tracking_server.url)
+    version = client.get_model_version(name, decision["challenger"]["version"])
+    assert decision["promoted"] and version.tags[REMOTE_TAG] == f"storage {remote}"
+    commit_built = version.tags["git_commit"]
+    assert commit_built == sh("git", "rev-parse", "HEAD", cwd=repo).strip()
+    assert "build/dvc.lock" in {a.path for a in client.list_artifacts(version.run_id, "build")}
+    assert s3.keys(bucket, "dvc/files/md5/")  # the outputs, in the bucket
+
+    # A fresh machine: a clone at the version's commit, its own DVC cache, the remote and the tracking server.
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    restored = sh(str(BIN / "finetune"), "restore", "--task", "sentiment", cwd=clone)
+    assert f"{name} v{version.version}: at commit {commit_built[:12]}" in restored
+    workspace = repo / WORKSPACES / "sentiment"
+    for path in ("data/raw/sentiment.jsonl", "data/split/sentiment/train.jsonl", "models/sentiment/model.safetensors",
+                 "metrics/sentiment.json", "reports/sentiment/promotion.json"):
+        assert (clone / path).read_bytes() == (workspace / path).read_bytes(), path
+    assert stages_run(sh("dvc", "repro", cwd=clone)) == {"sources"}  # sources always runs: a fingerprint of the inputs
+
+    # A retrain there (a worker on that machine): its new workspace starts from the build, so nothing is trained again.
+    monkeypatch.chdir(clone)
+    assert retrain(pipeline="sentiment")["sentiment"]["challenger"]["version"] == version.version
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    # A version whose build is not (all) in a remote, as one a plain `dvc repro` registers: refused in one line, naming why.
+    client.delete_model_version_tag(name, version.version, REMOTE_TAG)
+    refused = subprocess.run([str(BIN / "finetune"), "restore", "--task", "sentiment"], cwd=clone, capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error: {name} v{version.version} has no build in a DVC remote"), refused.stderr
