@@ -41,17 +41,15 @@ def dvc(*args: str, cwd: Path) -> str:
     if done.returncode != 0:
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
-        raise ServiceError(f"dvc {' '.join(args[:2])} failed in {cwd.resolve()}: {(errors or lines or ['no output'])[0]}")
+        raise ServiceError(f"dvc {args[0]} failed in {cwd.resolve()}: {(errors or lines or ['no output'])[0]}")
     return done.stdout
 
 
 def default_remote(cwd: Path) -> str | None:
     """'NAME URL' of the default DVC remote of the checkout at `cwd`; None when it has none."""
-    name = dvc("remote", "default", cwd=cwd).strip()
-    if not name:
-        return None
-    urls = dict(line.split(None, 2)[:2] for line in dvc("remote", "list", cwd=cwd).splitlines() if line.strip())
-    return f"{name} {urls.get(name, '?')}"
+    config = dict(line.split("=", 1) for line in dvc("config", "--list", cwd=cwd).splitlines() if "=" in line)  # every level, merged
+    name = config.get("core.remote")
+    return None if name is None else f"{name} {config.get(f'remote.{name}.url', '?')}"
 
 
 def pull(workspace: Path, pipeline: str, registry_name: str) -> None:
@@ -124,6 +122,9 @@ def restore(pipeline: str, model_uri: str) -> str:
     if commit != here:
         raise UsageError(f"{name} was built at commit {commit[:12]}, and this checkout is at {here[:12]}: run "
                          f"`git checkout {commit}` (or restore in a fresh clone at that commit)")
+    if default_remote(Path(".")) is None:
+        raise UsageError(f"this checkout has no default DVC remote to pull {name} from ({version.tags[REMOTE_TAG]}): "
+                         "`dvc remote add -d NAME URL`")
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         built = Path(scratch) / LOCK_FILE
         download_build_lock(version, built)
@@ -132,9 +133,6 @@ def restore(pipeline: str, model_uri: str) -> str:
             raise UsageError(f"{lock.resolve()} exists and differs from the one {name} was built from: move it aside "
                              "(it records this checkout's own runs) or restore in a fresh clone")
         lock.write_bytes(built.read_bytes())
-    if default_remote(Path(".")) is None:
-        raise UsageError(f"this checkout has no default DVC remote to pull {name} from ({version.tags[REMOTE_TAG]}): "
-                         "`dvc remote add -d NAME URL`")
     dvc("pull", *pipeline_stages(pipeline), cwd=Path("."))
     return (f"{name}: at commit {commit[:12]}, {LOCK_FILE} of its build written and the {pipeline} pipeline's outputs pulled "
             f"from {version.tags[REMOTE_TAG]}; `dvc repro` reruns only the sources fingerprint")
