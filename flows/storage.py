@@ -7,8 +7,8 @@ after. Then the registered version gets the dvc.lock it was built from (an artif
 run, `build/dvc.lock`) and, last, the tag `dvc_remote`: a version without it has nothing restorable.
 
 `finetune restore` does the reverse anywhere: in a checkout at the version's `git_commit`, it writes
-that dvc.lock and pulls the pipeline's outputs (data, splits, model, reports), so `dvc repro` there
-reruns nothing but the `sources` fingerprint, which always runs.
+that dvc.lock and pulls the pipeline's outputs (data, splits, model, reports), so `dvc repro` of that
+pipeline there reruns nothing but the `sources` fingerprint, which always runs.
 """
 
 from __future__ import annotations
@@ -135,4 +135,4 @@ def restore(pipeline: str, model_uri: str) -> str:
         lock.write_bytes(built.read_bytes())
     dvc("pull", *pipeline_stages(pipeline), cwd=Path("."))
     return (f"{name}: at commit {commit[:12]}, {LOCK_FILE} of its build written and the {pipeline} pipeline's outputs pulled "
-            f"from {version.tags[REMOTE_TAG]}; `dvc repro` reruns only the sources fingerprint")
+            f"from {version.tags[REMOTE_TAG]}; `dvc repro {pipeline_stages(pipeline)[-1]}` reruns only the sources fingerprint")

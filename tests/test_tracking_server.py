@@ -207,7 +207,7 @@ def test_a_retrain_pushes_its_build_and_a_fresh_clone_restores_it_and_reruns_not
     for path in ("data/raw/sentiment.jsonl", "data/split/sentiment/train.jsonl", "models/sentiment/model.safetensors",
                  "metrics/sentiment.json", "reports/sentiment/promotion.json"):
         assert (clone / path).read_bytes() == (workspace / path).read_bytes(), path
-    assert stages_run(sh("dvc", "repro", cwd=clone)) == {"sources"}  # sources always runs: a fingerprint of the inputs
+    assert stages_run(sh("dvc", "repro", "register@sentiment", cwd=clone)) == {"sources"}  # always runs: it fingerprints the inputs
 
     # A retrain there (a worker on that machine): its new workspace starts from the build, so nothing is trained again.
     monkeypatch.chdir(clone)
