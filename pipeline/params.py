@@ -230,9 +230,13 @@ class SearchConfig:
     epochs: list[int] = field(default_factory=lambda: [2, 6])  # integer range
     warmup: list[float] = field(default_factory=lambda: [0.0, 0.2])  # range
     lora_r: list[int] = field(default_factory=lambda: [4, 8, 16])  # choices, searched when train.peft is lora or adalora
-    seed: int = 42
+    seed: int = 42  # the sampler's, in one process; processes sharing a study each draw their own
+    storage: str | None = None  # Optuna RDB storage (postgresql://..., sqlite:///...): processes and machines share one study
+    study: str | None = None  # the study's name in `storage` (default: finetune-<pipeline>)
 
     def problems(self) -> Iterator[tuple[str, str]]:
+        if self.storage is not None and "://" not in self.storage:
+            yield "storage", f"must be a database URL such as postgresql://user:password@host:5432/optuna, got '{self.storage}'"
         ranges = {"learning_rate": Range(0, low_open=True), "epochs": Range(1), "warmup": Range(0, 1, high_open=True)}
         for name, allowed in ranges.items():
             low_high = getattr(self, name)

@@ -2,7 +2,8 @@
 
 Each trial fine-tunes on the augmented training split with settings drawn from `<task>.search`
 and is scored on the validation split, as the train stage would; each is an MLflow child run
-of one `search` run. Trials that trail the median after an epoch are pruned. The best values
+of one `search` run. With `search.storage` (a database URL), processes on any machines share one
+study through Optuna's RDB storage and together run `search.trials` trials. Trials that trail the median after an epoch are pruned. The best values
 go to reports/<task>/search.json with the `dvc exp run -S ...` command that trains with them,
 and into params.yaml itself with `--apply` (comments kept), so the next `dvc repro` uses them.
 """
@@ -10,19 +11,31 @@ and into params.yaml itself with `--apply` (comments kept), so the next `dvc rep
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from transformers import TrainerCallback
 
 from pipeline import tracking
-from pipeline.params import TaskConfig
+from pipeline.databases import sqlalchemy_url
+from pipeline.errors import ServiceError
+from pipeline.params import SearchConfig, TaskConfig
 from pipeline.paths import TaskPaths
 from pipeline.records import load_records, save_json
 from pipeline.stages.train import base_model_path, build_trainer
 from pipeline.tasks.base import Task
 from pipeline.techniques.adapters import MERGEABLE
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def suggest(trial: Any, config: TaskConfig) -> dict[str, Any]:
@@ -55,31 +68,52 @@ class ReportToStudy(TrainerCallback):
         self.trial, self.metric = trial, metric
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        import optuna
-
         self.trial.report(metrics[f"eval_{self.metric}"], step=round(state.epoch or 0))
         if self.trial.should_prune():
             raise optuna.TrialPruned()
 
 
+def open_study(space: SearchConfig, pipeline: str) -> Any:
+    """A study in this process; with `search.storage`, the one study (created by whichever process comes first)
+    that every process and machine pointed at that database shares. A trial of a process that dies without
+    a heartbeat for two minutes is marked failed, so it is not waited for."""
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if space.storage is None:
+        return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=space.seed), pruner=pruner)
+    url = sqlalchemy_url(space.storage)
+    try:
+        with warnings.catch_warnings():  # the heartbeat is marked experimental since Optuna 2.9; a warning per process is noise
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except (SQLAlchemyError, ImportError) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise ServiceError(f"{pipeline}.search.storage: cannot open the Optuna storage {shown}: {str(exc).strip().splitlines()[0]}") from None
+    study = optuna.create_study(storage=storage, study_name=space.study or f"finetune-{pipeline}", load_if_exists=True,
+                                direction="maximize", sampler=optuna.samplers.TPESampler(),  # unseeded: with one seed,
+                                pruner=pruner)                                               # every process draws the same
+    optuna.storages.fail_stale_trials(study)  # a trial whose process died no longer counts as running
+    return study
+
+
+def counted_trials(study: Any) -> list:
+    """The study's trials that count towards `search.trials`: finished, pruned, or running in some process."""
+    return study.get_trials(deepcopy=False, states=COUNTED)
+
+
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trials: int | None = None) -> dict:
     """Run the study; returns (and writes to reports/<task>/search.json) the best settings."""
     import mlflow
-    import optuna
-
     trials = trials or config.search.trials
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
     base = base_model_path(config, paths)
     metric = task.primary_metric
     experiment_id = tracking.configure(experiment)
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.search.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    )
+    study = open_study(config.search, task.name)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)
         values = suggest(trial, config)
         with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}") as child:
             mlflow.log_params(values)
@@ -104,7 +138,12 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trial
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{task.name}") as parent:
         mlflow.set_tags({**tracking.lineage_tags(task.name, config, paths), "search": "true"})
-        study.optimize(objective, n_trials=trials)
+        to_run = trials - len(counted_trials(study))
+        if to_run > 0:
+            study.optimize(objective, n_trials=to_run, callbacks=[MaxTrialsCallback(trials, states=COUNTED)])
+        if config.search.storage is not None:
+            mine = sum(t.user_attrs.get("worker") == worker for t in study.trials)
+            print(f"search[{task.name}]: shared study {study.study_name}: {len(counted_trials(study))} of {trials} trials, {mine} run here")
         best = study.best_trial
         best_values = suggest(optuna.trial.FixedTrial(best.params), config)
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +261,42 @@ def test_search_runs_trials_as_mlflow_child_runs_and_applies_the_best(workspace,
     assert text.startswith("# comments survive --apply")
     assert applied["learning_rate"] == report["best_params"]["sentiment.train.learning_rate"]
     assert applied["peft"]["r"] == report["best_params"]["sentiment.train.peft.r"]
+
+
+def test_a_study_storage_that_does_not_answer_is_one_line(workspace, tiny_model, capsys):
+    params = tiny_params(tiny_model)
+    params["sentiment"]["search"] = {"storage": "postgresql://optuna:secret@127.0.0.1:9/optuna"}  # port 9: nothing listens
+    write_params(workspace, params)
+    run_stages(*DATA_STAGES)
+    assert main(["search"]) == 5
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: sentiment.search.storage: cannot open the Optuna storage postgresql+psycopg2://optuna:***@127.0.0.1:9/optuna: ")
+    assert "secret" not in error
+
+
+@pytest.mark.e2e
+def test_two_processes_share_one_study_on_postgresql_and_together_run_the_trials(workspace, tiny_model, postgres):
+    """`search.storage`: two `finetune search` started at once, on one PostgreSQL study, run 4 trials between them."""
+    import optuna
+
+    from pipeline.databases import sqlalchemy_url
+
+    url = postgres.create_database("optuna")
+    params = tiny_params(tiny_model)
+    params["sentiment"]["search"] = {"trials": 4, "learning_rate": [1e-3, 1e-2], "batch_size": [16], "epochs": [1, 2],
+                                     "storage": url, "study": "shared"}
+    write_params(workspace, params)
+    run_stages(*DATA_STAGES)
+    finetune = Path(sys.executable).parent / "finetune"
+    searches = [subprocess.Popen([finetune, "search"], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    outputs = [search.communicate(timeout=600)[0] for search in searches]
+    assert [search.returncode for search in searches] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name="shared", storage=sqlalchemy_url(url)).trials
+    assert len(trials) == 4 and all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+    assert len(load_json(PATHS.search_report)["trials"]) == 4  # the report of the last one to finish covers the whole study
 
 
 # Other tasks -----------------------------------------------------------------------------------

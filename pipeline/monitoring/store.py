@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from pipeline.databases import sqlalchemy_url
 from pipeline.errors import ConfigError, DataError, ServiceError
 from pipeline.monitoring.drift import counted
 from pipeline.params import MonitoringConfig
@@ -95,12 +96,9 @@ def local_folder(location: str) -> Path | None:
 
 
 def store_url(location: str) -> str:
-    """A SQLAlchemy URL for monitoring.db: a path as a SQLite file; a URL as it is, PostgreSQL's through
-    psycopg2 (a dependency) unless it names another driver."""
-    if location.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg2://" + location.split("://", 1)[1]
+    """A SQLAlchemy URL for monitoring.db: a path as a SQLite file; a URL as it is (PostgreSQL's through psycopg2)."""
     if is_url(location):
-        return location
+        return sqlalchemy_url(location)
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
