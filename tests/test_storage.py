@@ -12,7 +12,7 @@ import pytest
 from flows.storage import REMOTE_TAG, push
 from pipeline.cli import main
 from pipeline.errors import ServiceError
-from tests.conftest import committed_project, make_rows, tiny_params, write_csv, write_params
+from tests.conftest import commit, committed_project, make_rows, tiny_params, write_csv, write_params
 from tests.test_dvc_pipeline import sh
 
 NAME = "fin-sentiment"
@@ -95,3 +95,21 @@ def test_a_remote_that_cannot_take_the_push_is_one_line_with_dvcs_reason(repo, t
     with pytest.raises(ServiceError, match=r"^dvc push failed in .*: .*") as failed:
         push(repo, "sentiment")
     assert "\n" not in str(failed.value)
+
+
+@pytest.mark.e2e
+def test_a_remote_that_does_not_answer_fails_the_retrain_before_anything_is_registered(repo, prefect_server):
+    import mlflow
+
+    from flows.retrain import retrain
+    from flows.workspaces import WORKSPACES
+    from pipeline import tracking
+
+    sh("dvc", "remote", "add", "-d", "storage", "s3://bucket/dvc", cwd=repo)
+    sh("dvc", "remote", "modify", "storage", "endpointurl", "http://127.0.0.1:9", cwd=repo)  # nothing listens on port 9
+    commit(repo, "a DVC remote that does not answer")
+    state = retrain(pipeline="sentiment", return_state=True)
+    assert state.is_failed() and "dvc push failed in " in state.message, state.message
+    assert not (repo / WORKSPACES / "sentiment" / "reports" / "sentiment" / "promotion.json").exists()
+    tracking.point_at_store()
+    assert not mlflow.MlflowClient().search_registered_models()  # nothing registered, so nothing promoted
