@@ -91,12 +91,9 @@ def record_build(workspace: Path, decision: dict, remote: str | None) -> None:
 def latest_built_version(name: str) -> Any | None:
     """The newest version of registered model `name` whose build is in a DVC remote; None when there is none."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None  # no such model yet
+    with tracking.registry_errors(f"looking up the builds of {name}"):
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")  # none yet: an empty list
     built = [v for v in versions if REMOTE_TAG in v.tags]
     return max(built, key=lambda v: int(v.version), default=None)
 
@@ -115,6 +112,8 @@ def restore(pipeline: str, model_uri: str) -> str:
     returns a one-line summary. The checkout must be at the version's commit, with no other dvc.lock."""
     version = registered_version(model_uri)
     name = f"{version.name} v{version.version}"
+    if version.tags.get("task", pipeline) != pipeline:
+        raise UsageError(f"{name} was built by the {version.tags['task']} pipeline, not {pipeline}: pass --task {version.tags['task']}")
     if REMOTE_TAG not in version.tags:
         raise UsageError(f"{name} has no build in a DVC remote (no '{REMOTE_TAG}' tag): only versions registered by a retrain "
                          "with a default DVC remote can be restored (see docs/scale.md)")
