@@ -157,15 +157,17 @@ def retrain(pipeline: str | None = None) -> dict:
             get_run_logger().info("%s: in %s at %s", name, workspace, deployed_commit()[:12])
             for path in uncommitted():
                 get_run_logger().warning("%s: not committed, so not what this run uses: commit it to deploy it", path)
-            storage.pull(workspace, name, params.task(name).registry.name)
+            remote = storage.default_remote(workspace)
+            storage.pull(workspace, name, params.task(name).registry.name, remote)
             run_stage(SOURCES, workspace)
             run_stage(f"{STAGES[0]}@{name}", workspace)  # collect: report the batches it set aside before anything can fail
             report_rejected_batches(name, started, workspace)
             for stage in STAGES[1:]:
                 if stage == "register":  # nothing is judged whose data and model are not in the remote yet
-                    storage.push(workspace, name)
+                    storage.push(workspace, name, remote)
                 run_stage(f"{stage}@{name}", workspace)
-            storage.record_build(workspace, load_json(workspace / TaskPaths(name).promotion), storage.push(workspace, name))
+            storage.push(workspace, name, remote)
+            storage.record_build(workspace, load_json(workspace / TaskPaths(name).promotion), remote)
             # Read while the workspace is still this run's: the next run would rewrite these files.
             create_markdown_artifact(
                 key=f"retrain-{name}",

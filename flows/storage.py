@@ -52,10 +52,9 @@ def default_remote(cwd: Path) -> str | None:
     return None if name is None else f"{name} {config.get(f'remote.{name}.url', '?')}"
 
 
-def pull(workspace: Path, pipeline: str, registry_name: str) -> None:
-    """Fill the workspace from the default remote, if there is one, before a run: a workspace with no dvc.lock
-    of its own first gets the one of the latest version built with a remote."""
-    remote = default_remote(workspace)
+def pull(workspace: Path, pipeline: str, registry_name: str, remote: str | None) -> None:
+    """Fill the workspace from the default remote (None: there is none) before a run: a workspace with no
+    dvc.lock of its own first gets the one of the latest version built with a remote."""
     if remote is None:
         print(f"{pipeline}: no default DVC remote: its outputs stay in this machine's DVC cache")
         return
@@ -67,12 +66,10 @@ def pull(workspace: Path, pipeline: str, registry_name: str) -> None:
         print(f"{pipeline}: the outputs its dvc.lock names pulled from the DVC remote {remote}")
 
 
-def push(workspace: Path, pipeline: str) -> str | None:
-    """Push the pipeline's outputs in the workspace to the default remote; the remote, None without one."""
-    remote = default_remote(workspace)
+def push(workspace: Path, pipeline: str, remote: str | None) -> None:
+    """Push the pipeline's outputs in the workspace to the default remote (None: there is none, nothing to do)."""
     if remote is not None:
         dvc("push", *pipeline_stages(pipeline), cwd=workspace)
-    return remote
 
 
 def record_build(workspace: Path, decision: dict, remote: str | None) -> None:

@@ -2,10 +2,11 @@
 
 Each trial fine-tunes on the augmented training split with settings drawn from `<task>.search`
 and is scored on the validation split, as the train stage would; each is an MLflow child run
-of one `search` run. With `search.storage` (a database URL), processes on any machines share one
-study through Optuna's RDB storage and together run `search.trials` trials. Trials that trail the median after an epoch are pruned. The best values
+of one `search` run. Trials that trail the median after an epoch are pruned. The best values
 go to reports/<task>/search.json with the `dvc exp run -S ...` command that trains with them,
 and into params.yaml itself with `--apply` (comments kept), so the next `dvc repro` uses them.
+With `search.storage` (a database URL), processes on any machines share one study through
+Optuna's RDB storage and together run `search.trials` trials.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def counted_trials(study: Any) -> list:
 def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trials: int | None = None) -> dict:
     """Run the study; returns (and writes to reports/<task>/search.json) the best settings."""
     import mlflow
+
     trials = trials or config.search.trials
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.storage import REMOTE_TAG, push
+from flows.storage import REMOTE_TAG, default_remote, push
 from pipeline.cli import main
 from pipeline.errors import ServiceError
 from tests.conftest import commit, committed_project, make_rows, tiny_params, write_csv, write_params
@@ -99,7 +99,7 @@ def test_a_remote_that_cannot_take_the_push_is_one_line_with_dvcs_reason(repo, t
     add_remote(blocker)
     sh("dvc", "repro", "collect@sentiment", cwd=repo)  # outputs in the cache, to push
     with pytest.raises(ServiceError, match=r"^dvc push failed in .*: .*") as failed:
-        push(repo, "sentiment")
+        push(repo, "sentiment", default_remote(repo))
     assert "\n" not in str(failed.value)
 
 
