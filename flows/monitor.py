@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import Engine
 
 from flows.events import DRIFT_DETECTED, emit
+from flows.pool import require_shared_registry
 from flows.workspaces import latest_outputs
 from pipeline import tracking
 from pipeline.errors import ConfigError
@@ -72,6 +73,7 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
     """Check a pipeline's new text (drop-folder batches and served answers) against its champion's
     reference, store it, report per day and drift; on drift, ask for a retrain."""
     params = load_params()
+    require_shared_registry()  # the champion it checks against is the pool's
     settings = params.monitoring
     pipeline = task or first_pipeline(settings)
     task = get_task(pipeline, params.task(pipeline))

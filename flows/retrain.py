@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import storage
 from flows.events import BATCH_REJECTED, emit
+from flows.pool import require_shared_registry
 from flows.workspaces import WORKSPACES, command_env, deployed_commit, pipeline_workspace, uncommitted
 from pipeline import tracking
 from pipeline.errors import ConfigError, UserError
@@ -146,6 +147,7 @@ def retrain(pipeline: str | None = None) -> dict:
     one run per pipeline at a time; returns the promotion decision of each pipeline retrained."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
     pipelines = pipelines_to_retrain(params, pipeline)
+    require_shared_registry()
     tracking.point_at_store()
     tracking.check_reachable()  # a store that does not answer: stop before training, not at register
     started = datetime.now(timezone.utc)

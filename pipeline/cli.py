@@ -130,15 +130,16 @@ def loadtest(args: argparse.Namespace) -> None:
         raise ServiceError(f"{report['server_errors']} server errors and {report['failed_connections']} failed connections at {url}")
 
 
-def deploy(params_file: Path) -> None:
-    """Serve the Prefect deployments (per pipeline a retrain: cron + new-batch and drift triggers; a monitor: cron) until interrupted."""
-    from flows.deploy import deploy as serve_deployments  # late: prefect is heavy and the stages never need it
+def deploy(params_file: Path, pool: str | None) -> None:
+    """Serve the Prefect deployments (per pipeline a retrain: cron + new-batch and drift triggers; a monitor: cron)
+    until interrupted, or register them in a work pool and watch the drop folders."""
+    from flows.deploy import deploy as deploy_flows  # late: prefect is heavy and the stages never need it
     from pipeline.locks import check_prefect_api
     from pipeline.tasks import load_params
 
     params = load_params(params_file)
     check_prefect_api()  # a server that does not answer: one line, not serve()'s traceback
-    serve_deployments(params)
+    deploy_flows(params, pool)
 
 
 def restore(task_name: str, model_uri: str | None, params_file: Path) -> None:
@@ -230,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--clients", type=bounded(int, 1), default=50, help="concurrent clients (default: 50)")
     load.add_argument("--seconds", type=bounded(float, 0, low_open=True), default=30.0, help="how long to keep sending (default: 30)")
 
-    commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
+    dep = commands.add_parser("deploy", help="serve the Prefect retrain and monitor deployments (settings: orchestration, monitoring)")
+    dep.add_argument("--pool", help="register them in this Prefect work pool instead, for `prefect worker start --pool NAME` "
+                     "on any machine with a clone (FINETUNE_CHECKOUT=/path/to/clone), and watch the drop folders")
 
     rst = commands.add_parser("restore", help="in a checkout at a registered version's commit: its dvc.lock, then `dvc pull` its "
                               "data, splits, model and reports from the DVC remote")
@@ -268,7 +271,7 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "serve":
         serve(args.host, args.port, args.model, args.params)
     elif args.command == "deploy":
-        deploy(args.params)
+        deploy(args.params, args.pool)
     elif args.command == "select":
         select(args)
     elif args.command == "search":

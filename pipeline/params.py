@@ -344,6 +344,7 @@ class OrchestrationConfig:
     poll_seconds: float = positive(30.0)  # how often `finetune deploy` looks at each pipeline's data.incoming
     settle_seconds: float = at_least(0, 60.0)  # batches arriving within this long of the first start one retrain
     retries: int = at_least(0, 2)  # per DVC stage, for transient failures (a lock, a busy tracking server)
+    heartbeat_seconds: int = at_least(30, 60)  # work pools: a flow run's heartbeat; three missed and it is marked Crashed
 
 
 @dataclass

@@ -6,9 +6,12 @@ import csv
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -123,6 +126,43 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def real_prefect_server(tmp_path) -> Iterator[str]:
+    """`prefect server start` on loopback with a home of its own; its services run (unlike the test harness's),
+    the one that frees slots whose lease expired among them. The test's own client talks to it."""
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1")
+    url = f"http://127.0.0.1:{port}/api"
+    with (tmp_path / "prefect-server.log").open("w") as out:
+        server = subprocess.Popen([Path(sys.executable).parent / "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port), "--no-ui", "--analytics-off"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        pytest.fail(f"prefect server start did not answer:\n{(tmp_path / 'prefect-server.log').read_text()[-3000:]}")
+                    time.sleep(0.5)
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ environment, where boto3 (MLflow) and DVC's s3fs read them."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.postgres import free_port
+from tests.processes import stop_group
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -63,5 +62,4 @@ def s3_server(log: Path, timeout: float = 60) -> Iterator[S3]:
                 time.sleep(0.3)
         yield S3(endpoint)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -69,15 +68,15 @@ def deployed_repo(tmp_path, tiny_model, prefect_server) -> Path:
 
 
 @contextmanager
-def finetune_deploy(repo: Path) -> Iterator[Path]:
-    """`finetune deploy` in `repo` against the test's Prefect server, stopped with Ctrl-C at the end; yields its log."""
+def finetune_deploy(repo: Path, *options: str) -> Iterator[Path]:
+    """`finetune deploy [OPTIONS]` in `repo` against the test's Prefect server, stopped with Ctrl-C at the end; yields its log."""
     from prefect.settings import PREFECT_API_URL
 
     log = repo / "deploy.log"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with log.open("w") as out:
-        process = subprocess.Popen([Path(sys.executable).parent / "finetune", "deploy"], cwd=repo, env=env,
+        process = subprocess.Popen([Path(sys.executable).parent / "finetune", "deploy", *options], cwd=repo, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
         try:
             yield log
@@ -177,43 +176,6 @@ def retrain_deployed(client, pipeline: str) -> bool:
         return client.read_deployment_by_name(f"retrain/retrain-{pipeline}") is not None
     except ObjectNotFound:
         return False
-
-
-@pytest.fixture
-def real_prefect_server(tmp_path) -> Iterator[str]:
-    """`prefect server start` on loopback with a home of its own; its services run (unlike the test harness's),
-    the one that frees slots whose lease expired among them. The test's own client talks to it."""
-    import urllib.request
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1")
-    url = f"http://127.0.0.1:{port}/api"
-    with (tmp_path / "prefect-server.log").open("w") as out:
-        server = subprocess.Popen([Path(sys.executable).parent / "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port), "--no-ui", "--analytics-off"], env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        pytest.fail(f"prefect server start did not answer:\n{(tmp_path / 'prefect-server.log').read_text()[-3000:]}")
-                    time.sleep(0.5)
-            with temporary_settings({PREFECT_API_URL: url}):
-                yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 def deploy_pid(log: Path) -> int:

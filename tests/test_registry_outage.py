@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,9 +23,8 @@ import pytest
 
 from pipeline import tracking
 from tests.conftest import ROOT
-from tests.postgres import free_port
+from tests.mlflow_server import mlflow_server
 from tests.test_promotion import NAME, train_and_register
-from tests.test_tracking_server import MLFLOW, wait_for_health
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 REGISTRY_CALL = re.compile(r"/(registered-models|model-versions)/")
@@ -79,22 +77,8 @@ class Forward(BaseHTTPRequestHandler):
 def tracking_server(tmp_path_factory) -> Iterator[str]:
     """`mlflow server` on SQLite and a local artifact folder, on a free loopback port."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    url, log = f"http://127.0.0.1:{free_port()}", base / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
-             "--port", url.rsplit(":", 1)[1], "--workers", "1"],
-            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        wait_for_health(url, server, log)
+    with mlflow_server(f"sqlite:///{base / 'mlflow.db'}", str(base / "artifacts"), base) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.fixture

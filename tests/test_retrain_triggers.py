@@ -59,14 +59,14 @@ def two_pipelines(tmp_path, monkeypatch, tiny_model):
 
 def test_each_pipeline_has_its_retrain_deployment_and_drop_folder(two_pipelines):
     from flows.deploy import build_deployments, drop_folders
-    from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, PIPELINE_LABEL, workspace_id
+    from flows.events import BATCH_ARRIVED, DRIFT_DETECTED, PIPELINE_LABEL, scope_id
 
     retrain_sentiment, retrain_intents, *monitors = build_deployments(two_pipelines)
     for deployment, pipeline in ((retrain_sentiment, "sentiment"), (retrain_intents, "intents")):
         assert deployment.name == f"retrain-{pipeline}" and deployment.parameters == {"pipeline": pipeline}
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         assert [set(t.expect) for t in deployment.triggers] == [{BATCH_ARRIVED}, {DRIFT_DETECTED}]
-        assert all(t.match.model_dump() == {"prefect.resource.id": workspace_id(), PIPELINE_LABEL: pipeline}
+        assert all(t.match.model_dump() == {"prefect.resource.id": scope_id(), PIPELINE_LABEL: pipeline}
                    for t in deployment.triggers)
     assert [m.name for m in monitors] == ["monitor-sentiment", "monitor-intents"]
     assert [(d.pipeline, str(d.folder)) for d in drop_folders(two_pipelines)] == [

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,11 +22,10 @@ import pytest
 import yaml
 
 from tests.conftest import commit, committed_project, make_rows, tiny_params, write_csv, write_params
-from tests.postgres import free_port
+from tests.mlflow_server import mlflow_server
 from tests.test_dvc_pipeline import BIN, every_stage, init_repo, sh, stages_run
 
 DATABASE = "mlflow"
-MLFLOW = Path(sys.executable).parent / "mlflow"
 
 
 @dataclass
@@ -40,21 +35,6 @@ class TrackingServer:
     bucket: str  # the S3 bucket of its --artifacts-destination s3://BUCKET/mlflow
 
 
-def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server did not answer {url}/health within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def tracking_server(postgres, s3) -> Iterator[TrackingServer]:
     """`mlflow server` on a PostgreSQL database with artifacts on S3, on loopback, torn down at the end of the module."""
@@ -62,29 +42,10 @@ def tracking_server(postgres, s3) -> Iterator[TrackingServer]:
     bucket = "mlflow-artifacts"
     artifacts = f"{s3.create_bucket(bucket)}/mlflow"
     base = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
-    log = base / "mlflow-server.log"
-    url = f"http://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner: not needed here
-    env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint  # S3 itself needs none: boto3 finds AWS from the credentials
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(MLFLOW), "server", "--backend-store-uri", db_url.replace("postgresql://", "postgresql+psycopg2://"),
-             "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
-            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so teardown reaches its workers too
-        )
     try:
-        wait_for_health(url, server, log)
-        yield TrackingServer(url=url, db_url=db_url, bucket=bucket)
+        with mlflow_server(db_url.replace("postgresql://", "postgresql+psycopg2://"), artifacts, base, s3.endpoint) as url:
+            yield TrackingServer(url=url, db_url=db_url, bucket=bucket)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
         shutil.rmtree(base, ignore_errors=True)
 
 
