@@ -24,6 +24,7 @@ RUN_FILE = "mlflow_run.json"
 # Read once: mlflow.set_tracking_uri() writes this variable, so reading it later would only
 # echo our own earlier choice back instead of the user's.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+ARTIFACT_PROXY = "/mlflow-artifacts/"  # the path of a tracking server's artifact proxy (--artifacts-destination)
 PROBE_TIMEOUT_S = 10  # the early check of a tracking server; MLflow's own client retries for minutes
 
 
@@ -104,7 +105,8 @@ def registry_errors(action: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        raise TrackingError(f"{action}: the MLflow store {tracking_uri()} failed: {exc.message}") from None
+        where = " (an upload or download through the server's artifact proxy: see its log)" if ARTIFACT_PROXY in exc.message else ""
+        raise TrackingError(f"{action}: the MLflow store {tracking_uri()} failed{where}: {exc.message}") from None
 
 
 @contextmanager

@@ -23,6 +23,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 @dataclass(frozen=True)
 class S3:
     endpoint: str  # http://127.0.0.1:PORT
+    server: subprocess.Popen  # moto_server: a test may stop it early, to take the endpoint down
 
     def client(self):
         import boto3
@@ -60,6 +61,6 @@ def s3_server(log: Path, timeout: float = 60) -> Iterator[S3]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"moto_server did not answer {endpoint} within {timeout:.0f} s") from None
                 time.sleep(0.3)
-        yield S3(endpoint)
+        yield S3(endpoint, server)
     finally:
         stop_group(server)

@@ -3,7 +3,8 @@
 A real `mlflow server` (SQLite backend) sits behind a small HTTP proxy in this process. The proxy
 forwards everything until it is switched to answer 500 to every model-registry call; the register
 stage then runs as the `finetune` command and must end in one `error:` line, exit 5, with the
-aliases on the server as they were.
+aliases on the server as they were. And a tracking server that is up while its artifact store (S3)
+is down: the train stage ends in one line too, with nothing trained or registered.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import pytest
 from pipeline import tracking
 from tests.conftest import ROOT
 from tests.mlflow_server import mlflow_server
-from tests.test_promotion import NAME, train_and_register
+from tests.processes import stop_group
+from tests.s3 import CREDENTIALS, s3_server
+from tests.test_promotion import NAME, PARAMS, train_and_register
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 REGISTRY_CALL = re.compile(r"/(registered-models|model-versions)/")
@@ -112,6 +115,38 @@ def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_mo
     client = mlflow.MlflowClient(tracking_uri=tracking_server)  # straight to the server, past the proxy
     assert {alias: str(v) for alias, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "1"}
     assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
+@pytest.mark.e2e  # about 40 s: an S3-compatible endpoint and a tracking server to start, a few stages to run
+def test_an_artifact_store_that_is_down_fails_train_in_one_line(workspace, tiny_model, tmp_path_factory, monkeypatch):
+    import mlflow
+
+    from pipeline.stages import run_stage
+    from tests.conftest import tiny_params, write_params
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    write_params(Path("."), tiny_params(tiny_model, sentiment__train__epochs=1))
+    for stage in ("collect", "validate", "split", "augment"):  # they log nothing to MLflow
+        run_stage(stage, "sentiment", PARAMS)
+    base = tmp_path_factory.mktemp("artifacts-down")
+    with s3_server(base / "moto.log") as s3, mlflow_server(
+            f"sqlite:///{base / 'mlflow.db'}", f"{s3.create_bucket('artifacts-down')}/mlflow", base, s3.endpoint) as url:
+        stop_group(s3.server)  # S3 goes down; the tracking server stays up, and answers 500 to every upload
+        # One quick retry instead of MLflow's 7 with backoff (it also retries the connection the failed upload broke).
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": url,
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+        done = subprocess.run([str(FINETUNE), "stage", "train", "--task", "sentiment"], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+        assert done.returncode == 5 and "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: train[sentiment]: the MLflow store {url} failed (an upload or download through the "
+                               "server's artifact proxy: see its log): API request to "), last
+        assert not Path("models/sentiment/model.safetensors").exists()
+        client = mlflow.MlflowClient(tracking_uri=url)
+        [run] = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+        assert run.info.status == "FAILED" and not client.search_registered_models()
 
 
 def test_no_model_and_no_alias_mean_no_champion(workspace):

@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from pipeline import distributed
+from pipeline import distributed, tracking
 from pipeline.errors import UsageError
 from pipeline.paths import TaskPaths
 from pipeline.tasks import get_task, load_params
@@ -32,7 +32,8 @@ def run_stage(stage: str, task_name: str, params_file: Path) -> None:
         return
     paths = TaskPaths(task_name)
     require_inputs(stage, paths)
-    importlib.import_module(f"pipeline.stages.{stage}").run(get_task(task_name, config), params, paths)
+    with tracking.registry_errors(f"{stage}[{task_name}]"):  # a tracking server, or its artifact store, failing: one line
+        importlib.import_module(f"pipeline.stages.{stage}").run(get_task(task_name, config), params, paths)
 
 
 def require_inputs(stage: str, paths: TaskPaths) -> None:
