@@ -2,9 +2,9 @@
 
 Each pipeline of `tasks` has its own retrain deployment, `retrain-<pipeline>` (parameter
 `pipeline`), which runs nightly (`orchestration.schedule`) and whenever one of two events names
-its pipeline in this workspace: `finetune.batch.arrived` (emitted here when new files land in the
-pipeline's `data.incoming`; the files of one settle window make one event) and
-`finetune.drift.detected` (emitted by the pipeline's monitor flow). Each pipeline of
+its pipeline in this scope (this checkout, or the work pool): `finetune.batch.arrived` (emitted
+here when new files land in the pipeline's `data.incoming`; the files of one settle window make
+one event) and `finetune.drift.detected` (emitted by the pipeline's monitor flow). Each pipeline of
 `monitoring.tasks` has its own monitor deployment, `monitor-<pipeline>`, on `monitoring.schedule`.
 Schedules and triggers are stored with the deployments on the Prefect server, so they survive a
 restart of this process.
