@@ -6,7 +6,6 @@ import csv
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -136,9 +135,9 @@ def real_prefect_server(tmp_path) -> Iterator[str]:
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.postgres import free_port
+
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1")
     url = f"http://127.0.0.1:{port}/api"

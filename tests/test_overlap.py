@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -186,21 +186,26 @@ def deploy_pid(log: Path) -> int:
                 if p.info["cmdline"] and p.info["cmdline"][-1] == "deploy" and p.info["cwd"] == str(log.parent))
 
 
-def kill_flow_run_training(deploy_pid: int, pipeline: str) -> None:
-    """SIGKILL the flow-run process that is training `pipeline` (a child of `finetune deploy`) with everything it started."""
+def trainer(pipeline: str):
+    """The process running `pipeline`'s train stage on this machine, or None."""
     import psutil
 
-    trainer = next((p for p in psutil.process_iter(["cmdline"])
-                    if p.info["cmdline"] and "stage train --task " + pipeline in " ".join(p.info["cmdline"])), None)
-    assert trainer is not None, "no train stage running"
-    flow_run = next(p for p in [trainer, *trainer.parents()] if p.ppid() == deploy_pid)
-    for process in [flow_run, *flow_run.children(recursive=True)]:
+    return next((p for p in psutil.process_iter(["cmdline"]) if "stage train --task " + pipeline in " ".join(p.info["cmdline"] or [])),
+                None)
+
+
+def kill_training(pipeline: str, is_root: Callable) -> int:
+    """SIGKILL the ancestor of `pipeline`'s train stage that `is_root` picks, with everything it started; its pid."""
+    training = trainer(pipeline)
+    assert training is not None, "no train stage running"
+    root = next(p for p in [training, *training.parents()] if is_root(p))
+    for process in [root, *root.children(recursive=True)]:
         process.kill()
+    return root.pid
 
 
 def test_a_retrain_killed_mid_train_crashes_frees_its_slot_and_the_next_one_completes(tmp_path, tiny_model, real_prefect_server):
     import mlflow
-    import psutil
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -208,8 +213,6 @@ def test_a_retrain_killed_mid_train_crashes_frees_its_slot_and_the_next_one_comp
     registry = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
     versions = lambda: sorted(str(v.version) for v in registry.search_model_versions("name='fin-sentiment'"))  # noqa: E731
     champion = lambda: str(registry.get_model_version_by_alias("fin-sentiment", "champion").version)  # noqa: E731
-    training = lambda: any("stage train --task sentiment" in " ".join(p.info["cmdline"] or [])  # noqa: E731
-                           for p in psutil.process_iter(["cmdline"]))
     with finetune_deploy(repo) as log, get_client(sync_client=True) as client:
         ended = lambda run: (found := client.read_flow_run(run.id)).state.is_final() and found  # noqa: E731
         wait_for(lambda: retrain_deployed(client, "sentiment"), 120, "the deployments", log)
@@ -222,8 +225,9 @@ def test_a_retrain_killed_mid_train_crashes_frees_its_slot_and_the_next_one_comp
         write_params(repo, params)
         commit(repo, "another seed")
         second = run_deployment("retrain/retrain-sentiment", timeout=0)
-        wait_for(training, 300, "the second retrain to train", log)
-        kill_flow_run_training(deploy_pid(log), "sentiment")
+        wait_for(lambda: trainer("sentiment"), 300, "the second retrain to train", log)
+        deploying = deploy_pid(log)
+        kill_training("sentiment", lambda p: p.ppid() == deploying)  # the flow-run process, a child of `finetune deploy`
         assert wait_for(lambda: ended(second), 120, "the killed run to end", log).state.is_crashed()
         assert champion() == "1" and versions() == ["1"]  # untouched, nothing registered
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,18 +23,20 @@ from pipeline.errors import UsageError
 from tests.conftest import commit, make_intent_rows, make_rows, write_csv, write_params
 from tests.mlflow_server import mlflow_server
 from tests.processes import stop_group
-from tests.test_overlap import PIPELINES, finetune_deploy, promoted, retrain_runs, two_pipeline_repo, wait_for, work_span
+from tests.test_dvc_pipeline import BIN, sh
+from tests.test_overlap import (
+    PIPELINES,
+    finetune_deploy,
+    kill_training,
+    promoted,
+    retrain_runs,
+    trainer,
+    two_pipeline_repo,
+    wait_for,
+    work_span,
+)
 
-BIN = Path(sys.executable).parent
 POOL = "finetune-test"
-
-
-def sh(*args: str, cwd: Path) -> str:
-    """Run a command of the venv (or git) in `cwd`; its output. A failure fails the test with what it said."""
-    done = subprocess.run([str(BIN / args[0]) if (BIN / args[0]).exists() else args[0], *args[1:]], cwd=cwd,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done.stdout
 
 
 @contextmanager
@@ -55,23 +56,10 @@ def worker(checkout: Path) -> Iterator[subprocess.Popen]:
         stop_group(process)
 
 
-def training(pipeline: str) -> bool:
-    """Whether a train stage of `pipeline` runs on this machine."""
-    import psutil
-
-    return any("stage train --task " + pipeline in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
-
-
 def kill_worker_training(pipeline: str, workers: list[subprocess.Popen]) -> int:
     """SIGKILL the worker whose flow run trains `pipeline`, with everything it started (its machine went down); its index."""
-    import psutil
-
-    trainer = next(p for p in psutil.process_iter(["cmdline"]) if "stage train --task " + pipeline in " ".join(p.info["cmdline"] or []))
     pids = [w.pid for w in workers]
-    victim = next(p for p in [trainer, *trainer.parents()] if p.pid in pids)
-    for process in [victim, *victim.children(recursive=True)]:
-        process.kill()
-    return pids.index(victim.pid)
+    return pids.index(kill_training(pipeline, lambda p: p.pid in pids))
 
 
 def ran_in(client, run, clones: list[Path]) -> Path:
@@ -157,7 +145,7 @@ def test_two_workers_in_clones_of_their_own_retrain_two_pipelines_at_once_and_ou
             write_csv(drop / "sentiment" / "day-2.csv", make_rows(20, seed=101))
             running = lambda: [r for r in retrain_runs(client, "sentiment") if r.state.is_running()]  # noqa: E731
             (killed,) = wait_for(running, 300, "the second sentiment retrain", log)
-            wait_for(lambda: training("sentiment"), 300, "it to train", log)
+            wait_for(lambda: trainer("sentiment"), 300, "it to train", log)
             victim = kill_worker_training("sentiment", [first_worker, second_worker])
             crashed = wait_for(lambda: (run := client.read_flow_run(killed.id)).state.is_crashed() and run, 300, "the crash", log)
             assert "no heartbeat for 90 s" in crashed.state.message
