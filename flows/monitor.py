@@ -32,6 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.locks import limit_name, shared_lock
 from pipeline.models import use_all_cores
 from pipeline.monitoring.drift import MONITORED, fired, how_far, is_tagger, measure_drift
+from pipeline.monitoring.entities import entity_index, read_aliases, tag_batches, untagged
 from pipeline.monitoring.reference import reference
 from pipeline.monitoring.report import report_path, summary_markdown, write_daily
 from pipeline.monitoring.store import (
@@ -49,7 +50,7 @@ from pipeline.monitoring.store import (
 )
 from pipeline.params import MonitoringConfig, Params
 from pipeline.records import save_json
-from pipeline.registry import champion_uri, load_registered, registered_version
+from pipeline.registry import champion_uri, champion_version, load_registered, registered_version
 from pipeline.tasks import get_task, load_params
 from pipeline.tasks.base import Task
 from pipeline.techniques.active_learning import rank, write_queue
@@ -101,6 +102,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
         print(f"monitor[{pipeline}]: no new text in {', '.join(map(str, files or batch_folders(settings, pipeline)))} "
               "and no new served answers")
         store(engine, pipeline, [], [], "", names)  # empty, but seen: not claimed again
+        tag_entities(params, engine, pipeline)  # batches scored before the tagger had a champion
         return {}
 
     use_all_cores()
@@ -129,6 +131,8 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
         "drift_detected": bool(alarm), "alarm": [how_far(figure, drift[figure]) for figure in alarm], "drift": drift,
     }
     plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
+    if entities := tag_entities(params, engine, pipeline):
+        report["entities"] = entities
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
         queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
@@ -136,6 +140,34 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     save_json(report_path(pipeline), report)
     publish(report, plots, experiment_id, shift)
     return report
+
+
+def tag_entities(params: Params, engine: Engine, pipeline: str) -> dict | None:
+    """When monitoring.entities reads this pipeline: the tagger's champion finds the entities in every
+    batch not tagged yet; returns the index of the last window, its 10 most mentioned entities."""
+    import mlflow
+
+    entities = params.monitoring.entities
+    if entities is None or pipeline not in entities.pipelines:
+        return None
+    if untagged(engine, pipeline):
+        tagger = get_task(entities.tagger, params.task(entities.tagger))
+        name = tagger.config.registry.name
+        tracking.configure(params.tracking.experiment)
+        champion = champion_version(mlflow.MlflowClient(), name)
+        if champion is None:
+            print(f"monitor[{pipeline}]: entities not tagged: the {entities.tagger} pipeline has no champion yet "
+                  f"({champion_uri(name)}); the batches are tagged once it has one")
+        else:
+            model, tokenizer = load_registered(tagger, f"models:/{name}/{champion.version}")
+            batches, texts, added = tag_batches(engine, pipeline, entities.tagger, str(champion.version),
+                                                lambda batch: tagger.predict(model, tokenizer, [{"text": text} for text in batch]),
+                                                entities.types)
+            print(f"monitor[{pipeline}]: {name} v{champion.version} read {texts} texts of {batches} batch(es): {added} mentions "
+                  f"of {', '.join(entities.types)} stored")
+    labels = params.task(pipeline).validate.labels
+    top = entity_index(engine, pipeline, labels, read_aliases(entities.aliases), entities.window_days, top=10)
+    return {"window_days": entities.window_days, "top": top} if top else None
 
 
 def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> None:

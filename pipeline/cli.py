@@ -1,6 +1,6 @@
 """The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`,
-`finetune select` (active learning), `finetune search` (Optuna), `finetune serve`, `finetune loadtest`
-and `finetune deploy`."""
+`finetune select` (active learning), `finetune search` (Optuna), `finetune serve`, `finetune loadtest`,
+`finetune deploy`, `finetune restore` and `finetune entities`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Callable
 
@@ -155,6 +156,29 @@ def restore(task_name: str, model_uri: str | None, params_file: Path) -> None:
     print(restore_build(task_name, model_uri or champion_uri(config.registry.name)))
 
 
+def entities(args: argparse.Namespace) -> None:
+    """Print the sentiment index per entity and window, from the mentions the monitor stored."""
+    from pipeline.monitoring.entities import entity_index, entity_table, read_aliases
+    from pipeline.monitoring.store import open_store
+    from pipeline.tasks import load_params
+
+    params = load_params(args.params)
+    settings = params.monitoring.entities
+    if settings is None:
+        raise UsageError(f"{params.file}: monitoring.entities is null: set its tagger (e.g. `entities: {{tagger: ner}}`) and run the monitor")
+    pipeline = args.task or settings.pipelines[0]
+    if pipeline not in settings.pipelines:
+        raise UsageError(f"--task {pipeline}: monitoring.entities reads {', '.join(settings.pipelines)} only (its 'pipelines' key)")
+    engine = open_store(params.monitoring.db, params.monitoring.tasks[0])
+    rows = entity_index(engine, pipeline, params.task(pipeline).validate.labels, read_aliases(settings.aliases),
+                        args.window or settings.window_days, args.windows, args.end, args.top, args.entity)
+    if not rows:
+        wanted = f"of '{args.entity}' " if args.entity else ""
+        print(f"no mentions {wanted}stored for {pipeline} in those windows (the monitor stores them: python -m flows.monitor --task {pipeline})")
+        return
+    print(entity_table(rows))
+
+
 def read_texts(args: argparse.Namespace) -> list[str]:
     """The non-blank texts of --file, the arguments or stdin; a UsageError when there are none."""
     if args.file:
@@ -169,6 +193,14 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     if not texts:
         raise UsageError("no texts given (pass them as arguments, with --file, or on stdin)")
     return texts
+
+
+def iso_date(text: str) -> date:
+    """An argparse type: a date as YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a date as YYYY-MM-DD, got {text!r}") from None
 
 
 def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
@@ -235,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--pool", help="register them in this Prefect work pool instead, for `prefect worker start --pool NAME` "
                      "on any machine with a clone (FINETUNE_CHECKOUT=/path/to/clone), and watch the drop folders")
 
+    ent = commands.add_parser("entities", help="sentiment per entity and window, from the monitor's prediction store (monitoring.entities)")
+    ent.add_argument("--task", help="the monitored pipeline (default: the first of monitoring.entities.pipelines)")
+    ent.add_argument("--entity", help="only this entity (any spelling of it)")
+    ent.add_argument("--window", type=bounded(int, 1), help="days per window (default: monitoring.entities.window_days)")
+    ent.add_argument("--windows", type=bounded(int, 1), default=1, help="how many windows, the newest last (default: 1)")
+    ent.add_argument("--end", type=iso_date, help="the last day of the newest window, YYYY-MM-DD (default: the newest text's)")
+    ent.add_argument("--top", type=bounded(int, 1), default=20, help="the most mentioned entities shown (default: 20)")
+
     rst = commands.add_parser("restore", help="in a checkout at a registered version's commit: its dvc.lock, then `dvc pull` its "
                               "data, splits, model and reports from the DVC remote")
     rst.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
@@ -278,6 +318,8 @@ def run_command(args: argparse.Namespace) -> None:
         search(args.task, args.trials, args.apply, args.params)
     elif args.command == "loadtest":
         loadtest(args)
+    elif args.command == "entities":
+        entities(args)
     elif args.command == "restore":
         restore(args.task, args.model, args.params)
     else:

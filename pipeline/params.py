@@ -348,6 +348,17 @@ class OrchestrationConfig:
 
 
 @dataclass
+class EntitiesConfig:
+    """Sentiment per entity (pipeline/monitoring/entities.py): what a tagger pipeline's champion finds in monitored texts."""
+
+    tagger: str  # a token classification pipeline, e.g. ner
+    pipelines: list[str] = field(default_factory=lambda: ["sentiment"])  # the monitored pipelines whose texts it reads
+    types: list[str] = field(default_factory=lambda: ["ORG"])  # the entity types counted
+    aliases: str | None = None  # a YAML file: a name -> its other spellings, e.g. {Nokia: [NOK, Nokia Networks]}
+    window_days: int = at_least(1, 7)  # the per-entity index's window, in calendar days
+
+
+@dataclass
 class MonitoringConfig:
     tasks: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `tasks`
     input: str = "monitoring/incoming"  # csv batches (timestamp,text) in <input>/<pipeline>/; files directly here: the first pipeline's
@@ -359,6 +370,7 @@ class MonitoringConfig:
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
     oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift
     queue_size: int = at_least(1, 50)  # least certain texts written to data/to_label/ when drift is detected
+    entities: EntitiesConfig | None = None  # sentiment per entity; None: off
 
 
 @dataclass
@@ -454,10 +466,29 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
     serving = dataclasses.replace(serving, task=serving.task or tasks[0])
     if monitoring.tasks is None:
         monitoring = dataclasses.replace(monitoring, tasks=[name for name in tasks if sections[name].type != "translation"])
+    if monitoring.entities is not None:
+        check_entities(monitoring.entities, monitoring.tasks, sections)
     return Params(
         tasks=tasks, tracking=tracking, task_configs=sections, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
+
+
+def check_entities(entities: EntitiesConfig, monitored: list[str], sections: Mapping[str, Any]) -> None:
+    """The tagger is a token classification pipeline finding `types`; the pipelines it reads are monitored."""
+    tagger = sections.get(entities.tagger)
+    if tagger is None or tagger.type != "token_classification":
+        found = f"a {tagger.type} pipeline" if tagger else f"not a pipeline{did_you_mean(entities.tagger, sections)}"
+        raise ConfigError(f"params.yaml: 'monitoring.entities.tagger' names '{entities.tagger}', {found}: name a token "
+                          "classification pipeline (e.g. ner), or set monitoring.entities: null")
+    for name in entities.pipelines:
+        if name not in monitored:
+            raise ConfigError(f"params.yaml: 'monitoring.entities.pipelines' names '{name}', which is not monitored "
+                              f"(monitoring.tasks: {', '.join(monitored)}): add it there or remove it here")
+    unknown = [kind for kind in entities.types if kind not in tagger.validate.labels]
+    if unknown:
+        raise ConfigError(f"params.yaml: 'monitoring.entities.types' names '{unknown[0]}', which the {entities.tagger} pipeline "
+                          f"does not find (its types: {', '.join(tagger.validate.labels)})")
 
 
 def did_you_mean(name: str, known: Any) -> str:

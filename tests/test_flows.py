@@ -22,7 +22,7 @@ from tests.conftest import (
     write_params,
     write_texts,
 )
-from tests.ner_data import make_sentences, ner_params, write_conll
+from tests.ner_data import NAMES, make_sentences, ner_params, write_conll
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def monitored_params(tiny_model: Path) -> dict:
                "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0}}
     ner = ner_params(tiny_model)["ner"]
     return {**params, "tasks": ["sentiment", "intents"], "intents": intents, "ner": ner,
-            "monitoring": {"tasks": ["sentiment", "intents", "ner"]}}
+            "monitoring": {"tasks": ["sentiment", "intents", "ner"], "entities": {"tagger": "ner", "types": ["ORG"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +299,52 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
     assert len(queue) == 40 and float(queue[0]["confidence"]) <= float(queue[-1]["confidence"])  # least sure first
+
+
+def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_each_label(repo, champions, capsys):
+    import sqlite3
+
+    import mlflow
+    from prefect.artifacts import Artifact
+
+    from flows.monitor import monitor
+    from pipeline.monitoring.entities import entity_name, mentions
+    from pipeline.monitoring.served import PredictionLog
+    from pipeline.registry import champion_uri, load_registered, registered_version
+    from pipeline.tasks import get_task, load_params
+
+    params = load_params()
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    ner, version = get_task("ner", params.task("ner")), str(registered_version(champion_uri("ner")).version)
+    sentiment = str(registered_version(champion_uri("fin-sentiment")).version)
+    texts = [" ".join(tokens) for tokens, _ in make_sentences(40, seed=21)]
+    log = PredictionLog(params.monitoring.db, "sentiment", ["sentiment"], share=1.0, capacity=10)  # as `finetune serve` logs
+    log.start()
+    log.offer("sentiment", sentiment, texts[30:], [{"label": "negative", "score": 0.9}] * 10)
+    log.stop()
+    write_texts(repo / "monitoring" / "incoming" / "sentiment" / "companies.csv", texts[:30])
+    report = monitor()
+
+    db = sqlite3.connect(repo / "monitoring" / "predictions.db")
+    scored = db.execute("SELECT count(*) FROM batches WHERE pipeline = 'sentiment' AND scored_at IS NOT NULL").fetchone()[0]
+    tagged = db.execute("SELECT tagger, model_version, count(*) FROM tagged_batches WHERE pipeline = 'sentiment' GROUP BY 1, 2").fetchall()
+    assert scored >= 2 and tagged == [("ner", version, scored)]  # batches scored before NER had a champion too, and the served one
+    model, tokenizer = load_registered(ner, f"models:/ner/{version}")
+    expected = [sorted(mentions(p, ["ORG"])) for p in ner.predict(model, tokenizer, [{"text": text} for text in texts])]
+    query = ("SELECT p.text, m.entity FROM mentions m JOIN predictions p USING (pipeline, batch, position) "
+             "WHERE m.pipeline = 'sentiment' AND m.model_version = ?")
+    found = {text: [] for text in texts}
+    for text, entity in db.execute(query, (version,)):
+        found[text].append(entity)
+    assert [sorted(found[text]) for text in texts] == expected and any(expected)
+    top = report["entities"]["top"]
+    assert {row["entity"] for row in top} <= {entity_name(" ".join(name)) for name in NAMES["ORG"]}  # 'Halden Shipping', no ASA
+    newest = db.execute("SELECT max(substr(timestamp, 1, 10)) FROM predictions WHERE pipeline = 'sentiment'").fetchone()[0]
+    assert all(row["window"][1] == newest and -1 <= row["index"] <= 1 for row in top)  # the last 7 days: the served answers' today
+    assert "The most mentioned entities, last 7 days" in Artifact.get("monitor-sentiment").data
+    before = db.execute("SELECT count(*) FROM mentions").fetchone()
+    assert monitor() == {} and monitor(str(repo / "monitoring" / "incoming" / "sentiment" / "companies.csv"))  # nothing new; the file by hand
+    assert db.execute("SELECT count(*) FROM mentions").fetchone() == before  # stored and tagged once
 
 
 def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.monitoring.drift import how_far, is_tagger
+from pipeline.monitoring.entities import entity_table
 from pipeline.plots import label_shares_png, sentiment_index_html, sentiment_index_png
 from pipeline.tasks.base import Task
 
@@ -58,6 +59,9 @@ def summary_markdown(report: dict) -> str:
         daily = "Daily shares\n\n| date | texts | top shares |\n|---|---|---|\n" + "\n".join(
             f"| {d['date']} | {d['texts']} | {', '.join(f'{k} {v:.0%}' for k, v in list(d['shares'].items())[:5])} |"
             for d in report["shares"])
+    if "entities" in report:
+        daily += (f"\n\n## The most mentioned entities, last {report['entities']['window_days']} days\n\n"
+                  f"{entity_table(report['entities']['top'])}")
     return (
         f"# Monitor {report['pipeline']}: {report['model']} v{report['model_version']}\n\n"
         f"**drift detected: {report['drift_detected']}** on {report['texts']} texts"

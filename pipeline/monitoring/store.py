@@ -74,6 +74,19 @@ BATCHES = Table(
     Column("claimed_by", String), Column("claimed_at", String),  # the run scoring it, and since when
     Column("scored_at", String),  # null while claimed
 )
+MENTIONS = Table(  # the entities a tagger pipeline's champion found in a stored text (monitoring/entities.py)
+    "mentions", metadata,
+    Column("pipeline", String, nullable=False), Column("batch", String, nullable=False), Column("position", Integer, nullable=False),
+    Column("entity", String, nullable=False),  # the normalised name: case, spaces and legal suffixes ignored
+    Column("mention", String),  # as the text wrote it, its first time there
+    Column("model_version", String),  # the tagger's
+    UniqueConstraint("pipeline", "batch", "position", "entity", name="one_mention_per_entity_and_row"),
+)
+TAGGED = Table(  # the scored batches whose texts the tagger has read, and by which version
+    "tagged_batches", metadata,
+    Column("pipeline", String, primary_key=True), Column("batch", String, primary_key=True),
+    Column("tagger", String), Column("model_version", String), Column("tagged_at", String),
+)
 
 
 def now() -> str:
