@@ -32,7 +32,7 @@ run: setup
 	@echo "Label next:   .venv/bin/finetune select   (the pool texts the champion is least sure of -> data/to_label/)"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the slowest 25, to see where CI time goes
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not model and not e2e"
