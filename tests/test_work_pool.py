@@ -118,8 +118,9 @@ def test_two_workers_in_clones_of_their_own_retrain_two_pipelines_at_once_and_ou
         with (finetune_deploy(repo, "--pool", POOL) as log, worker(clones[0]) as first_worker, worker(clones[1]) as second_worker,
               get_client(sync_client=True) as client):
             names = {f"{flow}-{name}" for flow in ("retrain", "monitor") for name in PIPELINES}
-            deployments = wait_for(lambda: (found := pool_deployments(client)).keys() == names and found, 120, "the deployments", log)
+            wait_for(lambda: pool_deployments(client).keys() == names, 120, "the deployments", log)
             wait_for(lambda: "watching the drop folders" in log.read_text(), 60, "the watcher", log)
+            deployments = pool_deployments(client)  # read once registered whole: each is applied, then given its pull step
             for deployment in deployments.values():  # each runs in the worker's clone, in the pool's scope, with a heartbeat
                 assert deployment.pull_steps == [{"flows.pool.enter_checkout": {}}] and deployment.path is None
                 assert deployment.job_variables == {"env": {POOL_ENV: POOL, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
