@@ -3,7 +3,9 @@
 - `finetune.batch.arrived`: new or changed files in a pipeline's `data.incoming` (`finetune deploy`'s
   watcher; the files of one settle window in one event);
 - `finetune.batch.rejected`: a drop-folder batch the collect stage set aside (the retrain flow);
-- `finetune.drift.detected`: the monitor flow found drift in a pipeline.
+- `finetune.drift.detected`: the monitor flow found drift in a pipeline;
+- `finetune.sentiment.alert`: negative news about one entity spiked in a pipeline's texts (the
+  monitor flow; pipeline/monitoring/alerts.py), one event per entity and window.
 
 The event's resource carries the pipeline as the label `finetune.pipeline`: each pipeline's retrain
 deployment listens for the first and the last about its own pipeline only. Its id is the scope the
@@ -14,6 +16,7 @@ runs emit from other clones on other machines.
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 
 from prefect.events import emit_event
 
@@ -22,6 +25,7 @@ from flows.pool import current_pool
 BATCH_ARRIVED = "finetune.batch.arrived"
 BATCH_REJECTED = "finetune.batch.rejected"
 DRIFT_DETECTED = "finetune.drift.detected"
+SENTIMENT_ALERT = "finetune.sentiment.alert"
 PIPELINE_LABEL = "finetune.pipeline"
 
 
@@ -37,6 +41,7 @@ def pipeline_resource(pipeline: str) -> dict[str, str]:
     return {"prefect.resource.id": scope_id(), "prefect.resource.name": Path.cwd().name, PIPELINE_LABEL: pipeline}
 
 
-def emit(event: str, pipeline: str, payload: dict) -> None:
-    """Emit a Prefect event about a pipeline in this scope (the payload names it too, for readers of the event feed)."""
-    emit_event(event=event, resource=pipeline_resource(pipeline), payload={"pipeline": pipeline, **payload})
+def emit(event: str, pipeline: str, payload: dict, id: UUID | None = None) -> None:
+    """Emit a Prefect event about a pipeline in this scope (the payload names it too, for readers of the event feed);
+    an `id` of its own makes a second emission of the same event one event."""
+    emit_event(event=event, resource=pipeline_resource(pipeline), payload={"pipeline": pipeline, **payload}, id=id)

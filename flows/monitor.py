@@ -19,18 +19,20 @@ from __future__ import annotations
 import argparse
 from contextlib import AbstractContextManager
 from pathlib import Path
+from uuid import NAMESPACE_URL, uuid5
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import Engine
 
-from flows.events import DRIFT_DETECTED, emit
+from flows.events import DRIFT_DETECTED, SENTIMENT_ALERT, emit, scope_id
 from flows.pool import require_shared_registry
 from flows.workspaces import latest_outputs
 from pipeline import tracking
 from pipeline.errors import ConfigError
 from pipeline.locks import limit_name, shared_lock
 from pipeline.models import use_all_cores
+from pipeline.monitoring.alerts import find_alerts, mark_sent, unsent
 from pipeline.monitoring.drift import MONITORED, fired, how_far, is_tagger, measure_drift
 from pipeline.monitoring.entities import entity_index, read_aliases, tag_batches, untagged
 from pipeline.monitoring.reference import reference
@@ -103,6 +105,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
               "and no new served answers")
         store(engine, pipeline, [], [], "", names)  # empty, but seen: not claimed again
         tag_entities(params, engine, pipeline)  # batches scored before the tagger had a champion
+        send_alerts(params, engine, pipeline)
         return {}
 
     use_all_cores()
@@ -133,6 +136,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
     if entities := tag_entities(params, engine, pipeline):
         report["entities"] = entities
+        report["alerts"] = send_alerts(params, engine, pipeline)
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
         queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
@@ -168,6 +172,23 @@ def tag_entities(params: Params, engine: Engine, pipeline: str) -> dict | None:
     labels = params.task(pipeline).validate.labels
     top = entity_index(engine, pipeline, labels, read_aliases(entities.aliases), entities.window_days, top=10)
     return {"window_days": entities.window_days, "top": top} if top else None
+
+
+def send_alerts(params: Params, engine: Engine, pipeline: str) -> list[dict]:
+    """Apply the alert rule to the pipeline's newest window; emit a finetune.sentiment.alert event for each
+    alert not sent yet, this run's or an earlier one's. Returns the alerts of the newest window."""
+    entities = params.monitoring.entities
+    if entities is None or entities.alert is None or pipeline not in entities.pipelines:
+        return []
+    found = find_alerts(engine, pipeline, read_aliases(entities.aliases), entities.alert)
+    for alert in unsent(engine, pipeline, found):
+        event_id = uuid5(NAMESPACE_URL, f"{SENTIMENT_ALERT}/{scope_id()}/{pipeline}/{alert['key']}/{'/'.join(alert['window'])}")
+        emit(SENTIMENT_ALERT, pipeline, {k: v for k, v in alert.items() if k != "key"}, id=event_id)
+        mark_sent(engine, pipeline, alert)
+        get_run_logger().warning("%s: negative news about %s from %s to %s: %d of %d texts negative (%.0f%%, baseline %.0f%% of the %s), "
+                                 "p %.1e", pipeline, alert["entity"], *alert["window"], alert["negative"], alert["texts"],
+                                 100 * alert["share"], 100 * alert["baseline"]["share"], alert["baseline"]["of"], alert["pvalue"])
+    return found
 
 
 def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> None:

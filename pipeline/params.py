@@ -348,6 +348,17 @@ class OrchestrationConfig:
 
 
 @dataclass
+class AlertConfig:
+    """Negative-news alerts per entity (pipeline/monitoring/alerts.py): when one fires."""
+
+    window_days: int = at_least(1, 1)  # the window judged: the last this many days
+    baseline_windows: int = at_least(1, 28)  # the windows before it, of the same length, that give the baseline
+    min_mentions: int = at_least(1, 10)  # texts in the window that mention the entity, at least
+    margin: float = fraction(0.15)  # its share negative at least this above the baseline's ...
+    pvalue: float = fraction(0.01)  # ... and higher by a one-sided Fisher exact test at p at most this
+
+
+@dataclass
 class EntitiesConfig:
     """Sentiment per entity (pipeline/monitoring/entities.py): what a tagger pipeline's champion finds in monitored texts."""
 
@@ -356,6 +367,7 @@ class EntitiesConfig:
     types: list[str] = field(default_factory=lambda: ["ORG"])  # the entity types counted
     aliases: str | None = None  # a YAML file: a name -> its other spellings, e.g. {Nokia: [NOK, Nokia Networks]}
     window_days: int = at_least(1, 7)  # the per-entity index's window, in calendar days
+    alert: AlertConfig | None = field(default_factory=AlertConfig)  # None: no alerts
 
 
 @dataclass

@@ -46,7 +46,9 @@ def monitored_params(tiny_model: Path) -> dict:
                "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0}}
     ner = ner_params(tiny_model)["ner"]
     return {**params, "tasks": ["sentiment", "intents"], "intents": intents, "ner": ner,
-            "monitoring": {"tasks": ["sentiment", "intents", "ner"], "entities": {"tagger": "ner", "types": ["ORG"]}}}
+            "monitoring": {"tasks": ["sentiment", "intents", "ner"], "entities": {
+                "tagger": "ner", "types": ["ORG"],
+                "alert": {"min_mentions": 1, "margin": 0.0, "pvalue": 1.0}}}}  # any entity as negative as before or more: an alert
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +103,16 @@ def test_retrain_flow_registers_a_champion_and_publishes_an_artifact(repo):
     retrain_limit("sentiment", new_limit=2)  # an operator's change, which the next run must keep
 
 
-def rejected_batch_events() -> list[dict]:
-    """The payloads of the BATCH_REJECTED events stored on the Prefect server (stored asynchronously)."""
+def stored_events(name: str) -> list[dict]:
+    """The payloads of the events called `name` stored on the Prefect server (stored asynchronously: waits for the first)."""
     import time
 
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    from flows.events import BATCH_REJECTED
-
     with get_client(sync_client=True) as client:
         for _ in range(40):
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[BATCH_REJECTED])), limit=50)
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
             if page.events:
                 return [dict(e.payload) for e in page.events]
             time.sleep(0.5)
@@ -141,7 +141,9 @@ def test_a_new_batch_is_trained_on_and_an_unreadable_one_set_aside(repo):
     recorded = load_records(workspace / "data" / "quarantine" / "sentiment.batches.jsonl")
     assert [(r["file"], r["reason"]) for r in recorded] == [("data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
     assert "## Batches set aside (1)" in Artifact.get("retrain-sentiment").data
-    events = rejected_batch_events()
+    from flows.events import BATCH_REJECTED
+
+    events = stored_events(BATCH_REJECTED)
     assert [(e["pipeline"], e["file"], e["reason"]) for e in events] == [
         ("sentiment", "data/incoming/batch-002.csv", "this is a PNG image, not a text data file")]
     (repo / "data" / "incoming" / "batch-002.csv").unlink()  # the next tests start from good data
@@ -303,10 +305,12 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
 
 def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_each_label(repo, champions, capsys):
     import sqlite3
+    import time
 
     import mlflow
     from prefect.artifacts import Artifact
 
+    from flows.events import SENTIMENT_ALERT
     from flows.monitor import monitor
     from pipeline.monitoring.entities import entity_name, mentions
     from pipeline.monitoring.served import PredictionLog
@@ -342,9 +346,15 @@ def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_eac
     newest = db.execute("SELECT max(substr(timestamp, 1, 10)) FROM predictions WHERE pipeline = 'sentiment'").fetchone()[0]
     assert all(row["window"][1] == newest and -1 <= row["index"] <= 1 for row in top)  # the last 7 days: the served answers' today
     assert "The most mentioned entities, last 7 days" in Artifact.get("monitor-sentiment").data
+    today = [alert for alert in report["alerts"] if alert["window"] == [newest, newest]]
+    assert today and all(alert["negative"] == alert["texts"] and alert["examples"] for alert in today)  # the served answers: all negative
+    events = [e for e in stored_events(SENTIMENT_ALERT) if e["window"] == [newest, newest]]
+    assert sorted(e["entity"] for e in events) == sorted(alert["entity"] for alert in today)
     before = db.execute("SELECT count(*) FROM mentions").fetchone()
     assert monitor() == {} and monitor(str(repo / "monitoring" / "incoming" / "sentiment" / "companies.csv"))  # nothing new; the file by hand
     assert db.execute("SELECT count(*) FROM mentions").fetchone() == before  # stored and tagged once
+    time.sleep(2)  # events are stored asynchronously
+    assert len([e for e in stored_events(SENTIMENT_ALERT) if e["window"] == [newest, newest]]) == len(events)  # each alert sent once
 
 
 def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):

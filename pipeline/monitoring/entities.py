@@ -175,6 +175,24 @@ def window_figures(counts: Counter, labels: list[str], confidence: float) -> Rec
     return figures
 
 
+def grouped_mentions(engine: Engine, pipeline: str, aliases: dict[str, str], spans: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Per entity (its key, after aliases): per window of `spans`, the (batch, position, label) of each text
+    mentioning it, each text once; and the counts of its spellings, to name it by the commonest."""
+    texts: dict[str, list[set]] = defaultdict(lambda: [set() for _ in spans])
+    spellings: dict[str, Counter] = defaultdict(Counter)
+    for day, batch, position, key, spelling, label in mention_rows(engine, pipeline, spans[0][0], spans[-1][1]):
+        name = aliases.get(key) or key
+        k = next(i for i, (first, last) in enumerate(spans) if first <= day <= last)
+        texts[name][k].add((batch, position, label))
+        spellings[name][aliases.get(key) or entity_name(spelling)] += 1
+    return texts, spellings
+
+
+def commonest(spellings: Counter) -> str:
+    """The spelling used most (the first in alphabetical order among equals)."""
+    return min(spellings.most_common(), key=lambda s: (-s[1], s[0]))[0]
+
+
 def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict[str, str], window_days: int, count: int = 1,
                  end: date | None = None, top: int | None = None, entity: str | None = None, confidence: float = 0.95) -> list[Record]:
     """Per entity (the most mentioned first, `top` of them, or only `entity`) and per window (`count`
@@ -184,18 +202,12 @@ def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict
     if end is None:
         return []
     spans = windows(end, window_days, count)
-    texts: dict[str, list[set]] = defaultdict(lambda: [set() for _ in spans])  # entity -> per window, its (batch, position, label)
-    spellings: dict[str, Counter] = defaultdict(Counter)
-    for day, batch, position, key, spelling, label in mention_rows(engine, pipeline, spans[0][0], spans[-1][1]):
-        name = aliases.get(key, key)
-        k = next(i for i, (first, last) in enumerate(spans) if first <= day <= last)
-        texts[name][k].add((batch, position, label))
-        spellings[name][aliases.get(key) or entity_name(spelling)] += 1
+    texts, spellings = grouped_mentions(engine, pipeline, aliases, spans)
     names = sorted(texts, key=lambda n: (-sum(map(len, texts[n])), n))
     if entity is not None:
-        names = [n for n in names if n == aliases.get(entity_key(entity), entity_key(entity))]
+        names = [n for n in names if n == (aliases.get(entity_key(entity)) or entity_key(entity))]
     return [
-        {"entity": min(spellings[name].most_common(), key=lambda s: (-s[1], s[0]))[0], "window": list(span),
+        {"entity": commonest(spellings[name]), "window": list(span),
          **window_figures(Counter(label for _, _, label in texts[name][k]), labels, confidence)}
         for name in names[:top] for k, span in enumerate(spans)
     ]

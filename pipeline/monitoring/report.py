@@ -62,6 +62,10 @@ def summary_markdown(report: dict) -> str:
     if "entities" in report:
         daily += (f"\n\n## The most mentioned entities, last {report['entities']['window_days']} days\n\n"
                   f"{entity_table(report['entities']['top'])}")
+    for alert in report.get("alerts", []):
+        daily += (f"\n\n## Alert: negative news about {alert['entity']}, {alert['window'][0]} to {alert['window'][1]}\n\n"
+                  f"{alert['negative']} of {alert['texts']} texts negative ({alert['share']:.0%}; baseline {alert['baseline']['share']:.0%} "
+                  f"of the {alert['baseline']['of']}, p {alert['pvalue']:.1e}):\n\n" + "\n".join(f"- {text}" for text in alert["examples"]))
     return (
         f"# Monitor {report['pipeline']}: {report['model']} v{report['model_version']}\n\n"
         f"**drift detected: {report['drift_detected']}** on {report['texts']} texts"

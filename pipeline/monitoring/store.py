@@ -56,6 +56,7 @@ SERVED = "served/"  # the name of every batch of served answers begins so
 CLAIM_SECONDS = 3600  # a killed run's batches are scored again by the first run after this
 SCHEMA_LOCK = 7461_2026  # the PostgreSQL advisory lock taken while the tables are created
 SQLITE_WAIT_SECONDS = 60  # how long a writer waits for another to finish its transaction
+CONNECT_SECONDS = 10  # how long a connection to a database server may take before the store is called down
 
 metadata = MetaData()
 PREDICTIONS = Table(
@@ -86,6 +87,13 @@ TAGGED = Table(  # the scored batches whose texts the tagger has read, and by wh
     "tagged_batches", metadata,
     Column("pipeline", String, primary_key=True), Column("batch", String, primary_key=True),
     Column("tagger", String), Column("model_version", String), Column("tagged_at", String),
+)
+ALERTS = Table(  # negative-news alerts (monitoring/alerts.py): one per entity and window, whatever runs find it
+    "alerts", metadata,
+    Column("pipeline", String, primary_key=True), Column("entity", String, primary_key=True),  # the entity's key
+    Column("window_start", String, primary_key=True), Column("window_end", String, primary_key=True),
+    Column("figures", Text),  # JSON: the name, counts, shares, baseline, p-value and the texts that drove it
+    Column("found_at", String), Column("sent_at", String),  # sent_at: null until its event is emitted
 )
 
 
@@ -136,7 +144,9 @@ def open_store(location: str, first: str) -> Engine:
     """The prediction store at monitoring.db, its tables created. A SQLite store of an earlier version is
     migrated in place, its rows given to `first` when they predate pipeline names."""
     try:
-        engine = create_engine(store_url(location))
+        url = store_url(location)
+        waits = {"connect_args": {"connect_timeout": CONNECT_SECONDS}} if make_url(url).get_backend_name() == "postgresql" else {}
+        engine = create_engine(url, **waits)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(f"params.yaml: monitoring.db '{location}' is neither a path nor a database URL SQLAlchemy can open ({exc}): "
                           "give a file path, or e.g. postgresql://user@host:5432/monitoring") from None

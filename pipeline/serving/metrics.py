@@ -1,11 +1,14 @@
 """The Prometheus metrics of `finetune serve`, at GET /metrics: predict requests by pipeline and HTTP
 status and their latency, the texts per model call, the prediction log's queue depth, rows written
-and rows dropped, and the model version each pipeline serves. Each app has a registry of its own, so
+and rows dropped, the model version each pipeline serves, and the open negative-news alerts that the
+monitor stored in the prediction store (monitoring/alerts.py). Each app has a registry of its own, so
 two apps in one process (as in the tests) never mix their counts.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,6 +25,8 @@ class ServingState(Collector):
 
     def __init__(self, services: dict[str, Any]):
         self.services = services
+        self.store = None  # the prediction store's engine, opened at the first scrape
+        self.store_failing = False  # warned once per outage, not at every scrape
 
     def collect(self) -> Iterator[Metric]:
         model = GaugeMetricFamily("finetune_model_info", "The model version a pipeline answers with (1); none while it has no model",
@@ -47,6 +52,31 @@ class ServingState(Collector):
         dropped.add_metric(["queue_full"], log.counts.dropped_queue_full)
         dropped.add_metric(["write_failed"], log.counts.dropped_write_failed)
         yield dropped
+        yield from self.alerts(log)
+
+    def alerts(self, log: Any) -> Iterator[Metric]:
+        """The open alerts in the log's store, each as its share of negative texts; nothing while the store fails."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from pipeline.errors import UserError
+        from pipeline.monitoring.alerts import open_alerts
+        from pipeline.monitoring.store import open_store
+
+        try:
+            self.store = self.store or open_store(log.location, log.first)
+            found = open_alerts(self.store, datetime.now(timezone.utc).date())
+        except (SQLAlchemyError, UserError) as exc:
+            if not self.store_failing:
+                logging.getLogger("uvicorn.error").warning("reading the open alerts from the prediction store failed: %s",
+                                                           " ".join(str(exc).split())[:300])
+            self.store_failing = True
+            return
+        self.store_failing = False
+        gauge = GaugeMetricFamily("finetune_sentiment_alert", "Open negative-news alerts: the share of negative texts about the entity "
+                                  "in the window (finetune.sentiment.alert)", labels=["pipeline", "entity", "window"])
+        for alert in found:
+            gauge.add_metric([alert["pipeline"], alert["entity"], "/".join(alert["window"])], alert["share"])
+        yield gauge
 
 
 class Metrics:

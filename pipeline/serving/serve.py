@@ -520,8 +520,9 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> PlainTextResponse:
-        """The metrics in Prometheus' text format (see pipeline/serving/metrics.py)."""
-        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        """The metrics in Prometheus' text format (see pipeline/serving/metrics.py); gathered off the event loop,
+        as the open alerts are read from the prediction store."""
+        return PlainTextResponse(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version")
     async def version() -> Versions:
