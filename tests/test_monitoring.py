@@ -67,6 +67,26 @@ def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
         open_store("postgresql://u@127.0.0.1:9/m", "sentiment")  # nothing listens on port 9
 
 
+def test_a_new_store_opened_by_several_at_once_opens_for_each(tmp_path):
+    import threading
+
+    from pipeline.monitoring.store import open_store
+
+    errors = []
+
+    def open_it(location: str) -> None:
+        try:
+            open_store(location, "sentiment")
+        except Exception as exc:  # noqa: BLE001 - any failure fails the test below
+            errors.append(exc)
+
+    for round in range(60):  # the switch to WAL on a new file failed at once now and then ("database is locked")
+        threads = [threading.Thread(target=open_it, args=(str(tmp_path / f"store-{round}.db"),)) for _ in range(3)]
+        [thread.start() for thread in threads]
+        [thread.join() for thread in threads]
+    assert errors == []
+
+
 def test_a_batch_is_read_with_its_name_and_a_wrong_header_is_named(tmp_path):
     from pipeline.errors import DataError
     from pipeline.monitoring.store import read_batch

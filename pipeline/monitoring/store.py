@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -129,9 +131,17 @@ def sqlite_pragmas(connection, _record) -> None:
     """WAL (readers never wait for the writer), synced at checkpoints rather than at every commit (a power
     cut may lose the last commits, never corrupts); SQLAlchemy, not the driver, begins the transactions."""
     connection.isolation_level = None
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_SECONDS * 1000}")
+    deadline = time.monotonic() + SQLITE_WAIT_SECONDS
+    while True:  # on a new file opened by several at once, the switch to WAL fails at once rather than waiting: retry
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def begin_immediate(connection) -> None:
