@@ -79,6 +79,11 @@ def read_aliases(path: str | None) -> dict[str, str]:
     return aliases
 
 
+def canonical(key: str, aliases: dict[str, str]) -> str:
+    """The name an entity key is counted under: its alias file name, else the key itself."""
+    return aliases.get(key) or key
+
+
 def mentions(prediction: Record, types: list[str]) -> dict[str, str]:
     """entity key -> the spelling of its first mention, for the tagger's entities of `types` in one text."""
     found: dict[str, str] = {}
@@ -181,7 +186,7 @@ def grouped_mentions(engine: Engine, pipeline: str, aliases: dict[str, str], spa
     texts: dict[str, list[set]] = defaultdict(lambda: [set() for _ in spans])
     spellings: dict[str, Counter] = defaultdict(Counter)
     for day, batch, position, key, spelling, label in mention_rows(engine, pipeline, spans[0][0], spans[-1][1]):
-        name = aliases.get(key) or key
+        name = canonical(key, aliases)
         k = next(i for i, (first, last) in enumerate(spans) if first <= day <= last)
         texts[name][k].add((batch, position, label))
         spellings[name][aliases.get(key) or entity_name(spelling)] += 1
@@ -205,7 +210,7 @@ def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict
     texts, spellings = grouped_mentions(engine, pipeline, aliases, spans)
     names = sorted(texts, key=lambda n: (-sum(map(len, texts[n])), n))
     if entity is not None:
-        names = [n for n in names if n == (aliases.get(entity_key(entity)) or entity_key(entity))]
+        names = [n for n in names if n == canonical(entity_key(entity), aliases)]
     return [
         {"entity": commonest(spellings[name]), "window": list(span),
          **window_figures(Counter(label for _, _, label in texts[name][k]), labels, confidence)}
