@@ -35,6 +35,7 @@ from pipeline.models import use_all_cores
 from pipeline.monitoring.alerts import find_alerts, mark_sent, unsent
 from pipeline.monitoring.drift import MONITORED, fired, how_far, is_tagger, measure_drift
 from pipeline.monitoring.entities import entity_index, read_aliases, tag_batches, untagged
+from pipeline.monitoring.page import write_desk
 from pipeline.monitoring.reference import reference
 from pipeline.monitoring.report import report_path, summary_markdown, write_daily
 from pipeline.monitoring.store import (
@@ -50,7 +51,7 @@ from pipeline.monitoring.store import (
     store,
     stored_rows,
 )
-from pipeline.params import MonitoringConfig, Params
+from pipeline.params import AlertConfig, MonitoringConfig, Params
 from pipeline.records import save_json
 from pipeline.registry import champion_uri, champion_version, load_registered, registered_version
 from pipeline.tasks import get_task, load_params
@@ -104,8 +105,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
         print(f"monitor[{pipeline}]: no new text in {', '.join(map(str, files or batch_folders(settings, pipeline)))} "
               "and no new served answers")
         store(engine, pipeline, [], [], "", names)  # empty, but seen: not claimed again
-        tag_entities(params, engine, pipeline)  # batches scored before the tagger had a champion
-        send_alerts(params, engine, pipeline)
+        watch_entities(params, engine, pipeline)  # batches scored before the tagger had a champion
         return {}
 
     use_all_cores()
@@ -134,9 +134,8 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
         "drift_detected": bool(alarm), "alarm": [how_far(figure, drift[figure]) for figure in alarm], "drift": drift,
     }
     plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
-    if entities := tag_entities(params, engine, pipeline):
-        report["entities"] = entities
-        report["alerts"] = send_alerts(params, engine, pipeline)
+    report.update(watch_entities(params, engine, pipeline))
+    plots += [Path(report["desk"])] if "desk" in report else []
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
         queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
@@ -146,41 +145,52 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     return report
 
 
-def tag_entities(params: Params, engine: Engine, pipeline: str) -> dict | None:
-    """When monitoring.entities reads this pipeline: the tagger's champion finds the entities in every
-    batch not tagged yet; returns the index of the last window, its 10 most mentioned entities."""
+def watch_entities(params: Params, engine: Engine, pipeline: str) -> dict:
+    """When monitoring.entities reads this pipeline: tag the batches not tagged yet, send the alerts
+    and write the desk page. Returns the report's part: the last window's 10 most mentioned entities,
+    the newest window's alerts and the page's path."""
+    entities = params.monitoring.entities
+    if entities is None or pipeline not in entities.pipelines:
+        return {}
+    aliases = read_aliases(entities.aliases)
+    tag_entities(params, engine, pipeline)
+    part: dict = {}
+    if top := entity_index(engine, pipeline, params.task(pipeline).validate.labels, aliases, entities.window_days, top=10):
+        part["entities"] = {"window_days": entities.window_days, "top": top}
+    if entities.alert is not None:
+        part["alerts"] = send_alerts(engine, pipeline, aliases, entities.alert)
+    if page := write_desk(engine, params, pipeline, aliases):
+        part["desk"] = str(page)
+    return part
+
+
+def tag_entities(params: Params, engine: Engine, pipeline: str) -> None:
+    """The tagger's champion finds the entities in every batch of the pipeline not tagged yet."""
     import mlflow
 
     entities = params.monitoring.entities
-    if entities is None or pipeline not in entities.pipelines:
-        return None
-    if untagged(engine, pipeline):
-        tagger = get_task(entities.tagger, params.task(entities.tagger))
-        name = tagger.config.registry.name
-        tracking.configure(params.tracking.experiment)
-        champion = champion_version(mlflow.MlflowClient(), name)
-        if champion is None:
-            print(f"monitor[{pipeline}]: entities not tagged: the {entities.tagger} pipeline has no champion yet "
-                  f"({champion_uri(name)}); the batches are tagged once it has one")
-        else:
-            model, tokenizer = load_registered(tagger, f"models:/{name}/{champion.version}")
-            batches, texts, added = tag_batches(engine, pipeline, entities.tagger, str(champion.version),
-                                                lambda batch: tagger.predict(model, tokenizer, [{"text": text} for text in batch]),
-                                                entities.types)
-            print(f"monitor[{pipeline}]: {name} v{champion.version} read {texts} texts of {batches} batch(es): {added} mentions "
-                  f"of {', '.join(entities.types)} stored")
-    labels = params.task(pipeline).validate.labels
-    top = entity_index(engine, pipeline, labels, read_aliases(entities.aliases), entities.window_days, top=10)
-    return {"window_days": entities.window_days, "top": top} if top else None
+    if not untagged(engine, pipeline):
+        return
+    tagger = get_task(entities.tagger, params.task(entities.tagger))
+    name = tagger.config.registry.name
+    tracking.configure(params.tracking.experiment)
+    champion = champion_version(mlflow.MlflowClient(), name)
+    if champion is None:
+        print(f"monitor[{pipeline}]: entities not tagged: the {entities.tagger} pipeline has no champion yet "
+              f"({champion_uri(name)}); the batches are tagged once it has one")
+        return
+    model, tokenizer = load_registered(tagger, f"models:/{name}/{champion.version}")
+    batches, texts, added = tag_batches(engine, pipeline, entities.tagger, str(champion.version),
+                                        lambda batch: tagger.predict(model, tokenizer, [{"text": text} for text in batch]),
+                                        entities.types)
+    print(f"monitor[{pipeline}]: {name} v{champion.version} read {texts} texts of {batches} batch(es): {added} mentions "
+          f"of {', '.join(entities.types)} stored")
 
 
-def send_alerts(params: Params, engine: Engine, pipeline: str) -> list[dict]:
+def send_alerts(engine: Engine, pipeline: str, aliases: dict[str, str], rule: AlertConfig) -> list[dict]:
     """Apply the alert rule to the pipeline's newest window; emit a finetune.sentiment.alert event for each
     alert not sent yet, this run's or an earlier one's. Returns the alerts of the newest window."""
-    entities = params.monitoring.entities
-    if entities is None or entities.alert is None or pipeline not in entities.pipelines:
-        return []
-    found = find_alerts(engine, pipeline, read_aliases(entities.aliases), entities.alert)
+    found = find_alerts(engine, pipeline, aliases, rule)
     for alert in unsent(engine, pipeline, found):
         event_id = uuid5(NAMESPACE_URL, f"{SENTIMENT_ALERT}/{scope_id()}/{pipeline}/{alert['key']}/{'/'.join(alert['window'])}")
         emit(SENTIMENT_ALERT, pipeline, {k: v for k, v in alert.items() if k != "key"}, id=event_id)

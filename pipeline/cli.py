@@ -1,6 +1,6 @@
 """The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`,
 `finetune select` (active learning), `finetune search` (Optuna), `finetune serve`, `finetune loadtest`,
-`finetune deploy`, `finetune restore` and `finetune entities`."""
+`finetune deploy`, `finetune restore`, `finetune entities` and `finetune report`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import os
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
 from pipeline.paths import TaskPaths
 from pipeline.stages import SOURCES, STAGES, require_inputs, run_stage
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from pipeline.params import Params
 
 
 def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
@@ -156,9 +161,8 @@ def restore(task_name: str, model_uri: str | None, params_file: Path) -> None:
     print(restore_build(task_name, model_uri or champion_uri(config.registry.name)))
 
 
-def entities(args: argparse.Namespace) -> None:
-    """Print the sentiment index per entity and window, from the mentions the monitor stored."""
-    from pipeline.monitoring.entities import entity_index, entity_table, read_aliases
+def entity_store(args: argparse.Namespace) -> tuple[Params, str, Engine]:
+    """(params, the pipeline --task names or the first monitoring.entities reads, the prediction store)."""
     from pipeline.monitoring.store import open_store
     from pipeline.tasks import load_params
 
@@ -169,7 +173,15 @@ def entities(args: argparse.Namespace) -> None:
     pipeline = args.task or settings.pipelines[0]
     if pipeline not in settings.pipelines:
         raise UsageError(f"--task {pipeline}: monitoring.entities reads {', '.join(settings.pipelines)} only (its 'pipelines' key)")
-    engine = open_store(params.monitoring.db, params.monitoring.tasks[0])
+    return params, pipeline, open_store(params.monitoring.db, params.monitoring.tasks[0])
+
+
+def entities(args: argparse.Namespace) -> None:
+    """Print the sentiment index per entity and window, from the mentions the monitor stored."""
+    from pipeline.monitoring.entities import entity_index, entity_table, read_aliases
+
+    params, pipeline, engine = entity_store(args)
+    settings = params.monitoring.entities
     rows = entity_index(engine, pipeline, params.task(pipeline).validate.labels, read_aliases(settings.aliases),
                         args.window or settings.window_days, args.windows, args.end, args.top, args.entity)
     if not rows:
@@ -177,6 +189,19 @@ def entities(args: argparse.Namespace) -> None:
         print(f"no mentions {wanted}stored for {pipeline} in those windows (the monitor stores them: python -m flows.monitor --task {pipeline})")
         return
     print(entity_table(rows))
+
+
+def report(args: argparse.Namespace) -> None:
+    """Write the desk page of a monitored sentiment pipeline from the prediction store."""
+    from pipeline.monitoring.entities import read_aliases
+    from pipeline.monitoring.page import write_desk
+
+    params, pipeline, engine = entity_store(args)
+    page = write_desk(engine, params, pipeline, read_aliases(params.monitoring.entities.aliases), args.output)
+    if page is None:
+        print(f"no text stored for {pipeline} yet (the monitor stores them: python -m flows.monitor --task {pipeline})")
+        return
+    print(f"wrote {page} (open it in a browser)")
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -275,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     ent.add_argument("--end", type=iso_date, help="the last day of the newest window, YYYY-MM-DD (default: the newest text's)")
     ent.add_argument("--top", type=bounded(int, 1), default=20, help="the most mentioned entities shown (default: 20)")
 
+    rep = commands.add_parser("report", help="write the desk page of a monitored sentiment pipeline: alerts, market index, "
+                              "entities and their trend, the models behind them (monitoring.entities)")
+    rep.add_argument("--task", help="the monitored pipeline (default: the first of monitoring.entities.pipelines)")
+    rep.add_argument("--output", type=Path, help="the HTML file to write (default: reports/monitor/<pipeline>/desk.html)")
+
     rst = commands.add_parser("restore", help="in a checkout at a registered version's commit: its dvc.lock, then `dvc pull` its "
                               "data, splits, model and reports from the DVC remote")
     rst.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
@@ -320,6 +350,8 @@ def run_command(args: argparse.Namespace) -> None:
         loadtest(args)
     elif args.command == "entities":
         entities(args)
+    elif args.command == "report":
+        report(args)
     elif args.command == "restore":
         restore(args.task, args.model, args.params)
     else:

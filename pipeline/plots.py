@@ -127,26 +127,55 @@ def sentiment_index_png(days: list[str], index: list[float], path: Path, title: 
     _save(fig, path)
 
 
+def index_svg(labels: list[str], values: list[float | None], tips: list[str], width: int = 720, height: int = 300,
+              intervals: list[list[float] | None] | None = None, markers: Sequence[tuple[int, str]] = ()) -> str:
+    """An inline SVG of an index in -1..1 per point: a line broken where a value is None, each point's
+    tip shown on hover, an optional interval bar per point and dashed markers (point, label). Small
+    sizes (a trend beside a table row) leave out the axis and point labels."""
+    from html import escape
+
+    full = height >= 120
+    pad, left = (40, 40) if full else (4, 4)
+    step = (width - left - pad) / max(len(labels) - 1, 1)
+
+    def x(i: int) -> float:
+        return left + i * step
+
+    def y(value: float) -> float:
+        return pad + (1 - value) / 2 * (height - 2 * pad)
+
+    parts = [f'<line x1="{left}" x2="{width - pad}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#bbb"/>']
+    if full:
+        parts += [f'<text x="4" y="{y(v) + 4:.1f}">{label}</text>' for v, label in ((1, "+1"), (0, "0"), (-1, "-1"))]
+        every = max(1, -(-len(labels) // 8))  # at most 8 point labels
+        parts += [f'<text x="{x(i):.1f}" y="{height - 8}" text-anchor="middle">{escape(label)}</text>'
+                  for i, label in enumerate(labels) if i % every == 0 or i == len(labels) - 1]
+    for i, label in markers:
+        parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{pad}" y2="{height - pad}" stroke="#888" stroke-dasharray="4 3"/>'
+                     f'<text x="{x(i) + 3:.1f}" y="{pad - 4}" fill="#555">{escape(label)}</text>')
+    for i, interval in enumerate(intervals or []):
+        if interval is not None and values[i] is not None:
+            parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(interval[1]):.1f}" y2="{y(interval[0]):.1f}" '
+                         'stroke="#9bbbd6" stroke-width="5"/>')
+    segment: list[str] = []
+    for i, value in enumerate([*values, None]):
+        if value is not None:
+            segment.append(f"{x(i):.1f},{y(value):.1f}")
+        elif segment:
+            parts.append(f'<polyline points="{" ".join(segment)}" fill="none" stroke="steelblue" stroke-width="2"/>')
+            segment = []
+    radius = 5 if full else 2.5
+    parts += [f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="{radius}" fill="steelblue"><title>{escape(tip)}</title></circle>'
+              for i, (value, tip) in enumerate(zip(values, tips)) if value is not None]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" font-family="sans-serif">'
+            f'{"".join(parts)}</svg>')
+
+
 def sentiment_index_html(days: list[str], index: list[float], counts: list[int], path: Path, title: str) -> None:
     """The same plot as a self-contained HTML page: an inline SVG whose points show their values on hover."""
     from html import escape
 
-    width, height, pad = 720, 300, 40
-    step = (width - 2 * pad) / max(len(days) - 1, 1)
-    points = [(pad + i * step, pad + (1 - value) / 2 * (height - 2 * pad)) for i, value in enumerate(index)]
-    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    dots = "".join(
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(day)}: index {value:+.3f} ({n} texts)</title></circle>'
-        for (x, y), day, value, n in zip(points, days, index, counts)
-    )
-    labels = "".join(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">{escape(day)}</text>' for (x, _), day in zip(points, days))
-    zero = pad + (height - 2 * pad) / 2
-    svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" font-family="sans-serif">'
-        f'<line x1="{pad}" x2="{width - pad}" y1="{zero}" y2="{zero}" stroke="grey"/>'
-        f'<text x="4" y="{pad + 4}">+1</text><text x="4" y="{zero + 4}">0</text><text x="4" y="{height - pad + 4}">-1</text>'
-        f'<polyline points="{line}" fill="none" stroke="steelblue" stroke-width="2"/><g fill="steelblue">{dots}</g>{labels}</svg>'
-    )
+    svg = index_svg(days, index, [f"{day}: index {value:+.3f} ({n} texts)" for day, value, n in zip(days, index, counts)])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title><h3>{escape(title)}</h3>"

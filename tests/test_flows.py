@@ -346,6 +346,8 @@ def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_eac
     newest = db.execute("SELECT max(substr(timestamp, 1, 10)) FROM predictions WHERE pipeline = 'sentiment'").fetchone()[0]
     assert all(row["window"][1] == newest and -1 <= row["index"] <= 1 for row in top)  # the last 7 days: the served answers' today
     assert "The most mentioned entities, last 7 days" in Artifact.get("monitor-sentiment").data
+    desk = (repo / report["desk"]).read_text(encoding="utf-8")  # the page, with the versions behind its figures
+    assert report["desk"] == "reports/monitor/sentiment/desk.html" and f"fin-sentiment v{sentiment}" in desk and f"ner v{version}" in desk
     today = [alert for alert in report["alerts"] if alert["window"] == [newest, newest]]
     assert today and all(alert["negative"] == alert["texts"] and alert["examples"] for alert in today)  # the served answers: all negative
     events = [e for e in stored_events(SENTIMENT_ALERT, at_least=len(report["alerts"])) if e["window"] == [newest, newest]]

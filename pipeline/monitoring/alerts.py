@@ -22,7 +22,7 @@ from datetime import date, timedelta
 
 from sqlalchemy import Engine, and_, func, select, tuple_, update
 
-from pipeline.monitoring.entities import commonest, grouped_mentions, last_day, windows
+from pipeline.monitoring.entities import Mentioned, commonest, grouped_mentions, last_day, windows
 from pipeline.monitoring.store import ALERTS, PREDICTIONS, insert, now
 from pipeline.params import AlertConfig
 from pipeline.records import Record
@@ -48,9 +48,9 @@ def greater_pvalue(negative: int, texts: int, base_negative: int, base_texts: in
     return float(fisher_exact(table, alternative="greater").pvalue)
 
 
-def examples(engine: Engine, pipeline: str, rows: set[tuple]) -> list[str]:
-    """The texts of the negative ones among (batch, position, label) rows, the newest first."""
-    keys = [(batch, position) for batch, position, label in rows if label == "negative"]
+def examples(engine: Engine, pipeline: str, rows: set[Mentioned]) -> list[str]:
+    """The texts of the negative ones among `rows`, the newest first."""
+    keys = [(row.batch, row.position) for row in rows if row.label == "negative"]
     columns = PREDICTIONS.c
     query = (select(columns.text).where(columns.pipeline == pipeline, tuple_(columns.batch, columns.position).in_(keys))
              .order_by(columns.timestamp.desc(), columns.batch, columns.position).limit(EXAMPLES))
@@ -69,9 +69,9 @@ def find_alerts(engine: Engine, pipeline: str, aliases: dict[str, str], rule: Al
     found = []
     for key, per_window in sorted(grouped.items()):
         window = per_window[-1]
-        texts, negative = len(window), sum(label == "negative" for _, _, label in window)
+        texts, negative = len(window), sum(row.label == "negative" for row in window)
         own = [row for rows in per_window[:-1] for row in rows]
-        base_texts, base_negative = len(own), sum(label == "negative" for _, _, label in own)
+        base_texts, base_negative = len(own), sum(row.label == "negative" for row in own)
         baseline = "entity" if base_texts >= rule.min_mentions else "market"
         if baseline == "market":
             base_texts, base_negative = market

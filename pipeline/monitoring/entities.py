@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 from statistics import NormalDist
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import yaml
 from sqlalchemy import Engine, and_, func, select
@@ -35,6 +35,16 @@ EDGES = " \t\n\"'“”‘’`.,;:!?()[]{}<>-–—"  # punctuation a mention ma
 POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
 TAG_AT_ONCE = 256  # texts the tagger reads in one call
 POLARITY = ("positive", "negative")  # the labels a sentiment index needs
+
+
+class Mentioned(NamedTuple):
+    """A stored text that mentions an entity: where it is, its label and the model versions behind both."""
+
+    batch: str
+    position: int
+    label: str
+    model_version: str  # the sentiment model's
+    tagger_version: str
 
 
 def entity_name(mention: str) -> str:
@@ -158,10 +168,10 @@ def last_day(engine: Engine, pipeline: str) -> date | None:
 
 
 def mention_rows(engine: Engine, pipeline: str, first: str, last: str) -> list[tuple]:
-    """(day, batch, position, entity key, spelling, label) of each mention in texts dated first..last."""
+    """(day, entity key, spelling, batch, position, label, model version, tagger version) of each mention in texts dated first..last."""
     m, p = MENTIONS.c, PREDICTIONS.c
     day = func.substr(p.timestamp, 1, 10)
-    query = (select(day, m.batch, m.position, m.entity, m.mention, p.label)
+    query = (select(day, m.entity, m.mention, m.batch, m.position, p.label, p.model_version, m.model_version)
              .join(PREDICTIONS, and_(p.pipeline == m.pipeline, p.batch == m.batch, p.position == m.position))
              .where(m.pipeline == pipeline, day >= first, day <= last))
     with engine.begin() as connection:
@@ -181,14 +191,14 @@ def window_figures(counts: Counter, labels: list[str], confidence: float) -> Rec
 
 
 def grouped_mentions(engine: Engine, pipeline: str, aliases: dict[str, str], spans: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """Per entity (its key, after aliases): per window of `spans`, the (batch, position, label) of each text
-    mentioning it, each text once; and the counts of its spellings, to name it by the commonest."""
-    texts: dict[str, list[set]] = defaultdict(lambda: [set() for _ in spans])
+    """Per entity (its key, after aliases): per window of `spans`, each text mentioning it (a Mentioned),
+    each text once; and the counts of its spellings, to name it by the commonest."""
+    texts: dict[str, list[set[Mentioned]]] = defaultdict(lambda: [set() for _ in spans])
     spellings: dict[str, Counter] = defaultdict(Counter)
-    for day, batch, position, key, spelling, label in mention_rows(engine, pipeline, spans[0][0], spans[-1][1]):
+    for day, key, spelling, *text in mention_rows(engine, pipeline, spans[0][0], spans[-1][1]):
         name = canonical(key, aliases)
         k = next(i for i, (first, last) in enumerate(spans) if first <= day <= last)
-        texts[name][k].add((batch, position, label))
+        texts[name][k].add(Mentioned(*text))
         spellings[name][aliases.get(key) or entity_name(spelling)] += 1
     return texts, spellings
 
@@ -202,7 +212,8 @@ def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict
                  end: date | None = None, top: int | None = None, entity: str | None = None, confidence: float = 0.95) -> list[Record]:
     """Per entity (the most mentioned first, `top` of them, or only `entity`) and per window (`count`
     windows of `window_days`, the last ending on `end`, default the newest text's date): the texts that
-    mention it, counted once each, with their labels' counts and shares and the sentiment index."""
+    mention it, counted once each, with their labels' counts and shares, the sentiment index and the
+    versions of the models that gave the labels and found the mentions."""
     end = end or last_day(engine, pipeline)
     if end is None:
         return []
@@ -213,7 +224,8 @@ def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict
         names = [n for n in names if n == canonical(entity_key(entity), aliases)]
     return [
         {"entity": commonest(spellings[name]), "window": list(span),
-         **window_figures(Counter(label for _, _, label in texts[name][k]), labels, confidence)}
+         **window_figures(Counter(text.label for text in texts[name][k]), labels, confidence),
+         "versions": {"model": sorted({t.model_version for t in texts[name][k]}), "tagger": sorted({t.tagger_version for t in texts[name][k]})}}
         for name in names[:top] for k, span in enumerate(spans)
     ]
 

@@ -71,5 +71,5 @@ def summary_markdown(report: dict) -> str:
         f"**drift detected: {report['drift_detected']}** on {report['texts']} texts"
         f"{': ' + '; '.join(report['alarm']) if report['alarm'] else ''}\n\n"
         f"| figure against its threshold | drifted |\n|---|---|\n{rows}\n\n"
-        f"## {daily}\n\nPlots: `{REPORTS / report['pipeline']}/`\n"
+        f"## {daily}\n\nPlots: `{REPORTS / report['pipeline']}/`{'; the desk page: `' + report['desk'] + '`' if 'desk' in report else ''}\n"
     )
