@@ -3,6 +3,7 @@ active-learning label curves, the sentiment index."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,29 +128,38 @@ def sentiment_index_png(days: list[str], index: list[float], path: Path, title: 
     _save(fig, path)
 
 
+def index_scale(values: list[float | None]) -> tuple[float, float]:
+    """The tenths around the values and 0, within -1..1: a market index that moves between +0.1 and +0.3 fills the chart."""
+    known = [v for v in values if v is not None] + [0.0]
+    return max(-1.0, math.floor(min(known) * 10 - 0.5) / 10), min(1.0, math.ceil(max(known) * 10 + 0.5) / 10)
+
+
 def index_svg(labels: list[str], values: list[float | None], tips: list[str], width: int = 720, height: int = 300,
-              intervals: list[list[float] | None] | None = None, markers: Sequence[tuple[int, str]] = ()) -> str:
-    """An inline SVG of an index in -1..1 per point: a line broken where a value is None, each point's
-    tip shown on hover, an optional interval bar per point and dashed markers (point, label). Small
-    sizes (a trend beside a table row) leave out the axis and point labels."""
+              intervals: list[list[float] | None] | None = None, markers: Sequence[tuple[int, str]] = (),
+              scale: tuple[float, float] = (-1.0, 1.0)) -> str:
+    """An inline SVG of an index per point on `scale` (low, high): a line broken where a value is None,
+    each point's tip shown on hover, an optional interval bar per point and dashed markers (point,
+    label). Small sizes (a trend beside a table row) leave out the axis and point labels."""
     from html import escape
 
     full = height >= 120
     pad, left = (40, 40) if full else (4, 4)
     step = (width - left - pad) / max(len(labels) - 1, 1)
+    low, high = scale
 
     def x(i: int) -> float:
         return left + i * step
 
     def y(value: float) -> float:
-        return pad + (1 - value) / 2 * (height - 2 * pad)
+        return pad + (high - min(max(value, low), high)) / (high - low) * (height - 2 * pad)
 
     parts = [f'<line x1="{left}" x2="{width - pad}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#bbb"/>']
     if full:
-        parts += [f'<text x="4" y="{y(v) + 4:.1f}">{label}</text>' for v, label in ((1, "+1"), (0, "0"), (-1, "-1"))]
-        every = max(1, -(-len(labels) // 8))  # at most 8 point labels
+        parts += [f'<text x="4" y="{y(v) + 4:.1f}">{v:+.1f}</text>' for v in sorted({high, 0.0, low}) if v != 0]
+        parts.append(f'<text x="4" y="{y(0) + 4:.1f}">0</text>')
+        every = max(1, -(-len(labels) // 8))  # at most 8 point labels, the last always
         parts += [f'<text x="{x(i):.1f}" y="{height - 8}" text-anchor="middle">{escape(label)}</text>'
-                  for i, label in enumerate(labels) if i % every == 0 or i == len(labels) - 1]
+                  for i, label in enumerate(labels) if (i % every == 0 and len(labels) - 1 - i >= every / 2) or i == len(labels) - 1]
     for i, label in markers:
         parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{pad}" y2="{height - pad}" stroke="#888" stroke-dasharray="4 3"/>'
                      f'<text x="{x(i) + 3:.1f}" y="{pad - 4}" fill="#555">{escape(label)}</text>')

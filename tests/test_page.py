@@ -30,7 +30,7 @@ def burst_store(location: str):
 
 
 def test_the_figures_hold_every_day_the_entities_trend_the_open_alert_and_the_versions_behind_each(tmp_path):
-    from pipeline.monitoring.page import TREND_WINDOWS, desk_figures
+    from pipeline.monitoring.page import TREND_WINDOWS, alerts_html, desk_figures
 
     figures = desk_figures(burst_store(str(tmp_path / "predictions.db")), "sentiment", ["negative", "neutral", "positive"], {}, 7)
     market = figures["market"]
@@ -43,6 +43,8 @@ def test_the_figures_hold_every_day_the_entities_trend_the_open_alert_and_the_ve
     assert nokia[0]["texts"] == 0 and nokia[0]["index"] is None  # before the stream began: a gap in the trend
     assert [(a["entity"], a["negative"], a["texts"]) for a in figures["alerts"]] == [("Nokia", 13, 21)]
     assert HOSTILE in figures["alerts"][0]["examples"]
+    repeated = {**figures["alerts"][0], "examples": ["Nokia Oyj | news 1", "Nokia Oyj | news 2", "Nokia Oyj | news 1"]}
+    assert alerts_html([repeated]).count("<li>") == 2 and "news 1 <span class=muted>(×2)</span>" in alerts_html([repeated])
     roles = {(m["role"], m["version"]): (m["first"], m["last"], m["texts"]) for m in figures["models"]}
     assert roles[("model", "4")] == roles[("tagger", "2")] == (LAST.isoformat(), LAST.isoformat(), 1)
     assert roles[("model", "3")] == ("2026-11-01", LAST.isoformat(), 29 * 80)

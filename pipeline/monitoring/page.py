@@ -22,7 +22,7 @@ from pipeline.monitoring.entities import entity_index, last_day
 from pipeline.monitoring.report import REPORTS, daily_index
 from pipeline.monitoring.store import PREDICTIONS, TAGGED, daily_counts
 from pipeline.params import Params
-from pipeline.plots import index_svg
+from pipeline.plots import index_scale, index_svg
 from pipeline.records import Record
 
 TREND_WINDOWS = 8  # windows in each entity's trend, the newest last
@@ -60,8 +60,8 @@ def model_spans(engine: Engine, pipeline: str) -> list[Record]:
     tagged = (select(t.model_version, func.min(day), func.max(day), func.count())
               .join(TAGGED, (t.pipeline == p.pipeline) & (t.batch == p.batch)).where(p.pipeline == pipeline).group_by(t.model_version))
     with engine.begin() as connection:
-        return [{"role": role, "version": version, "first": first, "last": last, "texts": texts}
-                for role, query in (("model", scored), ("tagger", tagged)) for version, first, last, texts in connection.execute(query)]
+        return [{"role": role, "version": number, "first": first, "last": last, "texts": texts}
+                for role, query in (("model", scored), ("tagger", tagged)) for number, first, last, texts in connection.execute(query)]
 
 
 def desk_figures(engine: Engine, pipeline: str, labels: list[str], aliases: dict[str, str], window_days: int) -> Record | None:
@@ -78,9 +78,14 @@ def desk_figures(engine: Engine, pipeline: str, labels: list[str], aliases: dict
             "entities": trends, "alerts": alerts, "models": model_spans(engine, pipeline)}
 
 
+def version(number: str) -> str:
+    """'v3' for a registered version; any other label (a replay's 'gold') as it is."""
+    return f"v{number}" if number.isdigit() else number
+
+
 def named(versions: list[str] | dict, name: str) -> str:
     """'fin-sentiment v1, v2' for a model's versions."""
-    return f"{name} " + ", ".join(f"v{v}" for v in sorted(versions, key=lambda v: (len(v), v))) if versions else ""
+    return f"{name} " + ", ".join(map(version, sorted(versions, key=lambda v: (len(v), v)))) if versions else ""
 
 
 def signed(value: float | None) -> str:
@@ -93,7 +98,8 @@ def alerts_html(alerts: list[Record]) -> str:
     cards = []
     for a in alerts:
         base = a["baseline"]
-        texts = "".join(f"<li>{escape(text)}</li>" for text in a["examples"])
+        texts = "".join(f"<li>{escape(text)}{f' <span class=muted>(×{n})</span>' if n > 1 else ''}</li>"
+                        for text, n in Counter(a["examples"]).items())  # a headline syndicated twice: once, counted
         cards.append(
             f'<div class="alert"><b>{escape(a["entity"])}</b>: {a["negative"]} of {a["texts"]} texts negative '
             f'({a["share"]:.0%}) from {a["window"][0]} to {a["window"][1]}, against {base["share"]:.0%} of the {base["of"]}\'s '
@@ -109,9 +115,10 @@ def market_html(market: list[Record], model: str) -> str:
     for i, d in enumerate(market):
         newest = max(d["versions"], key=lambda v: (len(v), v)) if d["versions"] else seen
         if seen is not None and newest != seen:
-            changes.append((i, f"v{newest}"))
+            changes.append((i, version(newest)))
         seen = newest
-    svg = index_svg([d["date"] for d in market], [d["index"] for d in market], tips, markers=changes)
+    values = [d["index"] for d in market]
+    svg = index_svg([d["date"] for d in market], values, tips, width=920, markers=changes, scale=index_scale(values))
     return (f"<p>Share of positive minus share of negative texts per day, {sum(d['texts'] for d in market)} texts "
             f"({named(sorted({v for d in market for v in d['versions']}), model)}); a dashed line marks a new model version.</p>{svg}")
 
@@ -139,7 +146,7 @@ def entities_html(trends: list[list[Record]], model: str, tagger: str, window_da
 
 
 def models_html(models: list[Record], model: str, tagger: str) -> str:
-    rows = "".join(f"<tr><td>{escape(model if m['role'] == 'model' else tagger)} v{escape(str(m['version']))}</td>"
+    rows = "".join(f"<tr><td>{escape(model if m['role'] == 'model' else tagger)} {escape(version(str(m['version'])))}</td>"
                    f"<td>{'sentiment labels' if m['role'] == 'model' else 'entity mentions'}</td><td>{m['first']} to {m['last']}</td>"
                    f"<td class='num'>{m['texts']}</td></tr>" for m in models)
     return ("<table><tr><th>model</th><th>gave</th><th>texts dated</th><th class='num'>texts</th></tr>" + rows + "</table>")
