@@ -27,7 +27,7 @@ run: setup
 	@echo "Data checks:  reports/sentiment/data_docs/index.html, quarantine in data/quarantine/"
 	@echo "MLflow UI:    make ui                  (then open http://127.0.0.1:5000)"
 	@echo "Predict:      .venv/bin/finetune predict \"Operating profit rose to EUR 13.1 mn\""
-	@echo "NER:          .venv/bin/finetune predict --task ner \"Siemens said in Munich ...\"   (metrics/ner.json)"
+	@echo "NER:          .venv/bin/finetune predict --pipeline ner \"Siemens said in Munich ...\"   (metrics/ner.json)"
 	@echo "Translation:  add translation to tasks in params.yaml (see docs/tasks.md)"
 	@echo "Label next:   .venv/bin/finetune select   (the pool texts the champion is least sure of -> data/to_label/)"
 

@@ -42,12 +42,12 @@ def epochs_for(config, labelled: int, full: int) -> float:
 
 def train_and_score(task, config, labelled: list, val: list, test: list, epochs: float) -> tuple[float, object, object]:
     """Fine-tune from the pretrained model on `labelled` for `epochs`; (test macro-F1, model, tokenizer)."""
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.stages.train import base_model_path, build_trainer
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     with tempfile.TemporaryDirectory(prefix="al-") as output:
-        trainer, tokenizer = build_trainer(task, config, labelled, val, Path(output), base_model_path(config, TaskPaths(task.name)))
+        trainer, tokenizer = build_trainer(task, config, labelled, val, Path(output), base_model_path(config, PipelinePaths(task.pipeline)))
         trainer.train()
     model = trainer.model
     return task.metrics(test, task.predict(model, tokenizer, test))["f1_macro"], model, tokenizer

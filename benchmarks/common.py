@@ -32,7 +32,7 @@ PHRASEBANK = "financial_phrasebank/Sentences_50Agree.txt"
 def benchmark_parser(doc: str) -> argparse.ArgumentParser:
     """The command line every benchmark takes: its docstring as help, and `--set KEY=VALUE`."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the task's section")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the pipeline's section")
     return parser
 
 
@@ -41,28 +41,28 @@ def phrasebank_params(overrides: list[str]) -> dict:
     source = SHARED_DATA / PHRASEBANK
     if not source.exists():
         sys.exit(f"{source} not found: this benchmark needs ../shared/data beside the project")
-    params = task_params("sentiment", ["augment.copies=0", *overrides])
+    params = pipeline_params("sentiment", ["augment.copies=0", *overrides])
     params["sentiment"]["data"].update(source=str(source), format="phrasebank")
     return params
 
 
-def task_params(task: str, overrides: list[str]) -> dict:
-    """The project's params.yaml for one task, with `KEY=VALUE` overrides of its section applied."""
+def pipeline_params(pipeline: str, overrides: list[str]) -> dict:
+    """The project's params.yaml for one pipeline, with `KEY=VALUE` overrides of its section applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tasks"] = [task]
-    return with_overrides(params, task, overrides)
+    params["pipelines"] = [pipeline]
+    return with_overrides(params, pipeline, overrides)
 
 
-def with_overrides(params: dict, task: str, overrides: list[str]) -> dict:
-    """`params` with `KEY=VALUE` overrides of the task's section applied; a key it lacks stops the run."""
+def with_overrides(params: dict, pipeline: str, overrides: list[str]) -> dict:
+    """`params` with `KEY=VALUE` overrides of the pipeline's section applied; a key it lacks stops the run."""
     for override in overrides:
         key, value = override.split("=", 1)
         *sections, last = key.split(".")
-        node = params[task]
+        node = params[pipeline]
         for section in sections:
             node = node[section]
         if last not in node:
-            sys.exit(f"--set {override}: {task} has no key '{key}'")
+            sys.exit(f"--set {override}: {pipeline} has no key '{key}'")
         node[last] = yaml.safe_load(value)
     return params
 
@@ -73,8 +73,8 @@ def result_file(name: str, overrides: list[str]) -> Path:
     return RESULTS / (f"{name}-{tag}.json" if overrides else f"{name}.json")
 
 
-def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str) -> Path:
-    """Run stages of one task in a new temp workspace holding `params`; returns the workspace (now cwd)."""
+def run_in_scratch(params: dict, pipeline: str, stages: tuple[str, ...], prefix: str) -> Path:
+    """Run stages of one pipeline in a new temp workspace holding `params`; returns the workspace (now cwd)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     from pipeline.cli import run_stage
@@ -83,43 +83,43 @@ def run_in_scratch(params: dict, task: str, stages: tuple[str, ...], prefix: str
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     os.chdir(workspace)
     for stage in stages:
-        run_stage(stage, task, Path("params.yaml"))
+        run_stage(stage, pipeline, Path("params.yaml"))
     return workspace
 
 
-def scratch_splits(params: dict, task_name: str, prefix: str) -> tuple:
-    """Run the data stages of one task in a new scratch workspace (now cwd); (task, config, train, val, test)."""
-    run_in_scratch(params, task_name, ("collect", "validate", "split", "pretrain"), prefix)
-    return workspace_splits(task_name)
+def scratch_splits(params: dict, pipeline: str, prefix: str) -> tuple:
+    """Run the data stages of one pipeline in a new scratch workspace (now cwd); (task, config, train, val, test)."""
+    run_in_scratch(params, pipeline, ("collect", "validate", "split", "pretrain"), prefix)
+    return workspace_splits(pipeline)
 
 
-def workspace_splits(task_name: str) -> tuple:
+def workspace_splits(pipeline: str) -> tuple:
     """(task, config, train, val, test) of the workspace (cwd) whose data stages have run, with this
     process's cores in use."""
     from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_records
     from pipeline.tasks import get_task, load_params
 
     use_all_cores()
-    config = load_params(Path("params.yaml")).task(task_name)
-    paths = TaskPaths(task_name)
-    return (get_task(task_name, config), config, *(load_records(paths.split(s)) for s in ("train", "val", "test")))
+    config = load_params(Path("params.yaml")).pipeline(pipeline)
+    paths = PipelinePaths(pipeline)
+    return (get_task(pipeline, config), config, *(load_records(paths.split(s)) for s in ("train", "val", "test")))
 
 
-def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path = Path("."), cores: set[int] | None = None) -> dict:
+def run_variant(params: dict, pipeline: str, stages: tuple[str, ...], folder: Path = Path("."), cores: set[int] | None = None) -> dict:
     """Run stages with `params` in `folder` (default: the current workspace), in a fresh process so its
     peak memory is its own, pinned to `cores` when given (it then uses one thread per core).
 
     Returns the train summary, the metrics and the process's peak RSS in MB.
     """
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
 
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code = (
         f"import resource, sys; sys.path.insert(0, {str(ROOT)!r}); from pipeline.cli import run_stage\n"
-        f"for stage in {list(stages)!r}: run_stage(stage, {task!r}, __import__('pathlib').Path('params.yaml'))\n"
+        f"for stage in {list(stages)!r}: run_stage(stage, {pipeline!r}, __import__('pathlib').Path('params.yaml'))\n"
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     done = run_pinned([sys.executable, "-c", code], cores, stdout=subprocess.PIPE, text=True, cwd=folder)
@@ -127,7 +127,7 @@ def run_variant(params: dict, task: str, stages: tuple[str, ...], folder: Path =
     if done.returncode != 0:
         sys.exit(f"stages {stages} failed in {folder} (see above)")
     peak_kb = int(done.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    paths = TaskPaths(task)
+    paths = PipelinePaths(pipeline)
     return {"summary": load_json(folder / paths.train_summary), "metrics": load_json(folder / paths.metrics),
             "peak_rss_mb": round(peak_kb / 1024)}
 
@@ -144,13 +144,13 @@ def fine_tune(task: Any, config: Any, train: list, val: list, seed: int, callbac
     to a temp folder removed after."""
     import dataclasses
 
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.stages.train import base_model_path, build_trainer
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fine-tune-") as output:
-        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, TaskPaths(task.name)),
+        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, PipelinePaths(task.pipeline)),
                                            callbacks)
         trainer.train()
     return trainer.model, tokenizer, time.time() - started
@@ -218,7 +218,7 @@ def run_folder(name: str, shared: tuple[str, ...] = ("data",)) -> Path:
     return folder
 
 
-def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tuple[str, ...] = ("train", "evaluate")) -> list[dict]:
+def run_seeds(params: dict, pipeline: str, seeds: list[int], jobs: int, stages: tuple[str, ...] = ("train", "evaluate")) -> list[dict]:
     """Train and evaluate once per training seed on the data stages already run in the current
     workspace, each seed in its own folder (data/ shared), `jobs` at once with the cores split
     between them. Returns run_variant's result for each seed, in the order of `seeds`."""
@@ -226,8 +226,8 @@ def run_seeds(params: dict, task: str, seeds: list[int], jobs: int, stages: tupl
     def seeded(seed: int) -> Callable[[set[int] | None], dict]:
         def call(cores: set[int] | None) -> dict:
             folder = run_folder(f"seed-{seed}")
-            variant = with_overrides(copy.deepcopy(params), task, [f"train.seed={seed}"])
-            return {"seed": seed, **run_variant(variant, task, stages, folder, cores)}
+            variant = with_overrides(copy.deepcopy(params), pipeline, [f"train.seed={seed}"])
+            return {"seed": seed, **run_variant(variant, pipeline, stages, folder, cores)}
         return call
 
     return in_parallel([seeded(seed) for seed in seeds], jobs)
@@ -249,13 +249,13 @@ def timing(values: list[float], digits: int = 2) -> dict:
             "max": round(max(values), digits), "repeats": [round(v, digits) for v in values]}
 
 
-def run_facts(params: dict, task: str, overrides: list[str], started: float) -> dict:
+def run_facts(params: dict, pipeline: str, overrides: list[str], started: float) -> dict:
     """What every result records besides its scores: time, memory, data sizes and settings."""
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
     from pipeline.tasks import load_params
 
-    paths = TaskPaths(task)
+    paths = PipelinePaths(pipeline)
     summary = load_json(paths.train_summary)
     return {
         "train_seconds": summary["train_seconds"],
@@ -267,9 +267,9 @@ def run_facts(params: dict, task: str, overrides: list[str], started: float) -> 
         "pipeline_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "history": load_json(paths.history),
-        "model": load_params(Path("params.yaml")).task(task).model.name,  # the default where the section has none
-        "train_params": params[task]["train"],
-        "augment_params": params[task]["augment"],
+        "model": load_params(Path("params.yaml")).pipeline(pipeline).model.name,  # the default where the section has none
+        "train_params": params[pipeline]["train"],
+        "augment_params": params[pipeline]["augment"],
         "overrides": overrides,
         "cpu_threads": len(os.sched_getaffinity(0)),
     }

@@ -31,10 +31,10 @@ def main() -> None:
     print("== with domain-adaptive pretraining", flush=True)
     adapted = run_variant(adapted_params, "sentiment", ("pretrain", "train", "evaluate"))
 
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
 
-    pretrain = load_json(TaskPaths("sentiment").pretrain_report)
+    pretrain = load_json(PipelinePaths("sentiment").pretrain_report)
     result = {
         "data": PHRASEBANK,
         "without_dapt": {

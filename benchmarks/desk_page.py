@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="desk-") as folder:
         run = replay(pool(), entities.alert, [1, 3, 6, 10, 15, 20, 30, 40], 600, arguments.judged_days, 15, 6, arguments.seed, Path(folder))
         engine = open_store(str(Path(folder) / f"seed-{arguments.seed}.db"), "sentiment")
-        figures = desk_figures(engine, "sentiment", params.task("sentiment").validate.labels, {}, entities.window_days)
+        figures = desk_figures(engine, "sentiment", params.pipeline("sentiment").validate.labels, {}, entities.window_days)
         engine.dispose()
         page = Path(folder) / "desk.html"
         page.write_text(desk_html(figures, "FiQA/SemEval labels", "data set names"), encoding="utf-8")

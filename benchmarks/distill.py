@@ -50,13 +50,13 @@ def main() -> None:
     student = run_variant(student_params, "sentiment", ("train", "evaluate"))
 
     from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_records
     from pipeline.tasks import get_task, load_params
 
     use_all_cores()
-    task = get_task("sentiment", load_params(Path("params.yaml")).task("sentiment"))
-    examples = load_records(TaskPaths("sentiment").split("test"))
+    task = get_task("sentiment", load_params(Path("params.yaml")).pipeline("sentiment"))
+    examples = load_records(PipelinePaths("sentiment").split("test"))
     models = {"teacher": task.load_model(str(teacher_dir)), "student": task.load_model("models/sentiment")}
     for model, tokenizer in models.values():
         task.predict(model, tokenizer, examples[:64])  # warm-up

@@ -272,14 +272,14 @@ def main() -> None:
     from pipeline.models import use_all_cores
     from pipeline.monitoring.reference import figures, vocabulary
     from pipeline.params import MonitoringConfig
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_records
     from pipeline.tasks import get_task, load_params
     from pipeline.tasks.base import normalise_text
 
     use_all_cores()
-    task = get_task("sentiment", load_params().task("sentiment"))
-    paths = TaskPaths("sentiment")
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
+    paths = PipelinePaths("sentiment")
     model, tokenizer = task.load_model(str(paths.model_dir))
     train, val, test = (load_records(p) for p in (paths.augmented_train, paths.split("val"), paths.split("test")))
     other = [{"text": text} for text in other_source_texts()]

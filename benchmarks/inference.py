@@ -81,16 +81,16 @@ def main() -> None:
     from transformers import pipeline as hf_pipeline
 
     from pipeline.models import use_all_cores
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_records
     from pipeline.tasks import get_task, load_params
     from pipeline.techniques import export
 
     use_all_cores()
     project = load_params(Path("params.yaml"))
-    config, served_batch = project.task("sentiment"), project.serving.max_batch_size
+    config, served_batch = project.pipeline("sentiment"), project.serving.max_batch_size
     task = get_task("sentiment", config)
-    paths = TaskPaths("sentiment")
+    paths = PipelinePaths("sentiment")
     val, test = load_records(paths.split("val")), load_records(paths.split("test"))
     model, tokenizer = task.load_model(str(model_dir))
     exports = {precision: Path(tempfile.mkdtemp(prefix=f"onnx-{precision}-")) for precision in ("fp32", "int8")}

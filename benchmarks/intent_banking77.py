@@ -25,7 +25,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import SHARED_DATA, benchmark_parser, cpu_facts, run_facts, run_in_scratch, task_params, with_overrides, write_result
+from common import (
+    SHARED_DATA,
+    benchmark_parser,
+    cpu_facts,
+    pipeline_params,
+    run_facts,
+    run_in_scratch,
+    with_overrides,
+    write_result,
+)
 
 DATA = SHARED_DATA / "banking77" / "train.csv"
 TARGET = {"val_accuracy": 0.92, "train_minutes": 30}
@@ -80,17 +89,17 @@ def main() -> None:
     files = Path(tempfile.mkdtemp(prefix="bench-banking77-data-"))
     source = {"train": write_csv(files / "train.csv", train), "val": write_csv(files / "val.csv", val)}
     source["test"] = write_csv(files / "test.csv", test_rows) if test_rows else source["val"]
-    params = task_params("intents", [])
+    params = pipeline_params("intents", [])
     params["intents"]["train"].update(SETTINGS)
     params = with_overrides(params, "intents", args.set)
     params["intents"]["data"].update(source=source, format="csv", text_column="text", label_column="category")
     params["intents"]["validate"]["labels"] = sorted({row["category"] for row in rows})
     started, load_before = time.time(), os.getloadavg()[0]
     run_in_scratch(params, "intents", ("collect", "validate", "split", "augment", "train", "evaluate"), "bench-banking77-")
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
 
-    metrics = load_json(TaskPaths("intents").metrics)
+    metrics = load_json(PipelinePaths("intents").metrics)
     facts = run_facts(params, "intents", args.set, started)
     result = {
         "data": f"banking77/train.csv, {VAL_SHARE:.0%} of each intent as val (seed {SPLIT_SEED})"

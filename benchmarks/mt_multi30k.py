@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from common import SHARED_DATA, run_facts, run_in_scratch, task_params, write_result
+from common import SHARED_DATA, pipeline_params, run_facts, run_in_scratch, write_result
 
 DATA = SHARED_DATA / "multi30k"
 TARGET = {"val_bleu": 30.0, "train_minutes": 60}
@@ -31,17 +31,17 @@ def main() -> None:
     args = parser.parse_args()
     if not all((DATA / f"{split}.{language}").exists() for split in ("train", "val") for language in ("de", "en")):
         sys.exit(f"{DATA} lacks train/val .de/.en: this benchmark needs ../shared/data beside the project")
-    params = task_params("translation", LARGE_DATA + args.set)
+    params = pipeline_params("translation", LARGE_DATA + args.set)
     params["translation"]["data"].update(
         source={"train": str(DATA / "train"), "val": str(DATA / "val"), "test": str(DATA / "val")}, format="parallel"
     )
     params["translation"]["languages"] = {"source": "de", "target": "en"}
     started = time.time()
     run_in_scratch(params, "translation", ("collect", "validate", "split", "augment", "train", "evaluate"), "bench-mt-")
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
 
-    scores = load_json(TaskPaths("translation").metrics)["val"]
+    scores = load_json(PipelinePaths("translation").metrics)["val"]
     result = {
         "data": "multi30k/train -> val",
         "direction": scores["direction"],

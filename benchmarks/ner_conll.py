@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from common import SHARED_DATA, run_facts, run_in_scratch, task_params, write_result
+from common import SHARED_DATA, pipeline_params, run_facts, run_in_scratch, write_result
 
 DATA = SHARED_DATA / "conll2003"
 TARGET = {"dev_f1": 0.90}
@@ -32,14 +32,14 @@ def main() -> None:
     train, dev = DATA / "eng.train", DATA / "eng.testa"
     if not train.exists() or not dev.exists():
         sys.exit(f"{DATA} lacks eng.train / eng.testa: this benchmark needs ../shared/data beside the project")
-    params = task_params("ner", LARGE_DATA + args.set)
+    params = pipeline_params("ner", LARGE_DATA + args.set)
     params["ner"]["data"].update(source={"train": str(train), "val": str(dev), "test": str(dev)}, format="conll")
     started = time.time()
     run_in_scratch(params, "ner", ("collect", "validate", "split", "augment", "train", "evaluate"), "bench-conll-")
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_json
 
-    scores = load_json(TaskPaths("ner").metrics)["val"]
+    scores = load_json(PipelinePaths("ner").metrics)["val"]
     result = {
         "data": "conll2003/eng.train -> eng.testa",
         "dev_f1": round(scores["f1"], 4),

@@ -46,14 +46,14 @@ def timed_repro(workspace: Path) -> float:
     return time.perf_counter() - started
 
 
-def scores(workspace: Path, tasks: list[str]) -> dict:
-    """Each task's val and test scores from the repro's metrics (the per-class detail left out)."""
+def scores(workspace: Path, pipelines: list[str]) -> dict:
+    """Each pipeline's val and test scores from the repro's metrics (the per-class detail left out)."""
     found = {}
-    for task in tasks:
-        metrics = json.loads((workspace / "metrics" / f"{task}.json").read_text())
-        found[task] = {split: {key: round(value, 4) if isinstance(value, float) else value
-                               for key, value in figures.items() if isinstance(value, (float, int))}
-                       for split, figures in metrics.items()}
+    for pipeline in pipelines:
+        metrics = json.loads((workspace / "metrics" / f"{pipeline}.json").read_text())
+        found[pipeline] = {split: {key: round(value, 4) if isinstance(value, float) else value
+                                   for key, value in figures.items() if isinstance(value, (float, int))}
+                           for split, figures in metrics.items()}
     return found
 
 
@@ -95,8 +95,8 @@ def main() -> None:
 
     print("== dvc repro from nothing", flush=True)
     repro_seconds = timed_repro(workspace)
-    tasks = yaml.safe_load((workspace / "params.yaml").read_text())["tasks"]
-    sample_scores = scores(workspace, tasks)
+    pipelines = yaml.safe_load((workspace / "params.yaml").read_text())["pipelines"]
+    sample_scores = scores(workspace, pipelines)
     print("== dvc repro with nothing changed", flush=True)
     noop = [timed_repro(workspace) for _ in range(5)]
     remove_outputs(workspace)
@@ -114,7 +114,7 @@ def main() -> None:
         "other_stages_seconds": round(sum(stages.values()) - train, 1),
         "other_stages_over_train": round((sum(stages.values()) - train) / train, 3),
         "stage_seconds": {name: round(seconds, 1) for name, seconds in sorted(stages.items())},
-        "tasks": tasks,
+        "pipelines": pipelines,
         "sample_scores": sample_scores,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workspace, capture_output=True, text=True,
                                  check=True).stdout.strip(),

@@ -1,6 +1,6 @@
 """Two pipelines retrained side by side against one after the other, on the bundled samples.
 
-Each repeat starts from a fresh clone of this repository's last commit with `tasks: [sentiment,
+Each repeat starts from a fresh clone of this repository's last commit with `pipelines: [sentiment,
 intents]` committed in it (nothing in a DVC cache, run cache or MLflow store to restore from), and
 retrains both pipelines with the retrain flow, `python -m flows.retrain --pipeline NAME`, against
 one temporary Prefect server started before the clock:
@@ -37,11 +37,11 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_O
 
 
 def fresh_clone() -> Path:
-    """A clone of the last commit, both pipelines in `tasks`, committed (a workspace runs the committed params)."""
+    """A clone of the last commit, both pipelines in `pipelines`, committed (a workspace runs the committed params)."""
     clone = Path(tempfile.mkdtemp(prefix="bench-parallel-")) / "repo"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    (clone / "params.yaml").write_text(yaml.safe_dump({**params, "tasks": list(PIPELINES)}, sort_keys=False))
+    (clone / "params.yaml").write_text(yaml.safe_dump({**params, "pipelines": list(PIPELINES)}, sort_keys=False))
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qam", "both pipelines"],
                    cwd=clone, check=True)
     return clone

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, benchmark_parser, cpu_facts, run_in_scratch, run_seeds, spread, task_params, write_result
+from common import SHARED_DATA, benchmark_parser, cpu_facts, pipeline_params, run_in_scratch, run_seeds, spread, write_result
 
 DATA = SHARED_DATA / "financial_phrasebank"
 TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_cpu_minutes": 15}
@@ -48,7 +48,7 @@ def combined_seeds(seeds: list[int]) -> dict:
     from pipeline.records import load_records
     from pipeline.tasks import get_task, load_params
 
-    config = load_params(Path("params.yaml")).task("sentiment")
+    config = load_params(Path("params.yaml")).pipeline("sentiment")
     task, test = get_task("sentiment", config), load_records("data/split/sentiment/test.jsonl")
 
     def scores(probabilities) -> dict:
@@ -74,7 +74,7 @@ def main() -> None:
     source = DATA / args.file
     if not source.exists():
         sys.exit(f"{source} not found: this benchmark needs ../shared/data beside the project")
-    params = task_params("sentiment", args.set)
+    params = pipeline_params("sentiment", args.set)
     params["sentiment"]["data"].update(source=str(source), format="phrasebank")
     started = time.time()
     run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment"), "bench-fpb-")

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from common import ROOT, benchmark_parser, cpu_facts, run_in_scratch, task_params, timing, write_result
+from common import ROOT, benchmark_parser, cpu_facts, pipeline_params, run_in_scratch, timing, write_result
 
 TARGET = {"max_throughput_cost": 0.05}
 FINETUNE = Path(sys.executable).parent / "finetune"
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     started = time.time()
-    params = task_params("sentiment", args.set)
+    params = pipeline_params("sentiment", args.set)
     params["sentiment"]["data"]["source"] = str(ROOT / params["sentiment"]["data"]["source"])
     workspace = run_in_scratch(params, "sentiment", STAGES, "bench-serve-logging-")
     with open(ROOT / "data" / "sample" / "sentiment.csv", newline="", encoding="utf-8") as f:

@@ -65,12 +65,12 @@ def train_plain(side: str, epochs: float, seed: int, score: bool) -> dict:
     )
 
     from pipeline.models import resolve_model
-    from pipeline.paths import TaskPaths
+    from pipeline.paths import PipelinePaths
     from pipeline.records import load_records
     from pipeline.tasks import load_params
 
-    config = load_params(Path("params.yaml")).task("sentiment")
-    settings, labels, paths = config.train, config.validate.labels, TaskPaths("sentiment")
+    config = load_params(Path("params.yaml")).pipeline("sentiment")
+    settings, labels, paths = config.train, config.validate.labels, PipelinePaths("sentiment")
     set_seed(seed)
     name = resolve_model(config.model.name)
     tokenizer = AutoTokenizer.from_pretrained(name)

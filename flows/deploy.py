@@ -1,11 +1,11 @@
 """`finetune deploy`: serve each pipeline's retrain and monitor flows on their cron schedules and on events.
 
-Each pipeline of `tasks` has its own retrain deployment, `retrain-<pipeline>` (parameter
+Each pipeline of `pipelines` has its own retrain deployment, `retrain-<pipeline>` (parameter
 `pipeline`), which runs nightly (`orchestration.schedule`) and whenever one of two events names
 its pipeline in this scope (this checkout, or the work pool): `finetune.batch.arrived` (emitted
 here when new files land in the pipeline's `data.incoming`; the files of one settle window make
 one event) and `finetune.drift.detected` (emitted by the pipeline's monitor flow). Each pipeline of
-`monitoring.tasks` has its own monitor deployment, `monitor-<pipeline>`, on `monitoring.schedule`.
+`monitoring.pipelines` has its own monitor deployment, `monitor-<pipeline>`, on `monitoring.schedule`.
 Schedules and triggers are stored with the deployments on the Prefect server, so they survive a
 restart of this process.
 
@@ -55,11 +55,11 @@ def retrain_deployment(pipeline: str, schedule: str) -> RunnerDeployment:
 
 
 def build_deployments(params: Params) -> list[RunnerDeployment]:
-    """A retrain deployment per pipeline of `tasks`, then a monitor deployment (cron) per pipeline of monitoring.tasks."""
-    retrains = [retrain_deployment(name, params.orchestration.schedule) for name in params.tasks]
+    """A retrain deployment per pipeline of `pipelines`, then a monitor deployment (cron) per pipeline of monitoring.pipelines."""
+    retrains = [retrain_deployment(name, params.orchestration.schedule) for name in params.pipelines]
     monitors = [
-        monitor.to_deployment(name=f"monitor-{name}", cron=params.monitoring.schedule, parameters={"task": name}, entrypoint_type=BY_MODULE)
-        for name in params.monitoring.tasks
+        monitor.to_deployment(name=f"monitor-{name}", cron=params.monitoring.schedule, parameters={"pipeline": name}, entrypoint_type=BY_MODULE)
+        for name in params.monitoring.pipelines
     ]
     return [*retrains, *monitors]
 
@@ -109,8 +109,8 @@ def watch_drop_folders(folders: list[DropFolder], poll_seconds: float, settle_se
 
 
 def drop_folders(params: Params) -> list[DropFolder]:
-    """The `data.incoming` folder of each pipeline of `tasks` (watched even before it exists)."""
-    return [DropFolder(name, Path(params.task(name).data.incoming)) for name in params.tasks]
+    """The `data.incoming` folder of each pipeline of `pipelines` (watched even before it exists)."""
+    return [DropFolder(name, Path(params.pipeline(name).data.incoming)) for name in params.pipelines]
 
 
 def check_pool(pool: str) -> None:

@@ -3,10 +3,10 @@ what it predicts per day, and check that text, with the answers `finetune serve`
 the store, for drift against the champion's reference data. It only
 orchestrates: the store, the drift statistics, the reference and the report are pipeline/monitoring/.
 
-    python -m flows.monitor --task intents --input FILE   # once, on a csv with columns timestamp,text
-    python -m flows.monitor --task intents                # every batch and served answer for intents not checked yet
+    python -m flows.monitor --pipeline intents --input FILE   # once, on a csv with columns timestamp,text
+    python -m flows.monitor --pipeline intents                # every batch and served answer for intents not checked yet
 
-Each pipeline of `monitoring.tasks` is monitored on its own: its batches (pipeline/monitoring/store.py),
+Each pipeline of `monitoring.pipelines` is monitored on its own: its batches (pipeline/monitoring/store.py),
 its report reports/monitor/<pipeline>.json with its plots in reports/monitor/<pipeline>/. All
 pipelines share one prediction store, each row marked with its pipeline. Runs overlap safely: one
 run per pipeline at a time (a lock), each batch claimed before it is scored, each row stored once.
@@ -51,7 +51,7 @@ from pipeline.monitoring.store import (
     store,
     stored_rows,
 )
-from pipeline.params import AlertConfig, MonitoringConfig, Params
+from pipeline.params import AlertConfig, MonitoringConfig, Params, pipeline_option
 from pipeline.records import save_json
 from pipeline.registry import champion_uri, champion_version, load_registered, registered_version
 from pipeline.tasks import get_task, load_params
@@ -60,10 +60,10 @@ from pipeline.techniques.active_learning import rank, write_queue
 
 
 def first_pipeline(settings: MonitoringConfig) -> str:
-    """The first pipeline of monitoring.tasks: the one monitored before there were several."""
-    if not settings.tasks:
-        raise ConfigError("params.yaml: 'monitoring.tasks' lists no pipeline to monitor (e.g. tasks: [sentiment])")
-    return settings.tasks[0]
+    """The first pipeline of monitoring.pipelines: the one monitored before there were several."""
+    if not settings.pipelines:
+        raise ConfigError("params.yaml: 'monitoring.pipelines' lists no pipeline to monitor (e.g. pipelines: [sentiment])")
+    return settings.pipelines[0]
 
 
 def monitor_lock(pipeline: str, settings: MonitoringConfig) -> tuple[str, AbstractContextManager]:
@@ -73,17 +73,17 @@ def monitor_lock(pipeline: str, settings: MonitoringConfig) -> tuple[str, Abstra
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(input: str | None = None, task: str | None = None) -> dict:
+def monitor(input: str | None = None, pipeline: str | None = None) -> dict:
     """Check a pipeline's new text (drop-folder batches and served answers) against its champion's
     reference, store it, report per day and drift; on drift, ask for a retrain."""
     params = load_params()
     require_shared_registry()  # the champion it checks against is the pool's
     settings = params.monitoring
-    pipeline = task or first_pipeline(settings)
-    task = get_task(pipeline, params.task(pipeline))
-    if task.pipeline_task not in MONITORED:
+    pipeline = pipeline or first_pipeline(settings)
+    task = get_task(pipeline, params.pipeline(pipeline))
+    if task.transformers_task not in MONITORED:
         raise ConfigError(f"params.yaml: the monitor watches text and token classification pipelines; '{pipeline}' is {task.config.type}")
-    engine = open_store(settings.db, (settings.tasks or [pipeline])[0])
+    engine = open_store(settings.db, (settings.pipelines or [pipeline])[0])
     what, lock = monitor_lock(pipeline, settings)
     print(f"monitor[{pipeline}]: waiting for {what}", flush=True)
     with lock:
@@ -97,7 +97,7 @@ def monitor(input: str | None = None, task: str | None = None) -> dict:
 def check(task: Task, params: Params, engine: Engine, files: list[Path], served: list[str]) -> dict:
     """Score the files' text with the champion and store it; with the served answers the champion gave,
     report per day and drift. The batches are marked done either way."""
-    settings, pipeline = params.monitoring, task.name
+    settings, pipeline = params.monitoring, task.pipeline
     rows = [row for path in files for row in read_batch(path, batch_name(path, settings))]
     answered = stored_rows(engine, pipeline, served, is_tagger(task))
     names = [batch_name(path, settings) for path in files] + served
@@ -125,7 +125,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
         return {}
 
     ref = reference(task, model, tokenizer, champion, latest_outputs(pipeline))
-    shift = MONITORED[task.pipeline_task]
+    shift = MONITORED[task.transformers_task]
     drift = measure_drift(ref, texts, predictions, settings, shift)
     alarm = fired(drift, settings)
     report = {
@@ -139,7 +139,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
         queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
-        report["labelling_queue"] = str(write_queue(queued, task.name))
+        report["labelling_queue"] = str(write_queue(queued, task.pipeline))
     save_json(report_path(pipeline), report)
     publish(report, plots, experiment_id, shift)
     return report
@@ -155,7 +155,7 @@ def watch_entities(params: Params, engine: Engine, pipeline: str) -> dict:
     aliases = read_aliases(entities.aliases)
     tag_entities(params, engine, pipeline)
     part: dict = {}
-    if top := entity_index(engine, pipeline, params.task(pipeline).validate.labels, aliases, entities.window_days, top=10):
+    if top := entity_index(engine, pipeline, params.pipeline(pipeline).validate.labels, aliases, entities.window_days, top=10):
         part["entities"] = {"window_days": entities.window_days, "top": top}
     if entities.alert is not None:
         part["alerts"] = send_alerts(engine, pipeline, aliases, entities.alert)
@@ -171,7 +171,7 @@ def tag_entities(params: Params, engine: Engine, pipeline: str) -> None:
     entities = params.monitoring.entities
     if not untagged(engine, pipeline):
         return
-    tagger = get_task(entities.tagger, params.task(entities.tagger))
+    tagger = get_task(entities.tagger, params.pipeline(entities.tagger))
     name = tagger.config.registry.name
     tracking.configure(params.tracking.experiment)
     champion = champion_version(mlflow.MlflowClient(), name)
@@ -224,7 +224,7 @@ def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Score a pipeline's text with its champion and check for drift.")
-    parser.add_argument("--task", help="the pipeline (default: the first of monitoring.tasks)")
+    pipeline_option(parser, "the pipeline (default: the first of monitoring.pipelines)")
     parser.add_argument("--input", help="a csv with columns timestamp,text (default: the pipeline's new batches in monitoring.input)")
     arguments = parser.parse_args()
-    monitor(arguments.input, arguments.task)
+    monitor(arguments.input, arguments.pipeline)

@@ -1,5 +1,5 @@
 """Retrain flow: `dvc repro -s sources`, then `dvc repro -s STAGE@PIPELINE` for each stage of one
-pipeline (or, with no pipeline named, of each pipeline of `tasks` in turn), one Prefect task per stage.
+pipeline (or, with no pipeline named, of each pipeline of `pipelines` in turn), one Prefect task per stage.
 
 DVC still decides what is up to date (an unchanged stage is skipped in a second); Prefect adds
 retries, logs, a run history and a markdown artifact per task. Each pipeline runs in a workspace of
@@ -11,7 +11,7 @@ retrained twice at once: each run holds the slot of the pipeline's Prefect globa
 another Prefect server.
 
     python -m flows.retrain --pipeline intents   # retrains one pipeline, now
-    python -m flows.retrain                      # every pipeline of `tasks`, one after the other
+    python -m flows.retrain                      # every pipeline of `pipelines`, one after the other
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipeline import tracking
 from pipeline.errors import ConfigError, UserError
 from pipeline.locks import check_prefect_api, file_lock, limit_name, prefect_limit
 from pipeline.params import Params, did_you_mean
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json
 from pipeline.stages import SOURCES, STAGES
 from pipeline.tasks import load_params
@@ -83,12 +83,12 @@ def rejected_batches_markdown(batches: list[dict], record: Path) -> str:
     )
 
 
-def report_rejected_batches(task_name: str, since: datetime, workspace: Path) -> None:
+def report_rejected_batches(pipeline: str, since: datetime, workspace: Path) -> None:
     """Emit BATCH_REJECTED for each batch this run's collect set aside (earlier rejections were reported then)."""
-    for batch in load_json(workspace / TaskPaths(task_name).provenance)["rejected_batches"]:
+    for batch in load_json(workspace / PipelinePaths(pipeline).provenance)["rejected_batches"]:
         if datetime.fromisoformat(batch["rejected_at"]) >= since.replace(microsecond=0):
-            emit(BATCH_REJECTED, task_name, {k: batch[k] for k in ("file", "bytes", "sha256", "reason")})
-            get_run_logger().warning("%s: batch %s set aside: %s", task_name, batch["file"], batch["reason"])
+            emit(BATCH_REJECTED, pipeline, {k: batch[k] for k in ("file", "bytes", "sha256", "reason")})
+            get_run_logger().warning("%s: batch %s set aside: %s", pipeline, batch["file"], batch["reason"])
 
 
 def paired_test_markdown(decision: dict) -> str:
@@ -105,9 +105,9 @@ def paired_test_markdown(decision: dict) -> str:
             f"| {test['method']} | {decision['delta']:+.4f} | {interval} | {p_value} | {resamples} | {decision['min_delta']} |\n\n")
 
 
-def summary_markdown(task_name: str, experiment: str, workspace: Path) -> str:
+def summary_markdown(pipeline: str, experiment: str, workspace: Path) -> str:
     """Metrics, promotion decision, batches set aside and MLflow run of a task in its workspace, as markdown."""
-    paths = TaskPaths(task_name)
+    paths = PipelinePaths(pipeline)
     metrics, decision = load_json(workspace / paths.metrics), load_json(workspace / paths.promotion)
     run_id = load_json(workspace / paths.model_dir / tracking.RUN_FILE)["run_id"]
     rows = "\n".join(
@@ -120,7 +120,7 @@ def summary_markdown(task_name: str, experiment: str, workspace: Path) -> str:
     champion = decision["champion"] or {"version": "-", "score": None}
     champion_score = "-" if champion["score"] is None else f"{champion['score']:.4f}"
     return (
-        f"# Retrain: {task_name}\n\n"
+        f"# Retrain: {pipeline}\n\n"
         f"**{decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}**: {decision['reason']}\n\n"
         f"| | challenger | champion |\n|---|---|---|\n"
         f"| version | {decision['challenger']['version']} | {champion['version']} |\n"
@@ -132,18 +132,18 @@ def summary_markdown(task_name: str, experiment: str, workspace: Path) -> str:
 
 
 def pipelines_to_retrain(params: Params, pipeline: str | None) -> list[str]:
-    """The pipeline named (one of `tasks`: dvc.yaml has stages for those only), or every pipeline of `tasks`."""
+    """The pipeline named (one of `pipelines`: dvc.yaml has stages for those only), or every pipeline of `pipelines`."""
     if pipeline is None:
-        return list(params.tasks)
-    if pipeline not in params.tasks:
-        raise ConfigError(f"{params.file}: cannot retrain '{pipeline}'{did_you_mean(pipeline, params.tasks)}: dvc.yaml has stages "
-                          f"for the pipelines of 'tasks' only ({', '.join(params.tasks)}); add it there to retrain it")
+        return list(params.pipelines)
+    if pipeline not in params.pipelines:
+        raise ConfigError(f"{params.file}: cannot retrain '{pipeline}'{did_you_mean(pipeline, params.pipelines)}: dvc.yaml has stages "
+                          f"for the pipelines of 'pipelines' only ({', '.join(params.pipelines)}); add it there to retrain it")
     return [pipeline]
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(pipeline: str | None = None) -> dict:
-    """Bring one pipeline (None: every pipeline of `tasks`, in turn) up to date with DVC in its own workspace,
+    """Bring one pipeline (None: every pipeline of `pipelines`, in turn) up to date with DVC in its own workspace,
     one run per pipeline at a time; returns the promotion decision of each pipeline retrained."""
     params = load_params()  # params.yaml, the file dvc.yaml reads
     pipelines = pipelines_to_retrain(params, pipeline)
@@ -155,12 +155,12 @@ def retrain(pipeline: str | None = None) -> dict:
     decisions = {}
     for name in pipelines:
         with prefect_limit(limit_name("retrain", name)), file_lock(WORKSPACES / f"{name}.lock"):
-            workspace = pipeline_workspace(name, params.task(name).data)
+            workspace = pipeline_workspace(name, params.pipeline(name).data)
             get_run_logger().info("%s: in %s at %s", name, workspace, deployed_commit()[:12])
             for path in uncommitted():
                 get_run_logger().warning("%s: not committed, so not what this run uses: commit it to deploy it", path)
             remote = storage.default_remote(workspace)
-            storage.pull(workspace, name, params.task(name).registry.name, remote)
+            storage.pull(workspace, name, params.pipeline(name).registry.name, remote)
             run_stage(SOURCES, workspace)
             run_stage(f"{STAGES[0]}@{name}", workspace)  # collect: report the batches it set aside before anything can fail
             report_rejected_batches(name, started, workspace)
@@ -169,20 +169,20 @@ def retrain(pipeline: str | None = None) -> dict:
                     storage.push(workspace, name, remote)
                 run_stage(f"{stage}@{name}", workspace)
             storage.push(workspace, name, remote)
-            storage.record_build(workspace, load_json(workspace / TaskPaths(name).promotion), remote)
+            storage.record_build(workspace, load_json(workspace / PipelinePaths(name).promotion), remote)
             # Read while the workspace is still this run's: the next run would rewrite these files.
             create_markdown_artifact(
                 key=f"retrain-{name}",
                 markdown=summary_markdown(name, params.tracking.experiment, workspace),
                 description=f"metrics, promotion decision and MLflow run of {name}",
             )
-            decisions[name] = load_json(workspace / TaskPaths(name).promotion)
+            decisions[name] = load_json(workspace / PipelinePaths(name).promotion)
     return decisions
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Retrain a pipeline (or every pipeline of `tasks`) now.")
-    parser.add_argument("--pipeline", help="the pipeline to retrain (default: every pipeline of `tasks`, in turn)")
+    parser = argparse.ArgumentParser(description="Retrain a pipeline (or every pipeline of `pipelines`) now.")
+    parser.add_argument("--pipeline", help="the pipeline to retrain (default: every pipeline of `pipelines`, in turn)")
     arguments = parser.parse_args()
     try:  # a misspelt name, a Prefect server or tracking store that does not answer: one line, before the flow starts
         pipelines_to_retrain(load_params(), arguments.pipeline)

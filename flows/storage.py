@@ -110,7 +110,7 @@ def restore(pipeline: str, model_uri: str) -> str:
     version = registered_version(model_uri)
     name = f"{version.name} v{version.version}"
     if version.tags.get("task", pipeline) != pipeline:
-        raise UsageError(f"{name} was built by the {version.tags['task']} pipeline, not {pipeline}: pass --task {version.tags['task']}")
+        raise UsageError(f"{name} was built by the {version.tags['task']} pipeline, not {pipeline}: pass --pipeline {version.tags['task']}")
     if REMOTE_TAG not in version.tags:
         raise UsageError(f"{name} has no build in a DVC remote (no '{REMOTE_TAG}' tag): only versions registered by a retrain "
                          "with a default DVC remote can be restored (see docs/scale.md)")

@@ -1,4 +1,4 @@
-"""The `finetune` command: `finetune stage NAME --task TASK` (what dvc.yaml calls), `finetune predict`,
+"""The `finetune` command: `finetune stage NAME --pipeline PIPELINE` (what dvc.yaml calls), `finetune predict`,
 `finetune select` (active learning), `finetune search` (Optuna), `finetune serve`, `finetune loadtest`,
 `finetune deploy`, `finetune restore`, `finetune entities` and `finetune report`."""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
-from pipeline.paths import TaskPaths
+from pipeline.params import pipeline_option
+from pipeline.paths import PipelinePaths
 from pipeline.stages import SOURCES, STAGES, require_inputs, run_stage
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from pipeline.params import Params
 
 
-def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tuple:
+def load_model(pipeline: str, model_uri: str | None, params_file: Path) -> tuple:
     """(task, model, tokenizer): a local folder, a registered version, or the task's champion by default."""
     from pipeline import tracking
     from pipeline.models import use_all_cores
@@ -30,8 +31,8 @@ def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tupl
     from pipeline.tasks import get_task, load_params
 
     params = load_params(params_file)
-    config = params.task(task_name)
-    task = get_task(task_name, config)
+    config = params.pipeline(pipeline)
+    task = get_task(pipeline, config)
     use_all_cores()
     uri = model_uri or champion_uri(config.registry.name)
     if Path(uri).is_dir():
@@ -42,9 +43,9 @@ def load_model(task_name: str, model_uri: str | None, params_file: Path) -> tupl
     return (task, *load_registered(task, uri))
 
 
-def predict(texts: list[str], task_name: str, model_uri: str | None, params_file: Path) -> None:
+def predict(texts: list[str], pipeline: str, model_uri: str | None, params_file: Path) -> None:
     """Print label and score (or the task's own output) per text, from the champion by default."""
-    task, model, tokenizer = load_model(task_name, model_uri, params_file)
+    task, model, tokenizer = load_model(pipeline, model_uri, params_file)
     examples = [{"text": text} for text in texts]
     for text, prediction in zip(texts, task.predict(model, tokenizer, examples)):
         print(task.format_prediction(text, prediction))
@@ -58,46 +59,46 @@ def select(args: argparse.Namespace) -> None:
     from pipeline.tasks import load_params
     from pipeline.techniques import active_learning
 
-    config = load_params(args.params).task(args.task)
+    config = load_params(args.params).pipeline(args.pipeline)
     settings = config.active_learning
     column = "text" if config.type == "token_classification" else config.data.text_column  # NER's data column holds tokens
     texts = active_learning.read_pool(args.pool or settings.pool, column)  # before the slow model load
-    task, model, tokenizer = load_model(args.task, args.model, args.params)
+    task, model, tokenizer = load_model(args.pipeline, args.model, args.params)
     choice = {
         "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,
         "diversity": settings.diversity if args.diversity is None else args.diversity,
     }
     rows = active_learning.rank(task, model, tokenizer, texts, **choice, seed=settings.seed)
-    path = active_learning.write_queue(rows, task.name)
+    path = active_learning.write_queue(rows, task.pipeline)
     experiment_id = tracking.configure(load_params(args.params).tracking.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"select-{task.name}", tags={"task": task.name, "active_learning": "true"}):
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"select-{task.pipeline}", tags={"task": task.pipeline, "active_learning": "true"}):
         mlflow.log_params({**choice, "model": args.model or "champion", "pool_texts": len(texts)})
         mlflow.log_artifact(str(path))
     for row in rows[:10]:
         print(f"{row['rank']:>4}  {row['uncertainty']:.3f}  {row['predicted_label']:<10} {row['text'][:90]}")
-    print(f"select[{task.name}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file in data.incoming)")
+    print(f"select[{task.pipeline}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file in data.incoming)")
 
 
-def search(task_name: str, trials: int | None, apply: bool, params_file: Path) -> None:
+def search(pipeline: str, trials: int | None, apply: bool, params_file: Path) -> None:
     """Optuna over the train settings on the current splits; --apply writes the best into params.yaml."""
     from pipeline import search as study
     from pipeline.models import use_all_cores
     from pipeline.tasks import get_task, load_params
 
     params = load_params(params_file)
-    config = params.task(task_name)
-    paths = TaskPaths(task_name)
+    config = params.pipeline(pipeline)
+    paths = PipelinePaths(pipeline)
     require_inputs("train", paths)
     use_all_cores()
-    report = study.run(get_task(task_name, config), config, paths, params.tracking.experiment, trials)
+    report = study.run(get_task(pipeline, config), config, paths, params.tracking.experiment, trials)
     if apply:
         study.apply(report["best_params"], params_file)
-        print(f"search[{task_name}]: wrote the best settings into {params_file}; `dvc repro` trains with them")
+        print(f"search[{pipeline}]: wrote the best settings into {params_file}; `dvc repro` trains with them")
 
 
 def serve(host: str | None, port: int | None, model_uri: str | None, params_file: Path) -> None:
     """Serve every pipeline's champion over HTTP until interrupted (see pipeline/serving/serve.py); with
-    --model, that one model as serving.task's pipeline."""
+    --model, that one model as serving.pipeline."""
     import dataclasses
 
     from pipeline import tracking
@@ -114,10 +115,10 @@ def serve(host: str | None, port: int | None, model_uri: str | None, params_file
         tracking.configure(params.tracking.experiment)
         services = serving.load_services(params, settings, model_uri)
         for name, service in services.items():
-            routes = f"/{name}/predict" + (" and /predict" if name == settings.task else "")
+            routes = f"/{name}/predict" + (" and /predict" if name == settings.pipeline else "")
             print(f"serve: POST {routes}: {service.summary()}", flush=True)
         print(f"serve: on http://{serving.address(settings.host, settings.port)}", flush=True)
-        serving.run(services, settings.task, sock)
+        serving.run(services, settings.pipeline, sock)
 
 
 def loadtest(args: argparse.Namespace) -> None:
@@ -148,21 +149,21 @@ def deploy(params_file: Path, pool: str | None) -> None:
     deploy_flows(params, pool)
 
 
-def restore(task_name: str, model_uri: str | None, params_file: Path) -> None:
+def restore(pipeline: str, model_uri: str | None, params_file: Path) -> None:
     """Restore the build (data, splits, model, reports) of a registered version from the DVC remote, here."""
     from flows.storage import restore as restore_build  # late: flows import prefect
     from pipeline import tracking
     from pipeline.registry import champion_uri
     from pipeline.tasks import load_params
 
-    config = load_params(params_file).task(task_name)
+    config = load_params(params_file).pipeline(pipeline)
     tracking.point_at_store()
     tracking.check_reachable()
-    print(restore_build(task_name, model_uri or champion_uri(config.registry.name)))
+    print(restore_build(pipeline, model_uri or champion_uri(config.registry.name)))
 
 
 def entity_store(args: argparse.Namespace) -> tuple[Params, str, Engine]:
-    """(params, the pipeline --task names or the first monitoring.entities reads, the prediction store)."""
+    """(params, the pipeline --pipeline names or the first monitoring.entities reads, the prediction store)."""
     from pipeline.monitoring.store import open_store
     from pipeline.tasks import load_params
 
@@ -170,10 +171,10 @@ def entity_store(args: argparse.Namespace) -> tuple[Params, str, Engine]:
     settings = params.monitoring.entities
     if settings is None:
         raise UsageError(f"{params.file}: monitoring.entities is null: set its tagger (e.g. `entities: {{tagger: ner}}`) and run the monitor")
-    pipeline = args.task or settings.pipelines[0]
+    pipeline = args.pipeline or settings.pipelines[0]
     if pipeline not in settings.pipelines:
-        raise UsageError(f"--task {pipeline}: monitoring.entities reads {', '.join(settings.pipelines)} only (its 'pipelines' key)")
-    return params, pipeline, open_store(params.monitoring.db, params.monitoring.tasks[0])
+        raise UsageError(f"--pipeline {pipeline}: monitoring.entities reads {', '.join(settings.pipelines)} only (its 'pipelines' key)")
+    return params, pipeline, open_store(params.monitoring.db, params.monitoring.pipelines[0])
 
 
 def entities(args: argparse.Namespace) -> None:
@@ -182,11 +183,11 @@ def entities(args: argparse.Namespace) -> None:
 
     params, pipeline, engine = entity_store(args)
     settings = params.monitoring.entities
-    rows = entity_index(engine, pipeline, params.task(pipeline).validate.labels, read_aliases(settings.aliases),
+    rows = entity_index(engine, pipeline, params.pipeline(pipeline).validate.labels, read_aliases(settings.aliases),
                         args.window or settings.window_days, args.windows, args.end, args.top, args.entity)
     if not rows:
         wanted = f"of '{args.entity}' " if args.entity else ""
-        print(f"no mentions {wanted}stored for {pipeline} in those windows (the monitor stores them: python -m flows.monitor --task {pipeline})")
+        print(f"no mentions {wanted}stored for {pipeline} in those windows (the monitor stores them: python -m flows.monitor --pipeline {pipeline})")
         return
     print(entity_table(rows))
 
@@ -199,7 +200,7 @@ def report(args: argparse.Namespace) -> None:
     params, pipeline, engine = entity_store(args)
     page = write_desk(engine, params, pipeline, read_aliases(params.monitoring.entities.aliases), args.output)
     if page is None:
-        print(f"no text stored for {pipeline} yet (the monitor stores them: python -m flows.monitor --task {pipeline})")
+        print(f"no text stored for {pipeline} yet (the monitor stores them: python -m flows.monitor --pipeline {pipeline})")
         return
     print(f"wrote {page} (open it in a browser)")
 
@@ -254,31 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stage.add_argument("name", choices=(SOURCES, *STAGES))
-    stage.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml (sources covers every one in `tasks`)")
+    pipeline_option(stage, "the pipeline, a section of params.yaml (sources covers every one in `pipelines`)", default="sentiment")
 
     pred = commands.add_parser("predict", help="label texts with a registered or local model")
     pred.add_argument("texts", nargs="*", help="texts to label (default: read stdin, one a line)")
     pred.add_argument("--file", help="a file with one text a line")
-    pred.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
+    pipeline_option(pred, "the pipeline, a section of params.yaml", default="sentiment")
     pred.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
     sel = commands.add_parser("select", help="active learning: queue the pool texts the champion is least sure about")
-    sel.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
+    pipeline_option(sel, "the pipeline, a section of params.yaml", default="sentiment")
     sel.add_argument("--pool", help="unlabelled texts: .txt (one a line), csv/tsv/jsonl/parquet or a folder (default: active_learning.pool)")
     sel.add_argument("--strategy", choices=("least_confidence", "margin", "entropy", "random"), help="default: active_learning.strategy")
     sel.add_argument("--k", type=bounded(int, 1), help="texts to queue (default: active_learning.k)")
     sel.add_argument("--diversity", type=bounded(float, 0), help="weight of the redundancy penalty (default: active_learning.diversity)")
     sel.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model folder (default: the champion)")
 
-    hps = commands.add_parser("search", help="Optuna search over the train settings (space: <task>.search in params.yaml)")
-    hps.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
+    hps = commands.add_parser("search", help="Optuna search over the train settings (space: <pipeline>.search in params.yaml)")
+    pipeline_option(hps, "the pipeline, a section of params.yaml", default="sentiment")
     hps.add_argument("--trials", type=bounded(int, 1), help="default: search.trials")
     hps.add_argument("--apply", action="store_true", help="write the best settings into params.yaml")
 
     srv = commands.add_parser("serve", help="serve every pipeline's champion over HTTP (settings: serving in params.yaml)")
     srv.add_argument("--host", help="interface to listen on (default: serving.host, 127.0.0.1)")
     srv.add_argument("--port", type=bounded(int, 0, 65535), help="port (default: serving.port, 8000)")
-    srv.add_argument("--model", help="serve only this model, as serving.task's pipeline: models:/NAME@ALIAS (followed as it "
+    srv.add_argument("--model", help="serve only this model, as serving.pipeline: models:/NAME@ALIAS (followed as it "
                      "moves) or models:/NAME/VERSION (default: every pipeline's champion)")
 
     load = commands.add_parser("loadtest", help="concurrent clients against a running `finetune serve`: status counts, p50/p99")
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "on any machine with a clone (FINETUNE_CHECKOUT=/path/to/clone), and watch the drop folders")
 
     ent = commands.add_parser("entities", help="sentiment per entity and window, from the monitor's prediction store (monitoring.entities)")
-    ent.add_argument("--task", help="the monitored pipeline (default: the first of monitoring.entities.pipelines)")
+    pipeline_option(ent, "the monitored pipeline (default: the first of monitoring.entities.pipelines)")
     ent.add_argument("--entity", help="only this entity (any spelling of it)")
     ent.add_argument("--window", type=bounded(int, 1), help="days per window (default: monitoring.entities.window_days)")
     ent.add_argument("--windows", type=bounded(int, 1), default=1, help="how many windows, the newest last (default: 1)")
@@ -302,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="write the desk page of a monitored sentiment pipeline: alerts, market index, "
                               "entities and their trend, the models behind them (monitoring.entities)")
-    rep.add_argument("--task", help="the monitored pipeline (default: the first of monitoring.entities.pipelines)")
+    pipeline_option(rep, "the monitored pipeline (default: the first of monitoring.entities.pipelines)")
     rep.add_argument("--output", type=Path, help="the HTML file to write (default: reports/monitor/<pipeline>/desk.html)")
 
     rst = commands.add_parser("restore", help="in a checkout at a registered version's commit: its dvc.lock, then `dvc pull` its "
                               "data, splits, model and reports from the DVC remote")
-    rst.add_argument("--task", default="sentiment", help="the pipeline, a section of params.yaml")
+    pipeline_option(rst, "the pipeline, a section of params.yaml", default="sentiment")
     rst.add_argument("--model", help="models:/NAME/VERSION or models:/NAME@ALIAS (default: the champion)")
     return parser
 
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> None:
     if args.command == "stage":
-        run_stage(args.name, args.task, args.params)
+        run_stage(args.name, args.pipeline, args.params)
     elif args.command == "serve":
         serve(args.host, args.port, args.model, args.params)
     elif args.command == "deploy":
@@ -345,7 +346,7 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "select":
         select(args)
     elif args.command == "search":
-        search(args.task, args.trials, args.apply, args.params)
+        search(args.pipeline, args.trials, args.apply, args.params)
     elif args.command == "loadtest":
         loadtest(args)
     elif args.command == "entities":
@@ -353,9 +354,9 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "report":
         report(args)
     elif args.command == "restore":
-        restore(args.task, args.model, args.params)
+        restore(args.pipeline, args.model, args.params)
     else:
-        predict(read_texts(args), args.task, args.model, args.params)
+        predict(read_texts(args), args.pipeline, args.model, args.params)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Data-parallel training on several processes: PyTorch DDP under `torchrun` (gloo on CPU, nccl on GPUs).
 
-`<task>.train.processes: N` makes the train stage start itself again under torchrun with N
+`<pipeline>.train.processes: N` makes the train stage start itself again under torchrun with N
 workers; the Trainer sees the environment torchrun sets and wraps the model in DDP. Each worker
 trains on its share of every batch; only the first (rank 0) talks to MLflow and writes outputs.
 """

@@ -9,6 +9,7 @@ params.yaml with them.
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import dataclasses
 import difflib
@@ -16,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -326,7 +328,7 @@ class TrackingConfig:
 class ServingConfig:
     host: str = "127.0.0.1"  # loopback: exposing the service is a deliberate choice
     port: int = ranged(8000, 0, 65535)  # 0: any free port
-    task: str | None = None  # the pipeline behind POST /predict (null: the first in `tasks`); each pipeline has its own route too
+    pipeline: str | None = None  # the pipeline behind POST /predict (null: the first in `pipelines`); each pipeline has its own route too
     max_batch_size: int = at_least(1, 32)  # texts per model call
     batch_wait_ms: float = at_least(0, 10.0)  # how long a batch waits for more requests
     max_texts_per_request: int = at_least(1, 64)
@@ -372,7 +374,7 @@ class EntitiesConfig:
 
 @dataclass
 class MonitoringConfig:
-    tasks: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `tasks`
+    pipelines: list[str] | None = None  # the pipelines the monitor deployment watches, one monitor each; null: the classifiers in `pipelines`
     input: str = "monitoring/incoming"  # csv batches (timestamp,text) in <input>/<pipeline>/; files directly here: the first pipeline's
     schedule: str = "0 * * * *"  # cron for the monitor deployments (hourly)
     db: str = "monitoring/predictions.db"  # the prediction store: a SQLite file, or a database URL (postgresql://...)
@@ -387,31 +389,65 @@ class MonitoringConfig:
 
 @dataclass
 class Params:
-    tasks: list[str]  # the pipelines `dvc repro` runs: names of sections below
+    pipelines: list[str]  # the pipelines `dvc repro` runs: names of sections below
     tracking: TrackingConfig
-    task_configs: dict[str, TaskConfig]  # every pipeline section, by name
+    sections: dict[str, TaskConfig]  # every pipeline section, by name, whether `dvc repro` runs it or not
     serving: ServingConfig = field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     file: str = str(PARAMS_FILE)  # where these params were read from, for messages
 
-    def task(self, name: str) -> TaskConfig:
+    def pipeline(self, name: str) -> TaskConfig:
         """The section of the pipeline called `name`."""
-        if name not in self.task_configs:
-            raise ConfigError(f"{self.file}: no pipeline '{name}'{did_you_mean(name, self.task_configs)} (it configures "
-                              f"{', '.join(self.task_configs) or 'none'}: name one of those, or add a '{name}:' section with a type)")
-        return self.task_configs[name]
+        if name not in self.sections:
+            raise ConfigError(f"{self.file}: no pipeline '{name}'{did_you_mean(name, self.sections)} (it configures "
+                              f"{', '.join(self.sections) or 'none'}: name one of those, or add a '{name}:' section with a type)")
+        return self.sections[name]
 
 
 def read_params(path: Path, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
     """Read and check a params file. Each pipeline section is read into the config class of its `type`
     (`type_configs`: task type -> config class; `implied_types`: section names that need no type).
     Every problem is reported with the file and its key path."""
-    raw = _read_yaml(Path(path))
+    raw = renamed_keys(_read_yaml(Path(path)), path)
     try:
         return dataclasses.replace(_parse(raw, type_configs, implied_types), file=str(path))
     except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
         raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
+
+
+RENAMED = (("", "tasks", "pipelines"), ("serving", "task", "pipeline"), ("monitoring", "tasks", "pipelines"))  # (section, old, new)
+
+
+def renamed_keys(raw: dict, path: Path) -> dict:
+    """The params with each key of RENAMED under its new name, saying so in one line each: old params keep working for now."""
+    raw = dict(raw)
+    for section, old, new in RENAMED:
+        node = raw.get(section) if section else raw
+        if not isinstance(node, dict) or old not in node:
+            continue
+        where = f"{section}." if section else ""
+        if new in node:
+            raise ConfigError(f"{path}: '{where}{old}' and '{where}{new}' are one setting, set twice: keep '{where}{new}' only")
+        print(f"warning: {path}: '{where}{old}' is now called '{where}{new}': rename the key (the old name is read for now)",
+              file=sys.stderr)
+        node = {new if key == old else key: value for key, value in node.items()}
+        raw = {**raw, section: node} if section else node
+    return raw
+
+
+class OldPipelineFlag(argparse.Action):
+    """--task, the old spelling of --pipeline: read for now, with one line saying what to write instead."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        print(f"warning: {option_string} is now called --pipeline: write --pipeline {value} (the old flag is read for now)", file=sys.stderr)
+        setattr(namespace, self.dest, value)
+
+
+def pipeline_option(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """--pipeline NAME, a section of params.yaml; the old --task NAME is read too."""
+    parser.add_argument("--pipeline", default=default, help=help)
+    parser.add_argument("--task", dest="pipeline", action=OldPipelineFlag, help=argparse.SUPPRESS)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -441,14 +477,14 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return where
 
 
-SHARED = ("tasks", "tracking", "serving", "orchestration", "monitoring")
+SHARED = ("pipelines", "tracking", "serving", "orchestration", "monitoring")
 PIPELINE_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # it names files and DVC stages (train@NAME)
 
 
 def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
     """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
     raw = dict(raw)
-    tasks = _coerce(raw.pop("tasks", ["sentiment"]), list[str], "tasks")
+    pipelines = _coerce(raw.pop("pipelines", ["sentiment"]), list[str], "pipelines")
     tracking = build_section(TrackingConfig, raw.pop("tracking", {}), "tracking")
     serving = build_section(ServingConfig, raw.pop("serving", {}), "serving")
     orchestration_section = raw.pop("orchestration", {})
@@ -458,30 +494,31 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
     orchestration = build_section(OrchestrationConfig, orchestration_section, "orchestration")
     monitoring_section = raw.pop("monitoring", {})
     if isinstance(monitoring_section, dict) and "task" in monitoring_section:
-        raise ConfigError(f"params.yaml: 'monitoring.task' is now 'monitoring.tasks', a list of pipelines: write "
-                          f"`tasks: [{monitoring_section['task']}]`")
+        raise ConfigError(f"params.yaml: 'monitoring.task' is now 'monitoring.pipelines', a list of pipelines: write "
+                          f"`pipelines: [{monitoring_section['task']}]`")
     monitoring = build_section(MonitoringConfig, monitoring_section, "monitoring")
-    if not tasks:
-        raise ConfigError("params.yaml: 'tasks' lists no pipeline: name at least one section, e.g. tasks: [sentiment]")
+    if not pipelines:
+        raise ConfigError("params.yaml: 'pipelines' lists no pipeline: name at least one section, e.g. pipelines: [sentiment]")
     sections = {name: pipeline_section(name, section, type_configs, implied_types) for name, section in raw.items()}
-    for name in tasks:
+    for name in pipelines:
         if name not in sections:
-            raise ConfigError(f"tasks lists '{name}' but there is no '{name}:' section{did_you_mean(name, sections)}")
-    for key, names in (("serving.task", [serving.task] if serving.task else []), ("monitoring.tasks", monitoring.tasks or [])):
+            raise ConfigError(f"pipelines lists '{name}' but there is no '{name}:' section{did_you_mean(name, sections)}")
+    for key, names in (("serving.pipeline", [serving.pipeline] if serving.pipeline else []),
+                       ("monitoring.pipelines", monitoring.pipelines or [])):
         for name in names:
             if name not in sections:
                 raise ConfigError(f"params.yaml: '{key}' names '{name}', which is not a pipeline (sections: {', '.join(sections)})")
-    translators = [name for name in monitoring.tasks or [] if sections[name].type == "translation"]
+    translators = [name for name in monitoring.pipelines or [] if sections[name].type == "translation"]
     if translators:
-        raise ConfigError(f"params.yaml: 'monitoring.tasks' names '{translators[0]}', a translation pipeline: the monitor "
+        raise ConfigError(f"params.yaml: 'monitoring.pipelines' names '{translators[0]}', a translation pipeline: the monitor "
                           "watches text and token classification pipelines")
-    serving = dataclasses.replace(serving, task=serving.task or tasks[0])
-    if monitoring.tasks is None:
-        monitoring = dataclasses.replace(monitoring, tasks=[name for name in tasks if sections[name].type != "translation"])
+    serving = dataclasses.replace(serving, pipeline=serving.pipeline or pipelines[0])
+    if monitoring.pipelines is None:
+        monitoring = dataclasses.replace(monitoring, pipelines=[name for name in pipelines if sections[name].type != "translation"])
     if monitoring.entities is not None:
-        check_entities(monitoring.entities, monitoring.tasks, sections)
+        check_entities(monitoring.entities, monitoring.pipelines, sections)
     return Params(
-        tasks=tasks, tracking=tracking, task_configs=sections, serving=serving,
+        pipelines=pipelines, tracking=tracking, sections=sections, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
 
@@ -496,7 +533,7 @@ def check_entities(entities: EntitiesConfig, monitored: list[str], sections: Map
     for name in entities.pipelines:
         if name not in monitored:
             raise ConfigError(f"params.yaml: 'monitoring.entities.pipelines' names '{name}', which is not monitored "
-                              f"(monitoring.tasks: {', '.join(monitored)}): add it there or remove it here")
+                              f"(monitoring.pipelines: {', '.join(monitored)}): add it there or remove it here")
     unknown = [kind for kind in entities.types if kind not in tagger.validate.labels]
     if unknown:
         raise ConfigError(f"params.yaml: 'monitoring.entities.types' names '{unknown[0]}', which the {entities.tagger} pipeline "

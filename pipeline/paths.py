@@ -24,8 +24,8 @@ def ensure_writable(*folders: Path) -> None:
 
 
 @dataclass(frozen=True)
-class TaskPaths:
-    task: str
+class PipelinePaths:
+    pipeline: str
 
     def inputs(self, stage: str) -> list[Path]:
         """What a stage reads that an earlier stage writes (dvc.yaml's deps of it)."""
@@ -48,44 +48,44 @@ class TaskPaths:
 
     @property
     def raw(self) -> Path:
-        return Path("data/raw") / f"{self.task}.jsonl"
+        return Path("data/raw") / f"{self.pipeline}.jsonl"
 
     @property
     def provenance(self) -> Path:
-        return Path("data/raw") / f"{self.task}.provenance.json"
+        return Path("data/raw") / f"{self.pipeline}.provenance.json"
 
     @property
     def rejected_batches(self) -> Path:
         """Drop-folder batches that could not be read, one record each (kept across runs)."""
-        return Path("data/quarantine") / f"{self.task}.batches.jsonl"
+        return Path("data/quarantine") / f"{self.pipeline}.batches.jsonl"
 
     @property
     def clean(self) -> Path:
-        return Path("data/clean") / f"{self.task}.jsonl"
+        return Path("data/clean") / f"{self.pipeline}.jsonl"
 
     @property
     def quarantine(self) -> Path:
-        return Path("data/quarantine") / f"{self.task}.jsonl"
+        return Path("data/quarantine") / f"{self.pipeline}.jsonl"
 
     @property
     def split_dir(self) -> Path:
-        return Path("data/split") / self.task
+        return Path("data/split") / self.pipeline
 
     def split(self, name: str) -> Path:
         return self.split_dir / f"{name}.jsonl"
 
     @property
     def augmented_train(self) -> Path:
-        return Path("data/augmented") / f"{self.task}.jsonl"
+        return Path("data/augmented") / f"{self.pipeline}.jsonl"
 
     @property
     def model_dir(self) -> Path:
-        return Path("models") / self.task
+        return Path("models") / self.pipeline
 
     @property
     def pretrained(self) -> Path:
         """The domain-adapted (masked-LM) model fine-tuning starts from when pretrain is on."""
-        return Path("models") / f"{self.task}-pretrained"
+        return Path("models") / f"{self.pipeline}-pretrained"
 
     @property
     def pretrain_report(self) -> Path:
@@ -97,19 +97,19 @@ class TaskPaths:
 
     @property
     def checkpoints(self) -> Path:
-        return Path(".checkpoints") / self.task
+        return Path(".checkpoints") / self.pipeline
 
     @property
     def metrics(self) -> Path:
-        return Path("metrics") / f"{self.task}.json"
+        return Path("metrics") / f"{self.pipeline}.json"
 
     @property
     def reports(self) -> Path:
-        return Path("reports") / self.task
+        return Path("reports") / self.pipeline
 
     @property
     def evaluation(self) -> Path:
-        """Evaluation plots (images and the data DVC draws), one folder per task."""
+        """Evaluation plots (images and the data DVC draws), one folder per pipeline."""
         return self.reports / "evaluation"
 
     @property

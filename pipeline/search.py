@@ -1,9 +1,9 @@
 """`finetune search`: an Optuna study over the train settings of one task.
 
-Each trial fine-tunes on the augmented training split with settings drawn from `<task>.search`
+Each trial fine-tunes on the augmented training split with settings drawn from `<pipeline>.search`
 and is scored on the validation split, as the train stage would; each is an MLflow child run
 of one `search` run. Trials that trail the median after an epoch are pruned. The best values
-go to reports/<task>/search.json with the `dvc exp run -S ...` command that trains with them,
+go to reports/<pipeline>/search.json with the `dvc exp run -S ...` command that trains with them,
 and into params.yaml itself with `--apply` (comments kept), so the next `dvc repro` uses them.
 With `search.storage` (a database URL), processes on any machines share one study through
 Optuna's RDB storage and together run `search.trials` trials.
@@ -30,7 +30,7 @@ from pipeline import tracking
 from pipeline.databases import sqlalchemy_url
 from pipeline.errors import ServiceError
 from pipeline.params import SearchConfig, TaskConfig
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_records, save_json
 from pipeline.stages.train import base_model_path, build_trainer
 from pipeline.tasks.base import Task
@@ -101,8 +101,8 @@ def counted_trials(study: Any) -> list:
     return study.get_trials(deepcopy=False, states=COUNTED)
 
 
-def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trials: int | None = None) -> dict:
-    """Run the study; returns (and writes to reports/<task>/search.json) the best settings."""
+def run(task: Task, config: TaskConfig, paths: PipelinePaths, experiment: str, trials: int | None = None) -> dict:
+    """Run the study; returns (and writes to reports/<pipeline>/search.json) the best settings."""
     import mlflow
 
     trials = trials or config.search.trials
@@ -111,7 +111,7 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trial
     base = base_model_path(config, paths)
     metric = task.primary_metric
     experiment_id = tracking.configure(experiment)
-    study = open_study(config.search, task.name)
+    study = open_study(config.search, task.pipeline)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -138,24 +138,24 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trial
             raise optuna.TrialPruned()
         return trainer.state.best_metric
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{task.name}") as parent:
-        mlflow.set_tags({**tracking.lineage_tags(task.name, config, paths), "search": "true"})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{task.pipeline}") as parent:
+        mlflow.set_tags({**tracking.lineage_tags(task.pipeline, config, paths), "search": "true"})
         to_run = trials - len(counted_trials(study))
         if to_run > 0:
             study.optimize(objective, n_trials=to_run, callbacks=[MaxTrialsCallback(trials, states=COUNTED)])
         if config.search.storage is not None:
             mine = sum(t.user_attrs.get("worker") == worker for t in study.trials)
-            print(f"search[{task.name}]: shared study {study.study_name}: {len(counted_trials(study))} of {trials} trials, {mine} run here")
+            print(f"search[{task.pipeline}]: shared study {study.study_name}: {len(counted_trials(study))} of {trials} trials, {mine} run here")
         best = study.best_trial
         best_values = suggest(optuna.trial.FixedTrial(best.params), config)
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
         mlflow.log_metric(f"best_val_{metric}", best.value)
         report = {
-            "task": task.name,
+            "task": task.pipeline,
             "metric": f"val_{metric}",
             "best_value": best.value,
-            "best_params": {f"{task.name}.train.{k}": v for k, v in best_values.items()},
-            "dvc_exp_run": "dvc exp run " + " ".join(f"-S {task.name}.train.{k}={v}" for k, v in best_values.items()),
+            "best_params": {f"{task.pipeline}.train.{k}": v for k, v in best_values.items()},
+            "dvc_exp_run": "dvc exp run " + " ".join(f"-S {task.pipeline}.train.{k}={v}" for k, v in best_values.items()),
             "mlflow_run_id": parent.info.run_id,
             "trials": [
                 {"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
@@ -165,8 +165,8 @@ def run(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str, trial
         }
         save_json(paths.search_report, report)
         mlflow.log_artifact(str(paths.search_report))
-    print(f"search[{task.name}]: best val {metric} {best.value:.4f} with {report['best_params']}")
-    print(f"search[{task.name}]: train with them: {report['dvc_exp_run']}   (or finetune search --apply)")
+    print(f"search[{task.pipeline}]: best val {metric} {best.value:.4f} with {report['best_params']}")
+    print(f"search[{task.pipeline}]: train with them: {report['dvc_exp_run']}   (or finetune search --apply)")
     return report
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from pipeline.errors import TrackingError
 from pipeline.locks import file_lock
 from pipeline.params import TaskConfig, section_hash
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, save_json
 
 STORE_DIR = Path("mlflow")
@@ -128,16 +128,16 @@ def run_tags(model_dir: Path) -> dict[str, str]:
     return load_json(model_dir / RUN_FILE)["tags"]
 
 
-def lineage_tags(task_name: str, config: TaskConfig, paths: TaskPaths) -> dict[str, str]:
+def lineage_tags(pipeline: str, config: TaskConfig, paths: PipelinePaths) -> dict[str, str]:
     """What a registered model can be traced back to: code, data and configuration."""
     return {
-        "task": task_name,
+        "task": pipeline,
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
         "data_hash": files_hash([paths.augmented_train, paths.split("val"), paths.split("test")]),
         "params_hash": section_hash(config.training_sections()),  # promotion and registry settings can change without it
         "base_model": config.model.name,
-        "domain_adapted": str(config.pretrain.enabled).lower(),  # fine-tuned from models/<task>-pretrained
+        "domain_adapted": str(config.pretrain.enabled).lower(),  # fine-tuned from models/<pipeline>-pretrained
     }
 
 

@@ -212,7 +212,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_params(model: Path, source: str = "data/sample.csv", **overrides) -> dict:
     """params.yaml contents for fast tests: the tiny model, a few epochs, no waiting."""
     params = {
-        "tasks": ["sentiment"],
+        "pipelines": ["sentiment"],
         "tracking": {"experiment": "test"},
         "sentiment": {
             "data": {"source": source, "format": "csv"},

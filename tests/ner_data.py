@@ -72,4 +72,4 @@ def ner_params(base_model: Path, source: str = "data/ner.conll", **sections) -> 
     }
     for name, values in sections.items():
         section[name] = {**section[name], **values}
-    return {"tasks": ["ner"], "tracking": {"experiment": "test"}, "ner": section}
+    return {"pipelines": ["ner"], "tracking": {"experiment": "test"}, "ner": section}

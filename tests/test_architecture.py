@@ -12,7 +12,7 @@ import grimp
 import pytest
 
 from pipeline import tasks
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.stages import STAGES, run_stage
 from tests.conftest import ROOT, write_csv, write_params
@@ -91,7 +91,7 @@ def test_a_task_type_from_outside_the_pipeline_runs_through_every_stage(workspac
     monkeypatch.setitem(tasks.TASK_TYPES, "question_detection", "tests.extra_task")  # the one registry line
     write_csv(workspace / "data" / "questions.csv", question_rows(300) + [{"text": "Profit?", "label": "question"}])
     write_params(workspace, {
-        "tasks": ["questions"],
+        "pipelines": ["questions"],
         "tracking": {"experiment": "test"},
         "questions": {
             "type": "question_detection",
@@ -105,7 +105,7 @@ def test_a_task_type_from_outside_the_pipeline_runs_through_every_stage(workspac
     })
     for stage in STAGES:
         run_stage(stage, "questions", Path("params.yaml"))
-    paths = TaskPaths("questions")
+    paths = PipelinePaths("questions")
     assert [row["reason"] for row in load_records(paths.quarantine)] == ["words 1 outside 2..10000"]
     metrics = load_json(paths.metrics)
     assert metrics["test"]["accuracy"] >= 0.9, metrics  # the question mark is easy to learn

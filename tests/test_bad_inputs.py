@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from pipeline.cli import main
 from pipeline.errors import DataError
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.readers import FORMULA_STARTS, read_source
 from pipeline.records import load_json, load_records
 from pipeline.techniques.active_learning import read_pool, write_queue
@@ -60,20 +60,20 @@ def merged(base: dict, override: dict) -> dict:
     return result
 
 
-def task_params(case: dict, source: str) -> dict:
-    """params.yaml for the case's task reading `source`, lenient enough that only the case's own problem shows;
-    `settings` is merged into the task's section, `params` into the whole file."""
-    task = case.get("task", "sentiment")
-    if task == "sentiment":
+def pipeline_params(case: dict, source: str) -> dict:
+    """params.yaml for the case's pipeline reading `source`, lenient enough that only the case's own problem shows;
+    `settings` is merged into the pipeline's section, `params` into the whole file."""
+    pipeline = case.get("pipeline", "sentiment")
+    if pipeline == "sentiment":
         params = tiny_params(UNUSED_MODEL, source)
         params["sentiment"]["validate"].update(min_rows_per_class=0, max_reject_fraction=1.0)
-    elif task == "ner":
+    elif pipeline == "ner":
         params = ner_params(UNUSED_MODEL, source, validate={"min_mentions_per_type": 0, "max_reject_fraction": 1.0})
     else:
         section = translation_section(UNUSED_MODEL, source, validate={"min_pairs": 0, "max_reject_fraction": 1.0})
-        params = {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": section}
-    params[task]["data"]["format"] = case.get("format", params[task]["data"]["format"])
-    params[task] = merged(params[task], case.get("settings", {}))
+        params = {"pipelines": ["translation"], "tracking": {"experiment": "test"}, "translation": section}
+    params[pipeline]["data"]["format"] = case.get("format", params[pipeline]["data"]["format"])
+    params[pipeline] = merged(params[pipeline], case.get("settings", {}))
     return merged(params, case.get("params", {}))
 
 
@@ -183,7 +183,7 @@ def install_data(case: dict, workspace: Path) -> tuple[str, dict[int, str]]:
     for batch in case.get("incoming", []):  # the drop folder, data/incoming by default
         (data / "incoming").mkdir(exist_ok=True)
         shutil.copy(CORPUS / batch, data / "incoming" / Path(batch).name)
-    write_params(workspace, task_params(case, source))
+    write_params(workspace, pipeline_params(case, source))
     return source, planted
 
 
@@ -200,7 +200,7 @@ def run_stages(argv_tail: list[str], stages: tuple[str, ...], capsys) -> tuple[i
 
 def check_accounted(case: dict, planted: dict[int, str]) -> None:
     """Every row read is clean, quarantined with the expected reason, or an exact duplicate: none went missing."""
-    paths = TaskPaths(case.get("task", "sentiment"))
+    paths = PipelinePaths(case.get("pipeline", "sentiment"))
     provenance = load_json(paths.provenance)
     raw, clean, quarantined = load_records(paths.raw), load_records(paths.clean), load_records(paths.quarantine)
     assert len(clean) + len(quarantined) == len(raw) == provenance["rows"]
@@ -222,8 +222,8 @@ def check_accounted(case: dict, planted: dict[int, str]) -> None:
 
 
 def check_set_aside(case: dict) -> None:
-    """The drop-folder batches set aside are recorded with their reasons in data/quarantine/<task>.batches.jsonl."""
-    recorded = load_records(TaskPaths(case.get("task", "sentiment")).rejected_batches)
+    """The drop-folder batches set aside are recorded with their reasons in data/quarantine/<pipeline>.batches.jsonl."""
+    recorded = load_records(PipelinePaths(case.get("pipeline", "sentiment")).rejected_batches)
     reasons = {Path(r["file"]).name: r["reason"] for r in recorded}
     expected = case.get("set_aside", {})
     assert sorted(reasons) == sorted(expected), reasons
@@ -234,7 +234,7 @@ def check_set_aside(case: dict) -> None:
 def run_data_case(case: dict, workspace: Path, capsys) -> None:
     source, planted = install_data(case, workspace)
     stages = ("collect", "validate") if case["entry"] == "validate" else ("collect",)
-    code, printed = run_stages(["--task", case.get("task", "sentiment")], stages, capsys)
+    code, printed = run_stages(["--pipeline", case.get("pipeline", "sentiment")], stages, capsys)
     assert "Traceback" not in printed
     if "message" in case:
         check_error(case, code, printed, names=case.get("names", source))
@@ -276,8 +276,8 @@ def run_file_case(case: dict, workspace: Path, capsys) -> None:
 
 def run_params_case(case: dict, workspace: Path, capsys) -> None:
     """A params.yaml with one bad value (`settings`, `params`), as `finetune stage collect` reads it."""
-    write_params(workspace, task_params(case, "data/sample.csv"))
-    code, printed = main(["stage", "collect", "--task", case.get("task", "sentiment")]), "".join(capsys.readouterr())
+    write_params(workspace, pipeline_params(case, "data/sample.csv"))
+    code, printed = main(["stage", "collect", "--pipeline", case.get("pipeline", "sentiment")]), "".join(capsys.readouterr())
     assert "Traceback" not in printed
     check_error(case, code, printed, names="params.yaml")
 
@@ -327,8 +327,8 @@ def run_cli_case(case: dict, workspace: Path, capsys, request) -> None:
             values["tiny_model"] = str(request.getfixturevalue("tiny_model"))
         case = filled(case, values)
         write_csv(workspace / "data" / "sample.csv", make_rows(60))
-        write_params(workspace, task_params(case, "data/sample.csv"))
-        code, printed = run_stages(["--task", case.get("task", "sentiment")], tuple(case.get("prepare", ())), capsys)
+        write_params(workspace, pipeline_params(case, "data/sample.csv"))
+        code, printed = run_stages(["--pipeline", case.get("pipeline", "sentiment")], tuple(case.get("prepare", ())), capsys)
         assert code == 0, printed
         if "file" in case:
             shutil.copy(CORPUS / case["file"], workspace / Path(case["file"]).name)
@@ -369,7 +369,7 @@ def client(tmp_path_factory, tiny_model) -> Iterator[Any]:
         train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=1)
         params = load_params()
         tracking.configure(params.tracking.experiment)
-        task = get_task("sentiment", params.task("sentiment"))
+        task = get_task("sentiment", params.pipeline("sentiment"))
         settings = ServingConfig(**LIMITS)
         uri = f"models:/{NAME}@champion"
         service = Service(task, uri, settings, load_served(task, uri, "torch"))

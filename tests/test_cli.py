@@ -60,6 +60,6 @@ def test_predict_without_texts_or_model_explains_how(workspace):
 
 @pytest.mark.parametrize("command", [["predict", "Profit rose"], ["select"]])
 def test_an_unknown_pipeline_is_one_line(workspace, command):
-    done = finetune(*command, "--task", "sentimnt", cwd=workspace)
+    done = finetune(*command, "--pipeline", "sentimnt", cwd=workspace)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: params.yaml: no pipeline 'sentimnt' (did you mean 'sentiment'?)" in done.stderr

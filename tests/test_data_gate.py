@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
 from tests.ner_data import make_sentences, ner_params, write_conll
@@ -38,7 +38,7 @@ def validate(task: str, capsys) -> tuple[int, str]:
     """Run collect and validate as `finetune stage` does; (exit code, everything printed)."""
     printed = ""
     for stage in ("collect", "validate"):
-        code = main(["stage", stage, "--task", task])
+        code = main(["stage", stage, "--pipeline", task])
         printed += "".join(capsys.readouterr())
         if code:
             break
@@ -47,7 +47,7 @@ def validate(task: str, capsys) -> tuple[int, str]:
 
 def accounted(task: str) -> tuple[list[dict], dict[int, str]]:
     """(clean rows, reason by raw row number), after checking that every row read is one or the other."""
-    paths = TaskPaths(task)
+    paths = PipelinePaths(task)
     clean, quarantined = load_records(paths.clean), load_records(paths.quarantine)
     read = load_json(paths.provenance)["rows"]
     assert len(clean) + len(quarantined) == read == len(load_records(paths.raw))
@@ -87,7 +87,7 @@ def test_sentiment_every_failing_row_is_quarantined_at_scale(workspace, tiny_mod
     clean, reasons = accounted("sentiment")
     planted(reasons, bad)
     assert {row["label"] for row in clean} == {"negative", "neutral", "positive"}
-    report = load_json(TaskPaths("sentiment").validation_report)
+    report = load_json(PipelinePaths("sentiment").validation_report)
     assert report["reasons"]["label not in [negative, neutral, positive]"] == len(bad["label 'bullish' not in"]) + len(bad["text is missing"])
 
 
@@ -153,7 +153,7 @@ def test_translation_every_failing_row_is_quarantined_at_scale(workspace, tiny_m
     source = write_jsonl(workspace / "data" / "pairs.jsonl", rows)
     section = translation_section(UNUSED_MODEL, source, validate={**LENIENT, "min_pairs": 0})
     section["data"]["format"] = "jsonl"
-    write_params(workspace, {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": section})
+    write_params(workspace, {"pipelines": ["translation"], "tracking": {"experiment": "test"}, "translation": section})
     code, printed = validate("translation", capsys)
     assert code == 0, printed
     _, reasons = accounted("translation")
@@ -268,7 +268,7 @@ def test_an_unreadable_batch_is_set_aside_and_the_good_ones_are_read(workspace, 
 
     assert main(["stage", "collect"]) == 0
     printed = capsys.readouterr().out
-    paths = TaskPaths("sentiment")
+    paths = PipelinePaths("sentiment")
     provenance = load_json(paths.provenance)
     assert provenance["rows"] == 300 + 40 + 5
     assert {r["batch"] for r in load_records(paths.raw) if "batch" in r} == {"batch-1.csv", "batch-6.csv"}

@@ -7,13 +7,13 @@ import pytest
 
 from pipeline.errors import DataError, ValidationError
 from pipeline.params import SplitConfig
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.stages import run_stage
 from pipeline.stages.split import assign_split
 from tests.conftest import make_rows, tiny_params, write_csv, write_params
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
 
 

@@ -121,7 +121,7 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     (tmp_path / "data").mkdir()
     for suffix in (".de", ".en"):
         shutil.copy(SAMPLE.with_suffix(suffix), tmp_path / "data" / f"pairs{suffix}")
-    init_repo(tmp_path, {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": translation_section(tiny_model)})
+    init_repo(tmp_path, {"pipelines": ["translation"], "tracking": {"experiment": "test"}, "translation": translation_section(tiny_model)})
 
     output = sh("dvc", "repro", cwd=tmp_path)
     assert stages_run(output) == every_stage("translation")
@@ -143,7 +143,7 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
     assert {"samples_val.json", "samples_test.json", "plots"} <= artifacts
     model, tokenizer = load_translator("models:/translation@champion", "augment.back_translation.from_pivot")  # what back-translation may name
     assert type(model).__name__ == "EncoderDecoderModel"
-    printed = sh("finetune", "predict", "--task", "translation", "Die Bank meldete einen Verlust.", cwd=tmp_path)
+    printed = sh("finetune", "predict", "--pipeline", "translation", "Die Bank meldete einen Verlust.", cwd=tmp_path)
     assert printed.strip()
 
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
@@ -169,7 +169,7 @@ def test_two_text_classification_pipelines_and_ner_each_promote_on_their_own(tmp
     intents.update(type="text_classification", registry={"name": "support-intents"})
     intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
     intents["validate"]["labels"] = list(INTENT_VOCAB)
-    params.update(tasks=["sentiment", "intents", "ner"], intents=intents, ner=ner_params(tiny_model)["ner"])
+    params.update(pipelines=["sentiment", "intents", "ner"], intents=intents, ner=ner_params(tiny_model)["ner"])
     init_repo(tmp_path, params)
 
     output = sh("dvc", "repro", cwd=tmp_path)

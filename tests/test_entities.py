@@ -137,7 +137,7 @@ def test_entities_params_that_cannot_work_are_one_line(tmp_path, tiny_model, ent
     from pipeline.tasks import load_params
     from tests.ner_data import ner_params
 
-    params = {**tiny_params(tiny_model), "ner": ner_params(tiny_model)["ner"], "monitoring": {"tasks": ["sentiment"], "entities": entities}}
+    params = {**tiny_params(tiny_model), "ner": ner_params(tiny_model)["ner"], "monitoring": {"pipelines": ["sentiment"], "entities": entities}}
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_params(write_params(tmp_path, params))
 
@@ -150,7 +150,7 @@ def test_finetune_entities_prints_the_index_per_entity_and_window(tmp_path, tiny
     monkeypatch.chdir(tmp_path)
     (tmp_path / "aliases.yaml").write_text("Nokia: [NOK]\n", encoding="utf-8")
     params = {**tiny_params(tiny_model), "ner": ner_params(tiny_model)["ner"],
-              "monitoring": {"tasks": ["sentiment"], "db": "predictions.db", "entities": {"tagger": "ner", "aliases": "aliases.yaml"}}}
+              "monitoring": {"pipelines": ["sentiment"], "db": "predictions.db", "entities": {"tagger": "ner", "aliases": "aliases.yaml"}}}
     write_params(tmp_path, params)
     assert main(["entities"]) == 0
     assert capsys.readouterr().out.startswith("no mentions stored for sentiment in those windows")

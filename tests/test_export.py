@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.errors import ConfigError
 from pipeline.params import ServingConfig
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.serving.serve import Service, create_app, load_served
 from pipeline.stages import register
@@ -21,7 +21,7 @@ from tests.test_serve import NEUTRAL, POSITIVE
 
 pytestmark = pytest.mark.model
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 
 
 def version_tag(version: str) -> str | None:
@@ -37,7 +37,7 @@ def test_the_int8_export_is_checked_logged_and_served(workspace, tiny_model, mon
     assert report["drop"] <= report["max_drop"] == 0.005 and report["label_agreement"] >= 0.95
     assert version_tag(decision["challenger"]["version"]) == "int8"
 
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     uri = f"models:/{NAME}@champion"
     downloads = workspace / "downloads"
     downloads.mkdir()
@@ -83,7 +83,7 @@ def test_an_export_scoring_too_low_is_refused_and_serving_falls_back(workspace, 
     assert not report["kept"] and "below the model's" in report["reason"]
     assert decision["promoted"]  # the model itself is fine: only its export is not kept
     assert version_tag(decision["challenger"]["version"]) == "refused"
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     assert load_served(task, f"models:/{NAME}@champion", "onnx").runtime == "torch"
 
 
@@ -91,11 +91,11 @@ def test_registry_onnx_is_refused_for_tasks_without_an_export(tmp_path, tiny_mod
     params = ner_params(tiny_model, registry={"onnx": "int8"})
     loaded = load_params(write_params(tmp_path, params))
     with pytest.raises(ConfigError, match="ner.registry.onnx: the ner task has no ONNX export"):
-        register.run(get_task("ner", loaded.task("ner")), loaded, TaskPaths("ner"))
+        register.run(get_task("ner", loaded.pipeline("ner")), loaded, PipelinePaths("ner"))
 
 
 def test_registry_onnx_takes_int8_fp32_or_null(tmp_path, tiny_model):
     params = tiny_params(tiny_model, sentiment__registry__onnx="int4")
     with pytest.raises(ConfigError, match="'sentiment.registry.onnx' must be one of int8, fp32"):
         load_params(write_params(tmp_path, params))
-    assert load_params(Path(__file__).parents[1] / "params.yaml").task("sentiment").registry.onnx == "int8"
+    assert load_params(Path(__file__).parents[1] / "params.yaml").pipeline("sentiment").registry.onnx == "int8"

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json
 from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 from tests.test_dvc_pipeline import BIN, init_repo, sh
 from tests.test_promotion import UNTRAINED, aliases, train_and_register
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
 NAME = "fin-sentiment"
 PREPARE = ("collect", "validate", "split", "augment", "pretrain")  # what train needs, run in-process (fast)
@@ -117,7 +117,7 @@ def die(*args, **kwargs):
 
 setattr(mlflow.MlflowClient, "{method}", die)
 from pipeline.cli import main
-sys.exit(main(["stage", "register", "--task", "sentiment"]))
+sys.exit(main(["stage", "register", "--pipeline", "sentiment"]))
 """
 
 
@@ -163,7 +163,7 @@ def test_tracking_server_down_gives_a_clear_error_and_promotes_nothing(workspace
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = child_env(MLFLOW_TRACKING_URI=uri)
     finetune = str(BIN / "finetune")
-    children = [subprocess.Popen([finetune, "stage", stage, "--task", "sentiment"], cwd=workspace, env=env,
+    children = [subprocess.Popen([finetune, "stage", stage, "--pipeline", "sentiment"], cwd=workspace, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for stage in ("train", "register")]
     for child in children:
@@ -230,14 +230,14 @@ def test_an_output_folder_that_cannot_be_written_is_named_without_a_traceback(wo
     run_stages(*PREPARE)
     for stage, folder in (("train", "models"), ("evaluate", "metrics"), ("register", "reports")):
         block(folder)
-        assert main(["stage", stage, "--task", "sentiment"]) == 6  # what `finetune stage ...` exits with
+        assert main(["stage", stage, "--pipeline", "sentiment"]) == 6  # what `finetune stage ...` exits with
         error = capsys.readouterr().err
         assert f"error: cannot write to {folder}/" in error and f"{folder} is a file, not a folder" in error
         assert "Traceback" not in error
         unblock(folder)
         if stage == "train":
             assert not list(PATHS.checkpoints.glob("*/checkpoint-*")), "stopped before training, not after"
-        assert main(["stage", stage, "--task", "sentiment"]) == 0, "the same stage works once the path is fixed"
+        assert main(["stage", stage, "--pipeline", "sentiment"]) == 0, "the same stage works once the path is fixed"
     assert not PATHS.promotion.exists() or load_json(PATHS.promotion)["challenger"]["version"] == "1"
     versions = mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")
     assert [str(v.version) for v in versions] == ["1"], "the failed register registered nothing"

@@ -39,14 +39,14 @@ SHIFTED = [  # another domain and style: recipes, sports chat, weather
 
 
 def monitored_params(tiny_model: Path) -> dict:
-    """Sentiment and intents (retrained by the flow), and NER (outside `tasks`, trained by `champions`), all monitored."""
+    """Sentiment and intents (retrained by the flow), and NER (outside `pipelines`, trained by `champions`), all monitored."""
     params = tiny_params(tiny_model)
     intents = {**params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
                "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"},
                "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0}}
     ner = ner_params(tiny_model)["ner"]
-    return {**params, "tasks": ["sentiment", "intents"], "intents": intents, "ner": ner,
-            "monitoring": {"tasks": ["sentiment", "intents", "ner"], "entities": {
+    return {**params, "pipelines": ["sentiment", "intents"], "intents": intents, "ner": ner,
+            "monitoring": {"pipelines": ["sentiment", "intents", "ner"], "entities": {
                 "tagger": "ner", "types": ["ORG"],
                 "alert": {"min_mentions": 1, "margin": 0.0, "pvalue": 1.0}}}}  # any entity as negative as before or more: an alert
 
@@ -160,7 +160,7 @@ def test_deployment_has_nightly_schedule_and_event_triggers(repo):
         ("retrain-sentiment", {"pipeline": "sentiment"}), ("retrain-intents", {"pipeline": "intents"})]
     monitors = [monitor_sentiment, monitor_intents, monitor_ner]
     assert [(m.name, m.parameters) for m in monitors] == [
-        ("monitor-sentiment", {"task": "sentiment"}), ("monitor-intents", {"task": "intents"}), ("monitor-ner", {"task": "ner"})]
+        ("monitor-sentiment", {"pipeline": "sentiment"}), ("monitor-intents", {"pipeline": "intents"}), ("monitor-ner", {"pipeline": "ner"})]
     assert all([s.schedule.cron for s in m.schedules] == ["0 * * * *"] for m in monitors)
 
     for deployment in retrains:  # stored on the server: what a restarted `finetune deploy` finds again
@@ -197,7 +197,7 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
 
 @pytest.fixture(scope="module")
 def champions(repo) -> None:
-    """Champions of the intents pipeline (its own retrain) and NER (outside `tasks`: its stages run directly)."""
+    """Champions of the intents pipeline (its own retrain) and NER (outside `pipelines`: its stages run directly)."""
     from flows.retrain import retrain
     from pipeline.stages import STAGES, run_stage
 
@@ -215,7 +215,7 @@ def test_monitor_per_pipeline_own_batches_report_and_label_shares(repo, champion
     before = sentiment_report.read_bytes() if sentiment_report.exists() else None
     write_texts(repo / "monitoring" / "incoming" / "intents" / "day-1.csv", [r["text"] for r in make_intent_rows(90, seed=4)[30:]])
     assert monitor() == {}  # sentiment's monitor: the intents' folder is not its drop folder
-    report = monitor(task="intents")
+    report = monitor(pipeline="intents")
     assert report["pipeline"] == "intents" and report["model"] == "support-intents" and report["texts"] == 60
     assert set(report["drift"]) == {"label_shift", "confidence", "oov_rate"}
     assert set(report["drift"]["label_shift"]["current"]) <= set(INTENT_VOCAB)
@@ -224,7 +224,7 @@ def test_monitor_per_pipeline_own_batches_report_and_label_shares(repo, champion
     assert (repo / "reports" / "monitor" / "intents.json").exists()
     assert (repo / "reports" / "monitor" / "intents" / "shares.png").exists()
     assert (sentiment_report.read_bytes() if sentiment_report.exists() else None) == before
-    assert monitor(task="intents") == {}  # each batch is scored once
+    assert monitor(pipeline="intents") == {}  # each batch is scored once
     db = sqlite3.connect(repo / "monitoring" / "predictions.db")
     assert db.execute("SELECT count(*) FROM predictions WHERE pipeline = 'intents'").fetchone() == (60,)
     assert db.execute("SELECT pipeline, name FROM batches WHERE pipeline = 'intents'").fetchall() == [("intents", "intents/day-1.csv")]
@@ -243,7 +243,7 @@ def test_two_monitor_runs_at_once_score_each_batch_once(repo, champions):
     query = "SELECT count(*), count(DISTINCT batch || '#' || position) FROM predictions WHERE pipeline = 'intents'"
     before, _ = db.execute(query).fetchone()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test's Prefect server
-    runs = [subprocess.Popen([sys.executable, "-m", "flows.monitor", "--task", "intents"], cwd=repo, env=env,  # the scheduled one and one by hand
+    runs = [subprocess.Popen([sys.executable, "-m", "flows.monitor", "--pipeline", "intents"], cwd=repo, env=env,  # the scheduled one and one by hand
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
@@ -261,7 +261,7 @@ def test_the_monitor_checks_served_answers_once_beside_drop_folder_batches(repo,
     from pipeline.tasks import get_task, load_params
 
     params = load_params()
-    task = get_task("intents", params.task("intents"))
+    task = get_task("intents", params.pipeline("intents"))
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
     version = str(registered_version(champion_uri("support-intents")).version)
     model, tokenizer = load_registered(task, f"models:/support-intents/{version}")
@@ -275,9 +275,9 @@ def test_the_monitor_checks_served_answers_once_beside_drop_folder_batches(repo,
     log.stop()
     write_texts(repo / "monitoring" / "incoming" / "intents" / "day-4.csv", [r["text"] for r in make_intent_rows(20, seed=12)])
 
-    report = monitor(task="intents")
+    report = monitor(pipeline="intents")
     assert (report["texts"], report["served_texts"], report["served_batches"]) == (70, 50, 1)
-    assert monitor(task="intents") == {}  # each served answer is checked once
+    assert monitor(pipeline="intents") == {}  # each served answer is checked once
 
 
 def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions):
@@ -286,7 +286,7 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
     from flows.monitor import monitor
 
     sentences = [" ".join(tokens) for tokens, _ in make_sentences(300, seed=3)[250:]]
-    report = monitor(str(write_texts(repo / "incoming" / "ner.csv", sentences)), task="ner")
+    report = monitor(str(write_texts(repo / "incoming" / "ner.csv", sentences)), pipeline="ner")
     mix, confidence = report["drift"]["entity_types"], report["drift"]["confidence"]
     assert set(mix["reference"]) | set(mix["current"]) <= {"PER", "ORG", "LOC", "MISC"} and 0 <= mix["pvalue"] <= 1
     assert sum(mix["current"].values()) > 0
@@ -296,7 +296,7 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
     labels = [label for (label,) in db.execute("SELECT label FROM predictions WHERE pipeline = 'ner'")]
     assert len(labels) == 50 and {kind for label in labels for kind in label.split()} == set(mix["current"])
 
-    report = monitor(str(write_texts(repo / "incoming" / "ner-shifted.csv", SHIFTED * 5)), task="ner")
+    report = monitor(str(write_texts(repo / "incoming" / "ner-shifted.csv", SHIFTED * 5)), pipeline="ner")
     assert report["drift_detected"] and report["drift"]["oov_rate"]["drifted"]
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
@@ -319,7 +319,7 @@ def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_eac
 
     params = load_params()
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
-    ner, version = get_task("ner", params.task("ner")), str(registered_version(champion_uri("ner")).version)
+    ner, version = get_task("ner", params.pipeline("ner")), str(registered_version(champion_uri("ner")).version)
     sentiment = str(registered_version(champion_uri("fin-sentiment")).version)
     texts = [" ".join(tokens) for tokens, _ in make_sentences(40, seed=21)]
     log = PredictionLog(params.monitoring.db, "sentiment", ["sentiment"], share=1.0, capacity=10)  # as `finetune serve` logs
@@ -363,14 +363,14 @@ def test_predict_and_select_work_for_every_pipeline(repo, champions, capsys):
     from pipeline.cli import main
 
     capsys.readouterr()
-    assert main(["predict", "--task", "intents", "I lost my card, please block it"]) == 0
+    assert main(["predict", "--pipeline", "intents", "I lost my card, please block it"]) == 0
     assert capsys.readouterr().out.split("\t")[0] in INTENT_VOCAB
     text = "Maria Rossi joined Kestrel Motors in Milan ."
-    assert main(["predict", "--task", "ner", text]) == 0
+    assert main(["predict", "--pipeline", "ner", text]) == 0
     assert capsys.readouterr().out.splitlines()[0] == text
     pool = write_csv(repo / "pool.csv", [{"text": " ".join(tokens)} for tokens, _ in make_sentences(20, seed=8)], ("text",))
     for name in ("intents", "ner"):  # a csv pool with a text column, for NER too (its data column holds tokens)
-        assert main(["select", "--task", name, "--pool", str(pool), "--k", "3"]) == 0
+        assert main(["select", "--pipeline", name, "--pool", str(pool), "--k", "3"]) == 0
         assert f"select[{name}]: 3 of 20 pool texts written to data/to_label/{name}-" in capsys.readouterr().out
 
 

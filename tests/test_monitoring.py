@@ -51,7 +51,7 @@ def test_monitor_migrates_an_old_prediction_store_in_place(tmp_path, old):
     incoming = tmp_path / "incoming"
     for batch in ("day-1.csv", "day-2.csv", "intents/day-1.csv"):
         write_texts(incoming / batch, ["some text"])
-    settings = MonitoringConfig(tasks=["sentiment", "intents"], input=str(incoming))
+    settings = MonitoringConfig(pipelines=["sentiment", "intents"], input=str(incoming))
     engine = open_store(str(path), "sentiment")
     assert new_batches(settings, "sentiment", engine) == [incoming / "day-2.csv"]  # files directly in input: the first pipeline's
     assert new_batches(settings, "intents", engine) == [incoming / "intents" / "day-1.csv"]  # the same name, another pipeline
@@ -102,7 +102,7 @@ def test_predictions_are_stored_once_per_row_and_counted_per_day(tmp_path):
     from pipeline.monitoring.store import daily_counts, new_batches, open_store, store
     from pipeline.params import MonitoringConfig
 
-    settings = MonitoringConfig(tasks=["sentiment", "ner"], input=str(tmp_path / "incoming"))
+    settings = MonitoringConfig(pipelines=["sentiment", "ner"], input=str(tmp_path / "incoming"))
     engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
     rows = [{"timestamp": f"2026-11-2{6 + i % 2}T09:00:00Z", "text": f"text {i}", "batch": "sentiment/day.csv", "position": i} for i in range(4)]
     labels = [{"label": label, "score": 0.9} for label in ("positive", "negative", "positive", "neutral")]
@@ -124,7 +124,7 @@ def test_a_batch_is_claimed_by_one_run_and_a_failed_or_killed_runs_claim_is_not_
     from pipeline.monitoring.store import batch_name, claim, claimed, new_batches, open_store
     from pipeline.params import MonitoringConfig
 
-    settings = MonitoringConfig(tasks=["sentiment"], input=str(tmp_path / "incoming"))
+    settings = MonitoringConfig(pipelines=["sentiment"], input=str(tmp_path / "incoming"))
     engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
     for day in ("day-1", "day-2"):
         write_texts(tmp_path / "incoming" / "sentiment" / f"{day}.csv", ["text"])
@@ -149,7 +149,7 @@ def score_every_batch(location: str, incoming: str, start, results) -> None:
     from pipeline.monitoring.store import batch_name, claimed, new_batches, open_store, read_batch, store
     from pipeline.params import MonitoringConfig
 
-    settings = MonitoringConfig(tasks=["sentiment"], input=incoming)
+    settings = MonitoringConfig(pipelines=["sentiment"], input=incoming)
     start.wait()  # both runs begin at the same moment, the store's tables not created yet
     engine = open_store(location, "sentiment")
     scored = []
@@ -363,7 +363,7 @@ def sentiment(tmp_path, monkeypatch, tiny_model):
 
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params(tiny_model))
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     return task, *task.load_model(str(tiny_model))
 
 

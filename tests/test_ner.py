@@ -10,7 +10,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, DataError, ValidationError
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.readers import read_file
 from pipeline.records import load_json, load_records
 from pipeline.stages import run_stage
@@ -20,7 +20,7 @@ from pipeline.techniques.crf import constrained_viterbi
 from tests.conftest import SHARED_DATA, write_params
 from tests.ner_data import make_sentences, ner_params, write_conll
 
-PATHS = TaskPaths("ner")
+PATHS = PipelinePaths("ner")
 PARAMS = Path("params.yaml")
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -34,7 +34,7 @@ def ner_workspace(tmp_path, monkeypatch, tiny_model) -> Path:
 
 
 def ner_task(tiny_model, **sections):
-    return get_task("ner", load_params(write_params(Path.cwd(), ner_params(tiny_model, **sections))).task("ner"))
+    return get_task("ner", load_params(write_params(Path.cwd(), ner_params(tiny_model, **sections))).pipeline("ner"))
 
 
 def tokenizer_of(model: Path):
@@ -254,7 +254,7 @@ def test_ner_stages_with_crf_train_register_and_predict_spans(ner_workspace, tin
 
     capsys.readouterr()
     text = "Maria Rossi , chief executive of Kestrel Motors , said in Milan on Monday ."
-    assert main(["predict", "--task", "ner", text]) == 0
+    assert main(["predict", "--pipeline", "ner", text]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == text
     found = {tuple(line.split("\t")) for line in lines[1:]}

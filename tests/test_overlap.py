@@ -38,7 +38,7 @@ SETTLE_SECONDS = 4
 
 
 def two_pipeline_repo(path: Path, tiny_model: Path) -> Path:
-    """A committed git + DVC repo with two pipelines in `tasks`, each with its own drop folder, no model yet."""
+    """A committed git + DVC repo with two pipelines in `pipelines`, each with its own drop folder, no model yet."""
     path.mkdir(exist_ok=True)
     params = tiny_params(tiny_model)
     params["intents"] = {
@@ -46,7 +46,7 @@ def two_pipeline_repo(path: Path, tiny_model: Path) -> Path:
         "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"},
         "validate": {**params["sentiment"]["validate"], "labels": list(INTENT_VOCAB)}, "augment": {"copies": 0},
     }
-    params.update(tasks=list(PIPELINES), orchestration={"poll_seconds": 0.5, "settle_seconds": SETTLE_SECONDS})
+    params.update(pipelines=list(PIPELINES), orchestration={"poll_seconds": 0.5, "settle_seconds": SETTLE_SECONDS})
     write_csv(path / "data" / "sample.csv", make_rows(300))
     write_csv(path / "data" / "intents.csv", make_intent_rows(240))
     write_params(path, params)
@@ -190,7 +190,7 @@ def trainer(pipeline: str):
     """The process running `pipeline`'s train stage on this machine, or None."""
     import psutil
 
-    return next((p for p in psutil.process_iter(["cmdline"]) if "stage train --task " + pipeline in " ".join(p.info["cmdline"] or [])),
+    return next((p for p in psutil.process_iter(["cmdline"]) if "stage train --pipeline " + pipeline in " ".join(p.info["cmdline"] or [])),
                 None)
 
 

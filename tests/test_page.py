@@ -87,7 +87,7 @@ def test_finetune_report_writes_the_page_and_says_in_one_line_what_is_missing(tm
 
     monkeypatch.chdir(tmp_path)
     params = {**tiny_params(tiny_model), "ner": ner_params(tiny_model)["ner"],
-              "monitoring": {"tasks": ["sentiment"], "db": "predictions.db", "entities": None}}
+              "monitoring": {"pipelines": ["sentiment"], "db": "predictions.db", "entities": None}}
     write_params(tmp_path, params)
     assert main(["report"]) == 2
     assert "monitoring.entities is null: set its tagger" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.registry import load_registered, promotion_lock
 from pipeline.stages import register, run_stage
@@ -21,7 +21,7 @@ from tests.conftest import make_rows, tiny_params, write_csv, write_params
 
 pytestmark = pytest.mark.model
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
 NAME = "fin-sentiment"
 UNTRAINED = 1e-12  # a learning rate that leaves the model as initialised: a useless one
@@ -112,7 +112,7 @@ def test_the_champion_is_rescored_on_todays_validation_split(workspace, tiny_mod
     write_csv(Path("data/sample.csv"), make_rows(400))  # more data: a larger validation split
     decision = train_and_register(tiny_model, 1.0e-3, sentiment__train__seed=3)
 
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     model, tokenizer = load_registered(task, f"models:/{NAME}/1")
     val = load_records(PATHS.split("val"))
     assert decision["champion"]["score"] == pytest.approx(score(task, model, tokenizer, val)[0]["f1_macro"])
@@ -123,7 +123,7 @@ def test_register_without_evaluates_predictions_says_what_to_run(workspace):
     from pipeline.errors import UsageError
     from pipeline.records import save_records
 
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     val = [{"text": "Profit rose.", "label": "positive"}, {"text": "Sales fell.", "label": "negative"}]
     with pytest.raises(UsageError, match=r"val_predictions.jsonl not found: run `dvc repro evaluate@sentiment` first"):
         register.challenger_predictions(task, PATHS, val)
@@ -158,7 +158,7 @@ def test_two_promotions_at_once_end_with_the_better_model_as_champion(workspace,
     what, lock = promotion_lock(NAME)
     with lock:  # held here until both have registered their version and wait at it: they judge one after the other
         logs = [folder / "register.log" for folder in (medium, best)]
-        runs = [subprocess.Popen([Path(sys.executable).parent / "finetune", "stage", "register", "--task", "sentiment"],
+        runs = [subprocess.Popen([Path(sys.executable).parent / "finetune", "stage", "register", "--pipeline", "sentiment"],
                                  cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
                 for folder, log in zip((medium, best), logs)]
         deadline = time.monotonic() + 300

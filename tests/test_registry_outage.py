@@ -104,7 +104,7 @@ def test_a_failing_registry_stops_register_and_moves_no_alias(workspace, tiny_mo
     # Two quick retries instead of MLflow's default 7 with exponential backoff (about 4 minutes).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": proxy.url,
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    done = subprocess.run([str(FINETUNE), "stage", "register", "--task", "sentiment"],
+    done = subprocess.run([str(FINETUNE), "stage", "register", "--pipeline", "sentiment"],
                           env=env, capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 5, done.stderr
@@ -136,7 +136,7 @@ def test_an_artifact_store_that_is_down_fails_train_in_one_line(workspace, tiny_
         # One quick retry instead of MLflow's 7 with backoff (it also retries the connection the failed upload broke).
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": url,
                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-        done = subprocess.run([str(FINETUNE), "stage", "train", "--task", "sentiment"], env=env, capture_output=True, text=True,
+        done = subprocess.run([str(FINETUNE), "stage", "train", "--pipeline", "sentiment"], env=env, capture_output=True, text=True,
                               timeout=300)
 
         assert done.returncode == 5 and "Traceback" not in done.stderr, done.stderr

@@ -46,12 +46,12 @@ def test_a_folder_made_after_the_watcher_started_is_watched(tmp_path):
 
 @pytest.fixture
 def two_pipelines(tmp_path, monkeypatch, tiny_model):
-    """params.yaml with sentiment (data.incoming by default) and intents (its own data.incoming) in `tasks`."""
+    """params.yaml with sentiment (data.incoming by default) and intents (its own data.incoming) in `pipelines`."""
     monkeypatch.chdir(tmp_path)
     params = tiny_params(tiny_model)
     params["intents"] = {**params["sentiment"], "type": "text_classification", "registry": {"name": "support-intents"},
                          "data": {"source": "data/intents.csv", "incoming": "data/incoming/intents"}}
-    write_params(tmp_path, {**params, "tasks": ["sentiment", "intents"]})
+    write_params(tmp_path, {**params, "pipelines": ["sentiment", "intents"]})
     from pipeline.tasks import load_params
 
     return load_params()

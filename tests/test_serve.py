@@ -79,7 +79,7 @@ def serving(params_file: Path = Path("params.yaml")) -> Iterator[str]:
     tracking.configure(params.tracking.experiment)
     settings = dataclasses.replace(params.serving, **LIMITS)
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(server_config(load_services(params, settings), settings.task, log_level="warning"))
+    server = uvicorn.Server(server_config(load_services(params, settings), settings.pipeline, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive())
@@ -387,7 +387,7 @@ def test_two_replicas_under_load_both_take_a_promotion_and_the_monitor_sees_ever
         train_and_register(tiny_model, 1.0e-3, sentiment__train__epochs=0.5, sentiment__train__seed=7)
     client.set_registered_model_alias(NAME, "champion", "1")
     texts = [row["text"] for row in make_rows(120, seed=21)]
-    task = get_task("sentiment", load_params().task("sentiment"))
+    task = get_task("sentiment", load_params().pipeline("sentiment"))
     expected = {version: dict(zip(texts, (p["label"] for p in task.predict(*load_registered(task, f"models:/{NAME}/{version}"),
                                                                           [{"text": t} for t in texts]))))
                 for version in ("1", "2")}
@@ -446,26 +446,26 @@ def test_two_replicas_under_load_both_take_a_promotion_and_the_monitor_sees_ever
         engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
         served = new_served(engine, "sentiment")
         assert len({name.split("/")[1] for name in served}) == 2  # each replica wrote batches of its own
-        report = monitor(task="sentiment")
+        report = monitor(pipeline="sentiment")
         by_champion = sum(len(sent) for _, _, _, version, sent, _ in answers if version == "2")
         assert (report["served_batches"], report["served_texts"]) == (len(served), by_champion)
         with engine.begin() as connection:
             rows = connection.execute(sql("SELECT count(*), count(DISTINCT batch || '#' || position) FROM predictions "
                                            "WHERE batch LIKE 'served/%'")).one()
         assert rows == (2 * len(answers), 2 * len(answers))  # every answered text, once
-        assert new_served(engine, "sentiment") == [] and monitor(task="sentiment") == {}  # checked once
+        assert new_served(engine, "sentiment") == [] and monitor(pipeline="sentiment") == {}  # checked once
     finally:
         Path("params.yaml").write_text(params_text)
         client.set_registered_model_alias(NAME, "champion", "1")  # as the module's other tests expect
 
 
 def test_serving_settings_in_params_yaml(tmp_path, tiny_model):
-    defaults = ServingConfig(task="sentiment")  # serving.task: null means the first pipeline in `tasks`
+    defaults = ServingConfig(pipeline="sentiment")  # serving.pipeline: null means the first in `pipelines`
     assert load_params(ROOT / "params.yaml").serving == defaults  # the file spells out the defaults
     params = tiny_params(tiny_model)
     assert load_params(write_params(tmp_path, params)).serving == defaults  # the section is optional
     params["serving"] = {"port": 9000, "reload_seconds": 5}
-    assert load_params(write_params(tmp_path, params)).serving == ServingConfig(task="sentiment", port=9000, reload_seconds=5.0)
+    assert load_params(write_params(tmp_path, params)).serving == ServingConfig(pipeline="sentiment", port=9000, reload_seconds=5.0)
     params["serving"] = {"prot": 9000}
     with pytest.raises(ConfigError, match="unknown key 'serving.prot'"):
         load_params(write_params(tmp_path, params))
@@ -558,7 +558,7 @@ def pipelines_params(tiny_model: Path, **more: dict) -> dict:
     intents.update(type="text_classification", registry={"name": INTENTS})
     intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
     intents["validate"]["labels"] = list(INTENT_VOCAB)
-    params.update(tasks=[*SERVED, *more], intents=intents, ner=ner_params(tiny_model)["ner"],
+    params.update(pipelines=[*SERVED, *more], intents=intents, ner=ner_params(tiny_model)["ner"],
                   translation=translation_section(tiny_model), **more)
     return params
 
@@ -596,7 +596,7 @@ def test_each_pipeline_answers_on_its_own_route_in_its_type_s_shape(pipelines_ur
         assert sentiment["model_version"] == "1"
         assert [set(p) for p in sentiment["predictions"]] == [{"label", "score"}] * 2
         assert {p["label"] for p in sentiment["predictions"]} <= set(LABELS)
-        assert client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]}).json() == sentiment  # serving.task: the first
+        assert client.post("/predict", json={"texts": [POSITIVE, NEUTRAL]}).json() == sentiment  # serving.pipeline: the first
 
         messages = [row["text"] for row in make_intent_rows(3, seed=4)]
         intents = client.post("/intents/predict", json={"texts": messages, "top_k": 4}).json()["predictions"]
@@ -806,7 +806,7 @@ def test_finetune_serve_serves_the_pipelines_with_a_model_and_waits_for_the_othe
 
 def test_finetune_serve_stops_when_no_pipeline_has_a_model(registry, tiny_model, capsys):
     params = tiny_params(tiny_model, sentiment__registry__name="unregistered")
-    params.update(tasks=["sentiment", "ner"], ner={**ner_params(tiny_model)["ner"], "registry": {"name": "unregistered-ner"}})
+    params.update(pipelines=["sentiment", "ner"], ner={**ner_params(tiny_model)["ner"], "registry": {"name": "unregistered-ner"}})
     assert main(["--params", str(write_yaml(Path("none.yaml"), params)), "serve", "--port", "0"]) == 4
     error = capsys.readouterr().err
     assert error.startswith("error: nothing to serve: no pipeline has a model yet (models:/unregistered@champion, "

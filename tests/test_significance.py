@@ -22,7 +22,7 @@ WORDS = "the company said operating profit rose to a record in the third quarter
 
 
 def task(name: str):
-    return get_task(name, PARAMS.task(name))
+    return get_task(name, PARAMS.pipeline(name))
 
 
 def labelled(n: int, seed: int = 0) -> list[dict]:
@@ -97,7 +97,7 @@ def test_macro_f1_counts_a_label_never_seen_nor_predicted_as_zero():
 
 
 def test_lowercased_bleu_from_statistics_matches_sacrebleu():
-    config = PARAMS.task("translation")
+    config = PARAMS.pipeline("translation")
     t = get_task("translation", dataclasses.replace(config, model=dataclasses.replace(config.model, lowercase_bleu=True)))
     gold = sentences(50)
     predictions = [{"translation": p["translation"].upper()} for p in translation_guesses(gold, 0.8, seed=2)]

@@ -68,7 +68,7 @@ def test_a_version_without_a_build_in_a_remote_is_refused(repo, capsys):
 def test_a_version_of_another_pipeline_is_refused(repo, capsys):
     version = register_version({"task": "ner", "git_commit": head(), REMOTE_TAG: "storage s3://bucket/dvc"})
     code, err = restore(version, capsys)
-    assert code == 2 and err.endswith(f"{NAME} v{version} was built by the ner pipeline, not sentiment: pass --task ner")
+    assert code == 2 and err.endswith(f"{NAME} v{version} was built by the ner pipeline, not sentiment: pass --pipeline ner")
 
 
 def test_a_checkout_at_another_commit_is_told_which_to_check_out(repo, capsys):

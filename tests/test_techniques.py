@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.stages import run_stage
 from pipeline.tasks import get_task, load_params
@@ -24,7 +24,7 @@ from pipeline.techniques.active_learning import pick, uncertainty
 from pipeline.techniques.distillation import distillation_loss
 from tests.conftest import tiny_params, write_params
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
 DATA_STAGES = ("collect", "validate", "split", "augment")
 LORA = {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]}
@@ -36,7 +36,7 @@ def run_stages(*stages: str) -> None:
 
 
 def task_and_config():
-    config = load_params(PARAMS).task("sentiment")
+    config = load_params(PARAMS).pipeline("sentiment")
     return get_task("sentiment", config), config
 
 
@@ -138,7 +138,7 @@ def test_layer_decay_gives_each_layer_the_rate_of_the_one_above_times_decay(work
 
     write_params(workspace, tiny_params(tiny_model, sentiment__train__layer_decay=0.5, sentiment__train__learning_rate=1e-3))
     run_stages(*DATA_STAGES)
-    config = load_params(Path("params.yaml")).task("sentiment")
+    config = load_params(Path("params.yaml")).pipeline("sentiment")
     examples = load_records(PATHS.split("train"))
     trainer, _ = build_trainer(get_task("sentiment", config), config, examples, examples, workspace / "out", str(tiny_model))
     optimizer = trainer.create_optimizer()
@@ -310,7 +310,7 @@ def test_ner_with_lora_under_the_crf_and_a_distilled_student_save_plain_token_cl
     write_params(tmp_path, ner_params(tiny_model, model={"crf": True}, train={"peft": lora, "epochs": 1}))
     for stage in ("collect", "validate", "split", "augment", "train"):
         run_stage(stage, "ner", PARAMS)
-    ner = TaskPaths("ner")
+    ner = PipelinePaths("ner")
     config = load_json(ner.model_dir / "config.json")
     assert "crf" in config and not (ner.model_dir / "adapter").exists()
     assert load_json(ner.train_summary)["trainable_fraction"] < 0.1

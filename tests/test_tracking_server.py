@@ -94,7 +94,7 @@ def test_dvc_repro_logs_registers_and_promotes_through_a_postgres_backed_server(
 
     # The project's own loader (what `finetune predict` and serving use), through the server.
     monkeypatch.chdir(tmp_path)
-    task = get_task("sentiment", load_params(tmp_path / "params.yaml").task("sentiment"))
+    task = get_task("sentiment", load_params(tmp_path / "params.yaml").pipeline("sentiment"))
     model, tokenizer = load_registered(task, "models:/fin-sentiment@champion")
     [prediction] = task.predict(model, tokenizer, [{"text": "Operating profit rose to a record."}])
     assert task.format_prediction("x", prediction).split("\t")[0] in {"negative", "neutral", "positive"}
@@ -162,7 +162,7 @@ def test_a_retrain_pushes_its_build_and_a_fresh_clone_restores_it_and_reruns_not
     # A fresh machine: a clone at the version's commit, its own DVC cache, the remote and the tracking server.
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
-    restored = sh(str(BIN / "finetune"), "restore", "--task", "sentiment", cwd=clone)
+    restored = sh(str(BIN / "finetune"), "restore", "--pipeline", "sentiment", cwd=clone)
     assert f"{name} v{version.version}: at commit {commit_built[:12]}" in restored
     workspace = repo / WORKSPACES / "sentiment"
     for path in ("data/raw/sentiment.jsonl", "data/split/sentiment/train.jsonl", "models/sentiment/model.safetensors",
@@ -177,7 +177,7 @@ def test_a_retrain_pushes_its_build_and_a_fresh_clone_restores_it_and_reruns_not
 
     # A version whose build is not (all) in a remote, as one a plain `dvc repro` registers: refused in one line, naming why.
     client.delete_model_version_tag(name, version.version, REMOTE_TAG)
-    refused = subprocess.run([str(BIN / "finetune"), "restore", "--task", "sentiment"], cwd=clone, capture_output=True, text=True,
+    refused = subprocess.run([str(BIN / "finetune"), "restore", "--pipeline", "sentiment"], cwd=clone, capture_output=True, text=True,
                              env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.startswith(f"error: {name} v{version.version} has no build in a DVC remote"), refused.stderr

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json
 from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 
-PATHS = TaskPaths("sentiment")
+PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
 
 

@@ -10,14 +10,14 @@ import sacrebleu
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.params import build_section
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records, save_records
 from pipeline.stages import augment, run_stage
 from pipeline.tasks import get_task
 from pipeline.tasks.translation import TranslationConfig, corpus_scores, detokenize
 from tests.conftest import ROOT, tiny_params, write_params
 
-PATHS = TaskPaths("translation")
+PATHS = PipelinePaths("translation")
 SAMPLE = ROOT / "data" / "sample" / "translation"
 
 
@@ -48,7 +48,7 @@ def task_for(base_model: Path | str = "unused", **sections):
 
 def run_data_stages(section: dict) -> dict:
     """collect and validate with `section` as translation's params, as `finetune stage` runs them; the validation report."""
-    write_params(Path("."), {"tasks": ["translation"], "tracking": {"experiment": "test"}, "translation": section})
+    write_params(Path("."), {"pipelines": ["translation"], "tracking": {"experiment": "test"}, "translation": section})
     for stage in ("collect", "validate"):
         run_stage(stage, "translation", Path("params.yaml"))
     return load_json(PATHS.validation_report)
@@ -180,8 +180,8 @@ def test_back_translation_adds_one_marked_paraphrase_per_training_row(tiny_model
     }
     write_params(tmp_path, params)
     params = load_params()
-    config = params.task("sentiment")
-    paths = TaskPaths("sentiment")
+    config = params.pipeline("sentiment")
+    paths = PipelinePaths("sentiment")
     train = [{"text": f"Profit rose {n} percent.", "label": "positive", "source": "x.csv", "row": n} for n in range(6)]
     save_records(paths.split("train"), train)
 

@@ -20,7 +20,7 @@ MONITORED = {"text-classification": "label_shift", "token-classification": "enti
 
 def is_tagger(task: Task) -> bool:
     """Token classification: its predictions are entities, not one label."""
-    return task.pipeline_task == "token-classification"
+    return task.transformers_task == "token-classification"
 
 
 def counted(prediction: Record) -> list[str]:

@@ -176,10 +176,10 @@ def write_desk(engine: Engine, params: Params, pipeline: str, aliases: dict[str,
     """Write the pipeline's page (default: desk_path) from the store; None when it has stored no text.
     The pipeline is one that params' monitoring.entities reads."""
     entities = params.monitoring.entities
-    figures = desk_figures(engine, pipeline, params.task(pipeline).validate.labels, aliases, entities.window_days)
+    figures = desk_figures(engine, pipeline, params.pipeline(pipeline).validate.labels, aliases, entities.window_days)
     if figures is None:
         return None
     path = path or desk_path(pipeline)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(desk_html(figures, params.task(pipeline).registry.name, params.task(entities.tagger).registry.name), encoding="utf-8")
+    path.write_text(desk_html(figures, params.pipeline(pipeline).registry.name, params.pipeline(entities.tagger).registry.name), encoding="utf-8")
     return path

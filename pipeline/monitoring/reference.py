@@ -18,7 +18,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.errors import ModelError
 from pipeline.monitoring.drift import MONITORED, counted, mean_score, oov_rate, words
-from pipeline.paths import TaskPaths
+from pipeline.paths import PipelinePaths
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
 
@@ -36,7 +36,7 @@ def log_reference_data(task: Task, train: list[Record], val_path: Path) -> None:
     monitor computes this model's reference when it is champion (kinds of pipeline it watches only)."""
     import mlflow
 
-    if task.pipeline_task not in MONITORED:
+    if task.transformers_task not in MONITORED:
         return
 
     mlflow.log_artifact(str(val_path), ARTIFACT_PATH)
@@ -80,10 +80,10 @@ def reference_data(task: Task, version: Any, outputs: Path) -> tuple[list[str], 
             folder = Path(downloads) / "none"
         if (folder / "val.jsonl").exists() and (folder / "vocabulary.json").exists():
             return load_json(folder / "vocabulary.json")["vocabulary"], load_records(folder / "val.jsonl")
-    paths = TaskPaths(task.name)
+    paths = PipelinePaths(task.pipeline)
     files = [outputs / p for p in (paths.augmented_train, paths.split("val"), paths.split("test"))]
     if all(f.exists() for f in files) and tracking.files_hash(files) == version.tags.get("data_hash"):
         return vocabulary(task, load_records(files[0])), load_records(files[1])
     raise ModelError(f"{version.name} v{version.version}: its run {version.run_id} holds no {ARTIFACT_PATH}/ reference data (it was "
                      f"trained before runs kept it) and {outputs} no longer holds the data it was trained on: promote a newer version "
-                     f"(python -m flows.retrain --pipeline {task.name})")
+                     f"(python -m flows.retrain --pipeline {task.pipeline})")

@@ -36,7 +36,7 @@ def daily_shares(days: dict[str, tuple[int, Counter]]) -> list[dict]:
 def write_daily(report: dict, days: dict[str, tuple[int, Counter]], task: Task, version: str) -> list[Path]:
     """The daily figures into the report, and their plots: the sentiment index for a label set with
     positive and negative, else each label's (or entity type's) share. Returns the plot files."""
-    folder, title = REPORTS / task.name, f"{task.config.registry.name} v{version}"
+    folder, title = REPORTS / task.pipeline, f"{task.config.registry.name} v{version}"
     if not is_tagger(task) and {"positive", "negative"} <= set(task.config.validate.labels):
         index = report["index"] = daily_index(days)
         dates, values, counts = [d["date"] for d in index], [d["index"] for d in index], [d["texts"] for d in index]

@@ -8,7 +8,7 @@ claims a batch before it scores it, so of two overlapping runs only one scores i
 that failed is released, and that of a killed run expires after CLAIM_SECONDS.
 
 A pipeline's batches are csv files (`timestamp,text`) in `monitoring.input/<pipeline>/`, and, for
-the first pipeline of monitoring.tasks, directly in `monitoring.input`, where they lay when only
+the first pipeline of monitoring.pipelines, directly in `monitoring.input`, where they lay when only
 one pipeline was monitored. A SQLite store written by an earlier version is migrated in place.
 """
 
@@ -214,7 +214,7 @@ def read_batch(path: Path, name: str) -> list[Record]:
 def batch_folders(settings: MonitoringConfig, pipeline: str) -> list[Path]:
     """Where a pipeline's batches land: monitoring.input/<pipeline>/, and monitoring.input itself for the first pipeline."""
     root = Path(settings.input)
-    return [root / pipeline] + ([root] if settings.tasks[:1] == [pipeline] else [])
+    return [root / pipeline] + ([root] if settings.pipelines[:1] == [pipeline] else [])
 
 
 def batch_name(path: Path, settings: MonitoringConfig) -> str:

@@ -2,7 +2,7 @@
 
 - POST /{pipeline}/predict answers with that pipeline's model, in its task type's shape: a label and
   score per text (and the top_k labels on request), entity spans with character offsets, or a
-  translation. POST /predict is serving.task's pipeline, as before pipelines were served together.
+  translation. POST /predict is serving.pipeline's, as before pipelines were served together.
 - Each pipeline has its own `Service`: requests that arrive together share one model call (they
   wait in an asyncio queue that a single worker drains into batches of up to `max_batch_size` texts),
   and a watcher checks its registry alias every `reload_seconds` (POST /reload checks at once). A new
@@ -168,7 +168,7 @@ def request_model(task: Task, settings: ServingConfig) -> type[BaseModel]:
     if isinstance(task, TextClassificationTask):
         fields["top_k"] = (int | None, Field(None, ge=1, le=len(task.labels),
                                              description=f"also answer the k most probable labels (1..{len(task.labels)})"))
-    name = "".join(part.capitalize() for part in re.split("[-_]", task.name))  # the schema's name in /docs
+    name = "".join(part.capitalize() for part in re.split("[-_]", task.pipeline))  # the schema's name in /docs
     return create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -179,7 +179,7 @@ class PipelineHealth(BaseModel):
 
 class Health(BaseModel):
     status: str
-    model_version: str | None = Field(description="serving.task's, the model behind POST /predict")
+    model_version: str | None = Field(description="serving.pipeline's, the model behind POST /predict")
     pipelines: dict[str, PipelineHealth]
 
 
@@ -197,7 +197,7 @@ class Version(BaseModel):
 
 
 class Versions(Version):
-    """serving.task's version at the top level (the model behind POST /predict), and every pipeline's."""
+    """serving.pipeline's version at the top level (the model behind POST /predict), and every pipeline's."""
 
     pipelines: dict[str, Version]
 
@@ -208,7 +208,7 @@ class Reload(BaseModel):
 
 
 class Reloads(Reload):
-    """serving.task's reload at the top level, and every pipeline's."""
+    """serving.pipeline's reload at the top level, and every pipeline's."""
 
     pipelines: dict[str, Reload]
 
@@ -305,7 +305,7 @@ class Service:
                         answers = [{**answer, "top_k": answer["top_k"][: pending.top_k] or None} for answer in answers]
                     pending.result.set_result((served.version, answers))
                     if self.log:
-                        self.log.offer(self.task.name, served.version, pending.texts, answers)
+                        self.log.offer(self.task.pipeline, served.version, pending.texts, answers)
                 start += len(pending.texts)
 
     async def reload(self) -> bool:
@@ -322,7 +322,7 @@ class Service:
                 return False
             served = await asyncio.to_thread(load_version, self.task, self.uri, found, self.settings.runtime)
             previous, self.served = self.version, served  # one assignment: the swap
-            log.info("%s: now serving %s v%s with %s (%s)", self.task.name, served.name, served.version, served.runtime,
+            log.info("%s: now serving %s v%s with %s (%s)", self.task.pipeline, served.name, served.version, served.runtime,
                      f"was v{previous}" if previous else "its first model")
             return True
 
@@ -349,21 +349,21 @@ class Service:
 
 def prediction_log(params: Params, settings: ServingConfig) -> PredictionLog | None:
     """The log that writes the monitored pipelines' answers to the prediction store (None with log_share 0)."""
-    monitored = params.monitoring.tasks
+    monitored = params.monitoring.pipelines
     if settings.log_share == 0 or not monitored:
         return None
     return PredictionLog(params.monitoring.db, monitored[0], monitored, settings.log_share, settings.log_queue)
 
 
 def load_services(params: Params, settings: ServingConfig, model_uri: str | None = None) -> dict[str, Service]:
-    """A Service per pipeline, by name: every one in `tasks` (and settings.task) at its champion, or with
-    `model_uri` settings.task's alone, at that URI; all share one prediction log. A pipeline whose URI
+    """A Service per pipeline, by name: every one in `pipelines` (and settings.pipeline) at its champion, or with
+    `model_uri` settings.pipeline's alone, at that URI; all share one prediction log. A pipeline whose URI
     points at nothing yet is served once it does (see Service); a ModelError when that leaves nothing to serve."""
-    names = [settings.task] if model_uri else list(dict.fromkeys([*params.tasks, settings.task]))
+    names = [settings.pipeline] if model_uri else list(dict.fromkeys([*params.pipelines, settings.pipeline]))
     log = prediction_log(params, settings)
     services, missing = {}, []
     for name in names:
-        config = params.task(name)
+        config = params.pipeline(name)
         task = get_task(name, config)
         uri = model_uri or champion_uri(config.registry.name)
         try:
@@ -410,12 +410,12 @@ def add_predict_route(app: FastAPI, path: str, service: Service, body: type[Base
     response = response_and_example(service.task)[0]
 
     @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True,
-              summary=f"Predict with {service.task.name} ({service.uri})")
+              summary=f"Predict with {service.task.pipeline} ({service.uri})")
     async def predict(request: body, answer: Response) -> response:
         """Predictions for each text, in the order of `texts`, and the version that made them in the header
         X-Model-Version; 503 while the pipeline has no model yet."""
         if service.served is None:
-            raise HTTPException(503, f"{service.task.name} has no model yet: nothing at {service.uri}; it is served "
+            raise HTTPException(503, f"{service.task.pipeline} has no model yet: nothing at {service.uri}; it is served "
                                      "once one is registered")
         version, predictions = await service.predict(request.texts, getattr(request, "top_k", None) or 0)  # a classifier's
         answer.headers[VERSION_HEADER] = version

@@ -10,12 +10,12 @@ import random
 
 from pipeline.augmentation import BACK_TRANSLATION
 from pipeline.params import AugmentConfig, Params
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_records
 from pipeline.tasks.base import Task
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> int:
+def run(task: Task, params: Params, paths: PipelinePaths) -> int:
     """Write the training split plus `copies` marked synthetic rows per example; returns the count added."""
     settings = task.config.augment
     ensure_writable(paths.augmented_train.parent)
@@ -33,7 +33,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> int:
     if BACK_TRANSLATION in settings.methods:
         synthetic += back_translate(task, train, settings)
     save_records(paths.augmented_train, train + synthetic)
-    print(f"augment[{task.name}]: {len(train)} rows + {len(synthetic)} synthetic")
+    print(f"augment[{task.pipeline}]: {len(train)} rows + {len(synthetic)} synthetic")
     return len(synthetic)
 
 
@@ -44,8 +44,8 @@ def back_translate(task: Task, train: list[Record], settings: AugmentConfig) -> 
 
     models = settings.back_translation  # set: check_augment made sure
     texts = [example["text"] for example in train]
-    print(f"augment[{task.name}]: back-translating {len(texts)} texts via {models.to_pivot} and {models.from_pivot}")
-    key = f"{task.name}.augment.back_translation"
+    print(f"augment[{task.pipeline}]: back-translating {len(texts)} texts via {models.to_pivot} and {models.from_pivot}")
+    key = f"{task.pipeline}.augment.back_translation"
     pivots = translate(*load_translator(models.to_pivot, f"{key}.to_pivot"), texts, max_length=512, batch_size=models.batch_size)
     returned = translate(*load_translator(models.from_pivot, f"{key}.from_pivot"), pivots, max_length=512, batch_size=models.batch_size)
     paraphrases = []

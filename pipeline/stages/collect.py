@@ -1,9 +1,9 @@
-"""collect: read the configured source and the drop folder into one raw table per task, with provenance.
+"""collect: read the configured source and the drop folder into one raw table per pipeline, with provenance.
 
 A drop folder only grows: its batches are merged in name order and exact duplicates dropped. A
 batch that cannot be read (an empty or binary file, other column names, an unknown file type) is
 set aside whole, so one bad file never blocks the loop: it is recorded with its size, SHA-256 and
-reason in data/quarantine/<task>.batches.jsonl (the file itself is never edited or deleted), and
+reason in data/quarantine/<pipeline>.batches.jsonl (the file itself is never edited or deleted), and
 it is not read again until its content or the task's `data` params change. The configured
 `data.source` file is different: when it cannot be read, the run stops.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from pipeline.errors import DataError
 from pipeline.params import Params, section_hash
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.readers import batch_files, file_sha256, read_batch
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     """Read `data.source` and the `data.incoming` drop folder, set bad batches aside, write the raw table."""
     data = task.config.data
     ensure_writable(paths.raw.parent, paths.rejected_batches.parent)
@@ -54,9 +54,9 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
         "content_hash": content_hash(unique),
     }
     save_json(paths.provenance, provenance)
-    print(f"collect[{task.name}]: {len(unique)} rows from {data.source} ({duplicates} exact duplicates dropped)")
+    print(f"collect[{task.pipeline}]: {len(unique)} rows from {data.source} ({duplicates} exact duplicates dropped)")
     for batch in set_aside:
-        print(f"collect[{task.name}]: batch {batch['file']} set aside ({batch['reason']}); fix it and drop it again "
+        print(f"collect[{task.pipeline}]: batch {batch['file']} set aside ({batch['reason']}); fix it and drop it again "
               f"-> {paths.rejected_batches}")
     return provenance
 

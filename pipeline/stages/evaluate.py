@@ -9,7 +9,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.models import use_all_cores
 from pipeline.params import Params
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
@@ -23,8 +23,8 @@ def score(task: Task, model: Any, tokenizer: Any, examples: list[Record]) -> tup
     return task.metrics(examples, predictions), predictions
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
-    """Write metrics/<task>.json ({val: ..., test: ...}) and the plots, and log both to the model's run."""
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
+    """Write metrics/<pipeline>.json ({val: ..., test: ...}) and the plots, and log both to the model's run."""
     experiment = params.tracking.experiment
     import mlflow
 
@@ -51,7 +51,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
         for split, table in tables.items():
             if table is not None:
                 mlflow.log_table(table, artifact_file=f"samples_{split}.json")
-    print(f"evaluate[{task.name}]: " + ", ".join(
+    print(f"evaluate[{task.pipeline}]: " + ", ".join(
         f"{split} {task.primary_metric}={values[task.primary_metric]:.4f}" for split, values in metrics.items()
     ))
     return metrics

@@ -3,7 +3,7 @@ unlabelled in-domain text (the train split's texts and `pretrain.texts` files) b
 
 The bundled model ships without an MLM head: `AutoModelForMaskedLM` gives it one, its output
 layer tied to the word embeddings and the rest newly initialised. The train stage starts from
-models/<task>-pretrained when `pretrain.enabled` is on. Val and test texts are never used.
+models/<pipeline>-pretrained when `pretrain.enabled` is on. Val and test texts are never used.
 """
 
 from __future__ import annotations
@@ -17,26 +17,26 @@ from pipeline.decoding import decode
 from pipeline.errors import DataError
 from pipeline.models import check_max_length, pretrained_kwargs, resolve_model, use_all_cores
 from pipeline.params import Params, PretrainConfig
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import load_records, save_json
 from pipeline.tasks.base import Task
 
 HELD_OUT = 0.05  # share of the texts kept aside to measure masked-LM loss before and after
 
 
-def read_texts(task: Task, settings: PretrainConfig, paths: TaskPaths) -> list[str]:
+def read_texts(task: Task, settings: PretrainConfig, paths: PipelinePaths) -> list[str]:
     """Unlabelled texts: the train split's (labels unused) and the lines of each `texts` file, deduplicated."""
     texts = [task.unlabelled_text(example) for example in load_records(paths.split("train"))]
     for name in settings.texts:
         path = Path(name)
         if not path.is_file():
-            raise DataError(f"{path}: no such file ({task.name}.pretrain.texts in params.yaml)")
+            raise DataError(f"{path}: no such file ({task.pipeline}.pretrain.texts in params.yaml)")
         texts += decode(path, "utf-8", hint="save the file as UTF-8").splitlines()
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
-    """Write models/<task>-pretrained (or, when disabled, only a note saying so) and its report."""
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
+    """Write models/<pipeline>-pretrained (or, when disabled, only a note saying so) and its report."""
     settings, base_model = task.config.pretrain, task.config.model.name
     ensure_writable(paths.pretrained.parent, paths.reports)
     shutil.rmtree(paths.pretrained, ignore_errors=True)
@@ -45,7 +45,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
         report = {"enabled": False}
         save_json(paths.pretrained / "pretrain.json", report)  # DVC needs the output to exist
         save_json(paths.pretrain_report, report)
-        print(f"pretrain[{task.name}]: off (pretrain.enabled is false)")
+        print(f"pretrain[{task.pipeline}]: off (pretrain.enabled is false)")
         return report
 
     from transformers import (
@@ -62,10 +62,10 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     texts = read_texts(task, settings, paths)
     random.Random(settings.seed).shuffle(texts)
     held_out = max(1, int(HELD_OUT * len(texts)))
-    source = resolve_model(base_model, f"{task.name}.model.name")
+    source = resolve_model(base_model, f"{task.pipeline}.model.name")
     tokenizer = AutoTokenizer.from_pretrained(source, **pretrained_kwargs())
     model = AutoModelForMaskedLM.from_pretrained(source, **pretrained_kwargs())
-    check_max_length(model, settings.max_length, f"{task.name}.pretrain.max_length")
+    check_max_length(model, settings.max_length, f"{task.pipeline}.pretrain.max_length")
 
     def encode(batch: list[str]) -> list[dict]:
         encoded = tokenizer(batch, truncation=True, max_length=settings.max_length, return_special_tokens_mask=True)
@@ -111,5 +111,5 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     save_json(paths.pretrained / "pretrain.json", report)
     save_json(paths.pretrain_report, report)
     shutil.rmtree(paths.checkpoints / "pretrain", ignore_errors=True)
-    print(f"pretrain[{task.name}]: masked-LM perplexity on held-out in-domain text {report['held_out_perplexity_before']} -> {report['held_out_perplexity_after']}")
+    print(f"pretrain[{task.pipeline}]: masked-LM perplexity on held-out in-domain text {report['held_out_perplexity_before']} -> {report['held_out_perplexity_after']}")
     return report

@@ -21,7 +21,7 @@ from pipeline import tracking
 from pipeline.errors import ConfigError, UsageError
 from pipeline.models import use_all_cores
 from pipeline.params import Params, PromotionConfig, TaskConfig
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
 from pipeline.registry import CHALLENGER, CHAMPION, champion_version, load_registered, promotion_lock
 from pipeline.significance import PairedTest, paired_bootstrap
@@ -88,25 +88,25 @@ def first_model(challenger: float, min_score: float | None, metric: str) -> tupl
     return False, f"no champion yet, and validation {metric} {challenger:.4f} is below min_score {min_score}: it does not become champion"
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
-    """Register the trained model and decide on promotion; writes reports/<task>/promotion.json."""
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
+    """Register the trained model and decide on promotion; writes reports/<pipeline>/promotion.json."""
     config, experiment = task.config, params.tracking.experiment
     use_all_cores()
     if config.registry.onnx and not task.exports_onnx:
-        raise ConfigError(f"params.yaml: {task.name}.registry.onnx: the {task.name} task has no ONNX export (sentiment has); set it to null")
+        raise ConfigError(f"params.yaml: {task.pipeline}.registry.onnx: the {task.pipeline} task has no ONNX export (sentiment has); set it to null")
     # Before anything is registered: a folder that cannot take promotion.json, or an unreachable
     # tracking store (configure checks it), stops the stage while the aliases are untouched.
     ensure_writable(paths.reports)
     tracking.configure(experiment)
-    with tracking.registry_errors(f"register[{task.name}], no alias moved"):
+    with tracking.registry_errors(f"register[{task.pipeline}], no alias moved"):
         decision, export_report = register(task, config, paths, experiment)
     save_json(paths.promotion, decision)
     save_json(paths.export_report, export_report)
-    print(f"register[{task.name}]: {decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}: {decision['reason']}")
+    print(f"register[{task.pipeline}]: {decision['model_name']} v{decision['challenger']['version']} -> @{decision['alias']}: {decision['reason']}")
     return decision
 
 
-def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) -> tuple[dict, dict]:
+def register(task: Task, config: TaskConfig, paths: PipelinePaths, experiment: str) -> tuple[dict, dict]:
     """Register the model, then, under the model's promotion lock, re-score the champion, decide and move
     an alias, the very last step; returns (decision, ONNX export report)."""
     import mlflow
@@ -125,12 +125,12 @@ def register(task: Task, config: TaskConfig, paths: TaskPaths, experiment: str) 
             for key, value in tags.items():
                 client.set_model_version_tag(name, version, key, value)
             export_report = log_export(task, config, paths, val, version) if config.registry.onnx else NO_EXPORT
-            print(f"register[{task.name}]: v{version} registered; waiting for {what} to judge it", flush=True)
+            print(f"register[{task.pipeline}]: v{version} registered; waiting for {what} to judge it", flush=True)
             promoting.enter_context(lock)
             champion = champion_version(client, name)  # read inside the lock: another promotion may have moved it
             verdict = judge(task, config.promotion, val, predictions, champion_predictions(task, name, champion, val))
             if champion is not None:
-                print(f"register[{task.name}]: champion v{champion.version} re-scored on today's val: {metric}={verdict.champion:.4f}")
+                print(f"register[{task.pipeline}]: champion v{champion.version} re-scored on today's val: {metric}={verdict.champion:.4f}")
             decision = decision_record(verdict, config.promotion, name, metric, version, champion)
             client.update_model_version(name, version, description=("Promoted to champion: " if verdict.promote else "Not promoted: ") + verdict.reason)
             log_decision(decision, verdict)
@@ -146,9 +146,9 @@ def champion_predictions(task: Task, name: str, champion: Any | None, val: list[
     return task.predict(model, tokenizer, val)
 
 
-def challenger_predictions(task: Task, paths: TaskPaths, val: list[Record]) -> list[Record]:
+def challenger_predictions(task: Task, paths: PipelinePaths, val: list[Record]) -> list[Record]:
     """The model's validation predictions that the evaluate stage kept, one per example of today's split."""
-    rerun = f"run `dvc repro evaluate@{task.name}` first"
+    rerun = f"run `dvc repro evaluate@{task.pipeline}` first"
     if not paths.val_predictions.exists():
         raise UsageError(f"{paths.val_predictions} not found: {rerun}")
     predictions = load_records(paths.val_predictions)
@@ -189,7 +189,7 @@ def log_decision(decision: dict, verdict: Verdict) -> None:
                             "promotion_interval_high": verdict.test.high, "promotion_p_value": verdict.test.p_value})
 
 
-def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, version: str) -> dict:
+def log_export(task: Task, config: TaskConfig, paths: PipelinePaths, val: list, version: str) -> dict:
     """Export the model to ONNX Runtime and check it on the validation split; a kept export goes into
     the run (`onnx/`). The version's `onnx` tag says which precision it got, or `refused`."""
     import mlflow
@@ -211,12 +211,12 @@ def log_export(task: Task, config: TaskConfig, paths: TaskPaths, val: list, vers
     mlflow.MlflowClient().set_model_version_tag(
         config.registry.name, version, export.VERSION_TAG, config.registry.onnx if report["kept"] else "refused")
     mlflow.log_dict(report, "export.json")
-    print(f"register[{task.name}]: ONNX export ({config.registry.onnx}) "
+    print(f"register[{task.pipeline}]: ONNX export ({config.registry.onnx}) "
           + ("kept: val {metric} {model:.4f} -> {export:.4f}, {onnx_megabytes} MB".format(**report) if report["kept"] else f"refused: {report['reason']}"))
     return report
 
 
-def log_model(task: Task, paths: TaskPaths, name: str) -> str:
+def log_model(task: Task, paths: PipelinePaths, name: str) -> str:
     """Log the model and register it; returns the version. The transformers flavour where a
     pipeline exists; a pyfunc for tasks without one and for models with a prompt adapter."""
     import mlflow
@@ -225,13 +225,13 @@ def log_model(task: Task, paths: TaskPaths, name: str) -> str:
     import transformers
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    if task.pipeline_task is None or adapters.has_adapter(paths.model_dir):
+    if task.transformers_task is None or adapters.has_adapter(paths.model_dir):
         import pipeline
         from pipeline.task_model import TaskModel
 
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TaskModel(task.name, task.config),
+            python_model=TaskModel(task.pipeline, task.config),
             artifacts={"model": str(paths.model_dir)},
             code_paths=[str(Path(pipeline.__file__).parent)],  # the task code travels with the model
             pip_requirements=requirements + [f"peft=={peft.__version__}", "sacrebleu", "pyyaml"],
@@ -242,7 +242,7 @@ def log_model(task: Task, paths: TaskPaths, name: str) -> str:
     info = mlflow.transformers.log_model(
         {"model": model, "tokenizer": tokenizer},
         name="model",
-        task=task.pipeline_task,
+        task=task.transformers_task,
         pip_requirements=requirements,  # explicit: MLflow's inference of requirements fails looking up torchvision
         registered_model_name=name,
     )

@@ -1,8 +1,8 @@
-"""sources: fingerprint each task's input files, so that collect runs only when they changed.
+"""sources: fingerprint each pipeline's input files, so that collect runs only when they changed.
 
 A source may live outside the repository or be a drop folder that grows, which DVC cannot track
-as a dependency, so this one stage always runs (`always_changed`). For every task in `tasks` it
-writes data/sources/<task>.json: each file its `data.source` and `data.incoming` name, with its
+as a dependency, so this one stage always runs (`always_changed`). For every pipeline in `pipelines` it
+writes data/sources/<pipeline>.json: each file its `data.source` and `data.incoming` name, with its
 size and SHA-256. When nothing changed the files are byte-identical and DVC skips collect and
 everything after it; hashing is much cheaper than parsing the sources again.
 """
@@ -20,9 +20,9 @@ FOLDER = Path("data/sources")
 
 
 def run(params: Params, folder: Path = FOLDER) -> dict[str, dict]:
-    """Write one fingerprint file per task; returns them by task."""
-    shutil.rmtree(folder, ignore_errors=True)  # a task dropped from `tasks` leaves no stale file
-    fingerprints = {name: fingerprint(params.task(name).data) for name in params.tasks}
+    """Write one fingerprint file per pipeline; returns them by pipeline."""
+    shutil.rmtree(folder, ignore_errors=True)  # a pipeline dropped from `pipelines` leaves no stale file
+    fingerprints = {name: fingerprint(params.pipeline(name).data) for name in params.pipelines}
     for name, found in fingerprints.items():
         save_json(folder / f"{name}.json", found)
         print(f"sources[{name}]: {sum(len(files) for files in found.values())} files")

@@ -11,7 +11,7 @@ import hashlib
 
 from pipeline.errors import DataError
 from pipeline.params import SPLIT_NAMES, Params, SplitConfig
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import load_records, save_records
 from pipeline.tasks.base import Task
 
@@ -26,7 +26,7 @@ def assign_split(key: str, ratios: SplitConfig) -> str:
     return "train"
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict[str, int]:
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict[str, int]:
     """Write the train, val and test tables; returns their sizes."""
     ratios = task.config.split
     ensure_writable(paths.split_dir)
@@ -36,8 +36,8 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict[str, int]:
         splits[name].append(example)
     for name, examples in splits.items():
         if not examples:
-            raise DataError(f"split '{name}' of {paths.clean} is empty: too little data for the configured ratios ({task.name}.split)")
+            raise DataError(f"split '{name}' of {paths.clean} is empty: too little data for the configured ratios ({task.pipeline}.split)")
         save_records(paths.split(name), examples)
     sizes = {name: len(examples) for name, examples in splits.items()}
-    print(f"split[{task.name}]: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
+    print(f"split[{task.pipeline}]: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
     return sizes

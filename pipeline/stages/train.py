@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import check_max_length, keep_layers, mixed_precision, resolve_model, use_all_cores
 from pipeline.monitoring.reference import log_reference_data
 from pipeline.params import Params, TaskConfig, section_hash
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks.base import Task
@@ -28,7 +28,7 @@ from pipeline.techniques.distillation import check_vocabularies, distilling
 from pipeline.techniques.layer_decay import with_layer_decay
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     """Train on the augmented training split, validate each epoch, save the best model."""
     config, experiment = task.config, params.tracking.experiment
     import mlflow
@@ -47,10 +47,10 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
 
-    tags = tracking.lineage_tags(task.name, config, paths)
+    tags = tracking.lineage_tags(task.pipeline, config, paths)
     run_id_file = checkpoints / tracking.RUN_FILE
     resumed_run = load_json(run_id_file)["run_id"] if last_checkpoint and run_id_file.exists() else None
-    with mlflow.start_run(run_id=resumed_run, experiment_id=experiment_id, run_name=f"{task.name}-{tags['data_hash'][:8]}") as run:
+    with mlflow.start_run(run_id=resumed_run, experiment_id=experiment_id, run_name=f"{task.pipeline}-{tags['data_hash'][:8]}") as run:
         checkpoints.mkdir(parents=True, exist_ok=True)
         save_json(run_id_file, {"run_id": run.info.run_id})
         if not resumed_run:
@@ -64,7 +64,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
                 mlflow.log_artifacts(str(paths.data_docs), artifact_path="data/data_docs")
             log_reference_data(task, train_examples, paths.split("val"))
         if last_checkpoint:
-            print(f"train[{task.name}]: resuming from {last_checkpoint}")
+            print(f"train[{task.pipeline}]: resuming from {last_checkpoint}")
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
         shutil.rmtree(paths.model_dir, ignore_errors=True)
@@ -78,7 +78,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
             step = int(round(record["epoch"] * 1000))  # MLflow steps are integers; epochs can be fractions
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
         curves = paths.reports / "learning_curves.png"
-        learning_curves_png(history, task.primary_metric, curves, title=f"{task.name}: training")
+        learning_curves_png(history, task.primary_metric, curves, title=f"{task.pipeline}: training")
         mlflow.log_artifact(str(curves), artifact_path="plots")
         summary = {
             "train_seconds": round(result.metrics["train_runtime"], 1),
@@ -92,11 +92,11 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
         save_json(paths.train_summary, summary)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    print(f"train[{task.name}]: {json.dumps(summary)}")
+    print(f"train[{task.pipeline}]: {json.dumps(summary)}")
     return summary
 
 
-def train_only(task: Task, config: TaskConfig, paths: TaskPaths) -> dict:
+def train_only(task: Task, config: TaskConfig, paths: PipelinePaths) -> dict:
     """A DDP worker other than rank 0: its share of the training; rank 0 logs, saves and reports."""
     import mlflow
 
@@ -108,7 +108,7 @@ def train_only(task: Task, config: TaskConfig, paths: TaskPaths) -> dict:
     return {}
 
 
-def checkpoint_folder(config: TaskConfig, paths: TaskPaths) -> Path:
+def checkpoint_folder(config: TaskConfig, paths: PipelinePaths) -> Path:
     """Checkpoints are keyed by everything that shapes training, so a resume never mixes runs."""
     return paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
 
@@ -129,17 +129,17 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return None if complete is None else str(complete)
 
 
-def base_model_path(config: TaskConfig, paths: TaskPaths) -> str:
+def base_model_path(config: TaskConfig, paths: PipelinePaths) -> str:
     """Where fine-tuning starts: the domain-adapted model when pretrain is on, else model.name."""
-    return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name, f"{paths.task}.model.name")
+    return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name, f"{paths.pipeline}.model.name")
 
 
 def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
     """(model, tokenizer) with the task's head, cut to model.layers when set."""
     model, tokenizer = task.load_model(path)
-    check_max_length(model, config.train.max_length, f"{task.name}.train.max_length")
+    check_max_length(model, config.train.max_length, f"{task.pipeline}.train.max_length")
     if config.model.layers is not None:
-        keep_layers(model, config.model.layers, f"{task.name}.model.layers")
+        keep_layers(model, config.model.layers, f"{task.pipeline}.model.layers")
     return model, tokenizer
 
 
@@ -188,11 +188,11 @@ def build_trainer(
     if settings.peft is not None:
         per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
         model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs),
-                              key=f"{task.name}.train.peft")
+                              key=f"{task.pipeline}.train.peft")
         if settings.peft.method == "adalora":
             callbacks.append(AdaLoraBudget(model))
     if settings.distillation is not None:
-        teacher, teacher_tokenizer = registry.load_reference(task, settings.distillation.teacher, f"{task.name}.train.distillation.teacher")
+        teacher, teacher_tokenizer = registry.load_reference(task, settings.distillation.teacher, f"{task.pipeline}.train.distillation.teacher")
         check_vocabularies(teacher_tokenizer, tokenizer)
         trainer_class = distilling(
             trainer_class, teacher.to(args.device), settings.distillation.temperature, settings.distillation.alpha

@@ -18,14 +18,14 @@ from typing import Any
 
 from pipeline.errors import ValidationError
 from pipeline.params import Params
-from pipeline.paths import TaskPaths, ensure_writable
+from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
 from pipeline.tasks.base import Task
 
 MOST_COMMON = 3  # reasons named in the message that stops a run with too many rejects
 
 
-def run(task: Task, params: Params, paths: TaskPaths) -> dict:
+def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     """Split the raw table into clean rows and quarantined rows; stop on dataset-level problems."""
     rules = task.config.validate
     ensure_writable(paths.clean.parent, paths.quarantine.parent, paths.reports)
@@ -38,7 +38,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     clean = [e for i, e in enumerate(examples) if i not in failures]
     quarantined = [{**raw[i], "reason": "; ".join(reason for _, reason in found)} for i, found in sorted(failures.items())]
     if len(clean) + len(quarantined) != len(raw):  # a bug, never a user's mistake: keep the traceback
-        raise RuntimeError(f"validate[{task.name}]: {len(clean)} clean + {len(quarantined)} quarantined != {len(raw)} raw rows")
+        raise RuntimeError(f"validate[{task.pipeline}]: {len(clean)} clean + {len(quarantined)} quarantined != {len(raw)} raw rows")
     save_records(paths.clean, clean)
     save_records(paths.quarantine, quarantined)
 
@@ -47,7 +47,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
     problems = [too_many_rejects(raw, failures, task, rules.max_reject_fraction, paths)] if reject_fraction > rules.max_reject_fraction else []
     problems += task.dataset_problems(clean)
     report = {
-        "task": task.name,
+        "task": task.pipeline,
         "rows": len(raw),
         "clean": len(clean),
         "quarantined": len(quarantined),
@@ -59,7 +59,7 @@ def run(task: Task, params: Params, paths: TaskPaths) -> dict:
         "great_expectations": gx_summary,
     }
     save_json(paths.validation_report, report)
-    print(f"validate[{task.name}]: {len(clean)} clean, {len(quarantined)} quarantined -> {paths.quarantine}")
+    print(f"validate[{task.pipeline}]: {len(clean)} clean, {len(quarantined)} quarantined -> {paths.quarantine}")
     if problems:
         sources = sorted({str(r["source"]) for r in raw})
         raise ValidationError(
@@ -148,7 +148,7 @@ def check_agreement(expectations: list[Any], failing: list[Any], gx_result: dict
             raise RuntimeError(f"validate: '{kind(expectation)}' fails {int(rows.sum())} rows here but {counted} in Great Expectations")
 
 
-def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]]], task: Task, limit: float, paths: TaskPaths) -> str:
+def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]]], task: Task, limit: float, paths: PipelinePaths) -> str:
     """The stop message for too many rejected rows: the most common reasons, each with its first row."""
     first: dict[str, tuple[int, str]] = {}
     counts: Counter = Counter()
@@ -163,7 +163,7 @@ def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]
     rejected = len(failures)
     return (
         f"{rejected} of {len(raw)} rows ({rejected / len(raw):.0%}) were rejected, more than "
-        f"{task.name}.validate.max_reject_fraction={limit:.0%}; most often: {', '.join(common)}"
+        f"{task.pipeline}.validate.max_reject_fraction={limit:.0%}; most often: {', '.join(common)}"
     )
 
 
@@ -186,16 +186,16 @@ def run_suite(task: Task, expectations: list[Any], frame: Any, docs_dir: Path) -
     )
     batch = (
         context.data_sources.add_pandas("pipeline")
-        .add_dataframe_asset(task.name)
+        .add_dataframe_asset(task.pipeline)
         .add_batch_definition_whole_dataframe("all rows")
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{task.name}_rows", expectations=expectations))
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{task.pipeline}_rows", expectations=expectations))
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{task.name}_validation", data=batch, suite=suite)
+        gx.ValidationDefinition(name=f"{task.pipeline}_validation", data=batch, suite=suite)
     )
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
-            name=f"{task.name}_checkpoint",
+            name=f"{task.pipeline}_checkpoint",
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "SUMMARY"},  # counts and a sample of failures; the verdicts are ours

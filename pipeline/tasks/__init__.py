@@ -28,9 +28,9 @@ def task_class(task_type: str) -> type[Task]:
     return importlib.import_module(TASK_TYPES[task_type]).TASK_CLASS
 
 
-def get_task(name: str, config: TaskConfig) -> Task:
-    """The task of the pipeline called `name`, with its params section."""
-    return task_class(config.type or IMPLIED_TYPES[name])(name, config)
+def get_task(pipeline: str, config: TaskConfig) -> Task:
+    """The task (its type's behaviour) of the pipeline called `pipeline`, with its params section."""
+    return task_class(config.type or IMPLIED_TYPES[pipeline])(pipeline, config)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -78,12 +78,12 @@ def label_lookup(labels: list[str], label_map: dict[str, str]) -> dict[str, str]
 
 class Task(ABC):
     primary_metric: str  # the validation metric that early stopping and promotion use
-    pipeline_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
+    transformers_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
     config_class: type[TaskConfig]  # the dataclass its params.yaml section is read into (its module defines it)
     exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/techniques/export.py)
 
-    def __init__(self, name: str, config: TaskConfig):
-        self.name = name  # the pipeline's: its params section, files, DVC stages (train@NAME), messages
+    def __init__(self, pipeline: str, config: TaskConfig):
+        self.pipeline = pipeline  # the pipeline it serves: its params section, files, DVC stages (train@NAME), messages
         self.config = config
 
     # data -----------------------------------------------------------------------------------
@@ -110,12 +110,12 @@ class Task(ABC):
 
     @property
     def column_hint(self) -> str:
-        return f"set {self.name}.data.text_column / label_column in params.yaml"
+        return f"set {self.pipeline}.data.text_column / label_column in params.yaml"
 
     @property
     def unknown_label_hint(self) -> str:
         """The fix for a label outside the declared set (validate's quarantine reason)."""
-        return f"add it to {self.name}.validate.labels, or map it onto one with {self.name}.validate.label_map"
+        return f"add it to {self.pipeline}.validate.labels, or map it onto one with {self.pipeline}.validate.label_map"
 
     @abstractmethod
     def to_example(self, record: Record) -> Record:
@@ -181,7 +181,7 @@ class Task(ABC):
 
     def peft_task_type(self, model: Any) -> str:
         """The peft TaskType of this task's model (train.peft)."""
-        raise ConfigError(f"params.yaml: {self.name}.train.peft is not supported for the {self.name} task")
+        raise ConfigError(f"params.yaml: {self.pipeline}.train.peft is not supported for the {self.pipeline} task")
 
     def unlabelled_text(self, example: Record) -> str:
         """The text of an example as plain prose, for domain-adaptive pretraining."""
@@ -189,7 +189,7 @@ class Task(ABC):
 
     def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
         """(probabilities [texts, classes], embeddings [texts, hidden]) for active learning."""
-        raise ConfigError(f"active learning needs one class distribution per text: the {self.name} task has none")
+        raise ConfigError(f"active learning needs one class distribution per text: the {self.pipeline} task has none")
 
     def training_model(self, model: Any) -> Any:
         """The module the Trainer optimises (the model itself, or the model inside extra layers)."""

@@ -49,7 +49,7 @@ class TextClassificationConfig(TaskConfig):
 
 class TextClassificationTask(Task):
     primary_metric = "f1_macro"
-    pipeline_task = "text-classification"
+    transformers_task = "text-classification"
     config_class = TextClassificationConfig
     exports_onnx = True
     config: TextClassificationConfig
@@ -101,7 +101,7 @@ class TextClassificationTask(Task):
                 counts[example["label"]] += 1
         minimum = self.config.validate.min_rows_per_class
         return [
-            f"label '{label}' has {count} clean rows, fewer than {self.name}.validate.min_rows_per_class={minimum}"
+            f"label '{label}' has {count} clean rows, fewer than {self.pipeline}.validate.min_rows_per_class={minimum}"
             for label, count in counts.items()
             if count < minimum
         ]
@@ -234,7 +234,7 @@ class TextClassificationTask(Task):
         image = out_dir / f"confusion_{split}.png"
         actual, predicted = [p["actual"] for p in pairs], [p["predicted"] for p in pairs]
         confusion_matrix_png(
-            actual, predicted, self.labels, image, title=f"{self.name}: confusion matrix ({split})",
+            actual, predicted, self.labels, image, title=f"{self.pipeline}: confusion matrix ({split})",
             top_confusions=top_confusions(actual, predicted),
         )
         return [image]

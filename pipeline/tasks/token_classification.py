@@ -111,7 +111,7 @@ class TokenClassificationConfig(TaskConfig):
 
 class TokenClassificationTask(Task):
     primary_metric = "f1"
-    pipeline_task = "token-classification"
+    transformers_task = "token-classification"
     config_class = TokenClassificationConfig
     config: TokenClassificationConfig
 
@@ -414,7 +414,7 @@ class TokenClassificationTask(Task):
         image = out_dir / f"confusion_{split}.png"
         confusion_matrix_png(
             [p["actual"] for p in pairs], [p["predicted"] for p in pairs], self.config.validate.labels + [NO_ENTITY],
-            image, title=f"{self.name}: entity types ({split}; '{NO_ENTITY}' = missed or spurious)",
+            image, title=f"{self.pipeline}: entity types ({split}; '{NO_ENTITY}' = missed or spurious)",
         )
         return [image]
 

@@ -127,7 +127,7 @@ class TranslationConfig(TaskConfig):
 
 class TranslationTask(Task):
     primary_metric = "bleu"
-    pipeline_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
+    transformers_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
     config_class = TranslationConfig
     config: TranslationConfig
 
@@ -324,7 +324,7 @@ class TranslationTask(Task):
         image = out_dir / f"bleu_by_length_{split}.png"
         bars_png(
             [f"{r['source_words']}\n(n={r['sentences']})" for r in rows], [r["bleu"] for r in rows], image,
-            title=f"{self.name} {self.direction}: BLEU by source length ({split})", ylabel="BLEU",
+            title=f"{self.pipeline} {self.direction}: BLEU by source length ({split})", ylabel="BLEU",
         )
         return [image]
 

@@ -80,7 +80,7 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
 def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str, k: int, diversity: float, seed: int) -> list[Record]:
     """The k texts to label next, with the model's guess, its confidence and the uncertainty score.
     Token classification has no one class distribution per text: its sentences go least confident first."""
-    if task.pipeline_task == "token-classification":
+    if task.transformers_task == "token-classification":
         predictions = task.predict(model, tokenizer, [{"text": t} for t in texts])
         guesses = [" ".join(e["type"] for e in p["entities"]) for p in predictions]
         return least_confident(texts, guesses, [p["score"] for p in predictions], k)
@@ -111,12 +111,12 @@ def least_confident(texts: list[str], guesses: list[str], confidences: list[floa
     ]
 
 
-def write_queue(rows: list[Record], task_name: str, queue: Path = QUEUE) -> Path:
+def write_queue(rows: list[Record], pipeline: str, queue: Path = QUEUE) -> Path:
     """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder.
 
     Texts that a spreadsheet would run as formulas get a leading quote; the csv reader takes it off again.
     """
-    path = queue / f"{task_name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
+    path = queue / f"{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank", "text"])

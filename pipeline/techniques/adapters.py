@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning (`<task>.train.peft`) with the peft library.
+"""Parameter-efficient fine-tuning (`<pipeline>.train.peft`) with the peft library.
 
 LoRA and AdaLoRA are merged into the base weights when training ends, so the saved model is a
 plain Hugging Face model like any other. Prompt and prefix tuning cannot be merged: the model

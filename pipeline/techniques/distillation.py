@@ -1,4 +1,4 @@
-"""Knowledge distillation (`<task>.train.distillation`): a student learns from a teacher's soft targets.
+"""Knowledge distillation (`<pipeline>.train.distillation`): a student learns from a teacher's soft targets.
 
 The loss is alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the usual hard-label loss,
 where _T is a softmax at temperature T (Hinton et al., 2015). It works on any logits the

@@ -1,4 +1,4 @@
-"""Layer-wise learning-rate decay (`<task>.train.layer_decay`, Howard & Ruder 2018; Clark et al. 2020):
+"""Layer-wise learning-rate decay (`<pipeline>.train.layer_decay`, Howard & Ruder 2018; Clark et al. 2020):
 the head trains at the full learning rate, each encoder layer below it at `decay` times the rate of
 the layer above, the embeddings lowest, so fine-tuning moves the general lower layers least."""
 
