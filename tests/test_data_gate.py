@@ -34,20 +34,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path.relative_to(Path.cwd()))
 
 
-def validate(task: str, capsys) -> tuple[int, str]:
+def validate(pipeline: str, capsys) -> tuple[int, str]:
     """Run collect and validate as `finetune stage` does; (exit code, everything printed)."""
     printed = ""
     for stage in ("collect", "validate"):
-        code = main(["stage", stage, "--pipeline", task])
+        code = main(["stage", stage, "--pipeline", pipeline])
         printed += "".join(capsys.readouterr())
         if code:
             break
     return code, printed
 
 
-def accounted(task: str) -> tuple[list[dict], dict[int, str]]:
+def accounted(pipeline: str) -> tuple[list[dict], dict[int, str]]:
     """(clean rows, reason by raw row number), after checking that every row read is one or the other."""
-    paths = PipelinePaths(task)
+    paths = PipelinePaths(pipeline)
     clean, quarantined = load_records(paths.clean), load_records(paths.quarantine)
     read = load_json(paths.provenance)["rows"]
     assert len(clean) + len(quarantined) == read == len(load_records(paths.raw))

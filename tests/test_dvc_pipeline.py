@@ -29,9 +29,9 @@ def stages_run(output: str) -> set[str]:
 ALL_STAGES = ("collect", "validate", "split", "augment", "pretrain", "train", "evaluate", "register")
 
 
-def every_stage(task: str) -> set[str]:
-    """The stages a first `dvc repro` of one task runs: `sources`, then the task's own."""
-    return {"sources"} | {f"{s}@{task}" for s in ALL_STAGES}
+def every_stage(pipeline: str) -> set[str]:
+    """The stages a first `dvc repro` of one pipeline runs: `sources`, then the pipeline's own."""
+    return {"sources"} | {f"{s}@{pipeline}" for s in ALL_STAGES}
 
 
 def init_repo(path: Path, params: dict) -> Path:
