@@ -155,8 +155,7 @@ def index_svg(labels: list[str], values: list[float | None], tips: list[str], wi
 
     parts = [f'<line x1="{left}" x2="{width - pad}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#bbb"/>']
     if full:
-        parts += [f'<text x="4" y="{y(v) + 4:.1f}">{v:+.1f}</text>' for v in sorted({high, 0.0, low}) if v != 0]
-        parts.append(f'<text x="4" y="{y(0) + 4:.1f}">0</text>')
+        parts += [f'<text x="4" y="{y(v) + 4:.1f}">{label}</text>' for v, label in ((high, f"{high:+.1f}"), (0, "0"), (low, f"{low:+.1f}"))]
         every = max(1, -(-len(labels) // 8))  # at most 8 point labels, the last always
         parts += [f'<text x="{x(i):.1f}" y="{height - 8}" text-anchor="middle">{escape(label)}</text>'
                   for i, label in enumerate(labels) if (i % every == 0 and len(labels) - 1 - i >= every / 2) or i == len(labels) - 1]
