@@ -50,6 +50,16 @@ def test_the_figures_hold_every_day_the_entities_trend_the_open_alert_and_the_ve
     assert roles[("model", "3")] == ("2026-11-01", LAST.isoformat(), 29 * 80)
 
 
+def test_the_page_ranks_the_entities_by_the_newest_window_the_one_its_table_shows(tmp_path):
+    from pipeline.monitoring.entities import entity_index
+    from pipeline.monitoring.page import TREND_WINDOWS, desk_figures
+
+    engine = stream(str(tmp_path / "predictions.db"), {"Kestrel Motors": (200, 0)})  # new this week, more than Nokia's 140
+    labels = ["negative", "neutral", "positive"]
+    assert entity_index(engine, "sentiment", labels, {}, 7, TREND_WINDOWS, top=1)[0]["entity"] == "Fortum"  # all windows: 580 each
+    assert [w[-1]["entity"] for w in desk_figures(engine, "sentiment", labels, {}, 7)["entities"]] == ["Kestrel Motors", "Fortum", "Nokia"]
+
+
 def test_the_page_opens_in_headless_chromium_without_a_console_error_and_shows_the_alert(tmp_path):
     from pipeline.monitoring.page import desk_figures, desk_html
 

@@ -209,8 +209,10 @@ def commonest(spellings: Counter) -> str:
 
 
 def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict[str, str], window_days: int, count: int = 1,
-                 end: date | None = None, top: int | None = None, entity: str | None = None, confidence: float = 0.95) -> list[Record]:
-    """Per entity (the most mentioned first, `top` of them, or only `entity`) and per window (`count`
+                 end: date | None = None, top: int | None = None, entity: str | None = None, confidence: float = 0.95,
+                 by_newest: bool = False) -> list[Record]:
+    """Per entity (the most mentioned in all the windows first, or with `by_newest` in the newest window;
+    `top` of them, or only `entity`) and per window (`count`
     windows of `window_days`, the last ending on `end`, default the newest text's date): the texts that
     mention it, counted once each, with their labels' counts and shares, the sentiment index and the
     versions of the models that gave the labels and found the mentions."""
@@ -219,7 +221,7 @@ def entity_index(engine: Engine, pipeline: str, labels: list[str], aliases: dict
         return []
     spans = windows(end, window_days, count)
     texts, spellings = grouped_mentions(engine, pipeline, aliases, spans)
-    names = sorted(texts, key=lambda n: (-sum(map(len, texts[n])), n))
+    names = sorted(texts, key=lambda n: (-len(texts[n][-1]) if by_newest else -sum(map(len, texts[n])), n))
     if entity is not None:
         names = [n for n in names if n == canonical(entity_key(entity), aliases)]
     return [

@@ -71,7 +71,7 @@ def desk_figures(engine: Engine, pipeline: str, labels: list[str], aliases: dict
         return None
     versions = version_counts(engine, pipeline)
     market = [{**day, "versions": dict(versions.get(day["date"], {}))} for day in daily_index(daily_counts(engine, pipeline, False))]
-    rows = entity_index(engine, pipeline, labels, aliases, window_days, TREND_WINDOWS, end, TOP_ENTITIES)
+    rows = entity_index(engine, pipeline, labels, aliases, window_days, TREND_WINDOWS, end, TOP_ENTITIES, by_newest=True)
     trends = [rows[start:start + TREND_WINDOWS] for start in range(0, len(rows), TREND_WINDOWS)]
     alerts = sorted((a for a in open_alerts(engine, end) if a["pipeline"] == pipeline), key=lambda a: (a["window"], -a["negative"]), reverse=True)
     return {"pipeline": pipeline, "end": end.isoformat(), "window_days": window_days, "market": market,
