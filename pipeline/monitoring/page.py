@@ -23,7 +23,7 @@ from pipeline.monitoring.report import REPORTS, daily_index
 from pipeline.monitoring.store import PREDICTIONS, TAGGED, daily_counts
 from pipeline.params import Params
 from pipeline.plots import index_scale, index_svg
-from pipeline.records import Record
+from pipeline.records import Record, write_whole
 
 TREND_WINDOWS = 8  # windows in each entity's trend, the newest last
 TOP_ENTITIES = 10  # entities shown, the most mentioned in the newest window first
@@ -179,7 +179,6 @@ def write_desk(engine: Engine, params: Params, pipeline: str, aliases: dict[str,
     figures = desk_figures(engine, pipeline, params.pipeline(pipeline).validate.labels, aliases, entities.window_days)
     if figures is None:
         return None
-    path = path or desk_path(pipeline)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(desk_html(figures, params.pipeline(pipeline).registry.name, params.pipeline(entities.tagger).registry.name), encoding="utf-8")
+    path = path or desk_path(pipeline)  # whole: a reader, or `finetune report` beside the monitor, never sees part of a page
+    write_whole(path, [desk_html(figures, params.pipeline(pipeline).registry.name, params.pipeline(entities.tagger).registry.name)])
     return path
