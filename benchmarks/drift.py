@@ -111,11 +111,14 @@ def draw_window(kind: str, size: int, test: list[dict], clear: list[int], other:
 
 
 def scored(task, model, tokenizer, records: list[dict]) -> dict:
-    """Texts, predictions, probabilities and embeddings of `records` under the champion."""
+    """Texts, predictions (and what the monitor reads in them), probabilities and embeddings of `records` under the champion."""
+    from pipeline.monitoring.drift import observations
+
     probabilities, embeddings = task.class_probabilities(model, tokenizer, records)
     names = model.config.id2label
     predictions = [{"label": names[int(row.argmax())], "score": float(row.max())} for row in probabilities]
-    return {"text": [r["text"] for r in records], "predictions": predictions, "probabilities": probabilities, "embeddings": embeddings}
+    return {"text": [r["text"] for r in records], "predictions": predictions, "observations": observations(task, predictions),
+            "probabilities": probabilities, "embeddings": embeddings}
 
 
 def detect(ref: dict, pool: dict, indices: list[int], settings) -> dict:
@@ -123,7 +126,7 @@ def detect(ref: dict, pool: dict, indices: list[int], settings) -> dict:
     from pipeline.monitoring.drift import class_probability_shift, embedding_shift, fired, measure_drift
 
     started = time.perf_counter()
-    monitor = measure_drift(ref, [pool["text"][i] for i in indices], [pool["predictions"][i] for i in indices], settings, "label_shift")
+    monitor = measure_drift(ref, [pool["text"][i] for i in indices], [pool["observations"][i] for i in indices], settings, "label_shift")
     seconds = time.perf_counter() - started
     label = monitor["label_shift"]
     found = {
@@ -287,7 +290,7 @@ def main() -> None:
     pools = {"test": scored(task, model, tokenizer, test), "other": scored(task, model, tokenizer, other)}
     ms_per_text = 1000 * (time.perf_counter() - scoring_started) / (len(test) + len(other))
     ref = scored(task, model, tokenizer, val)
-    ref.update(figures(task, val, ref["predictions"], vocabulary(task, train)))
+    ref.update(figures(task, val, ref["observations"], vocabulary(task, train)))
     agreed = all_agree_sentences()
     clear = [i for i, record in enumerate(test) if normalise_text(record["text"]) in agreed]
 

@@ -97,7 +97,7 @@ def replay(texts: list[tuple], rule: AlertConfig, ranks: list[int], per_day: int
         for _, text, entity, _ in rows:
             named[text].add(entity)
         batch = [{"timestamp": at.isoformat(), "text": text, "batch": hour.isoformat(), "position": i} for i, (at, text, _, _) in enumerate(rows)]
-        store(engine, "sentiment", batch, [{"label": gold, "score": 1.0} for *_, gold in rows], "gold", [hour.isoformat()])
+        store(engine, "sentiment", batch, [{"counted": [gold], "score": 1.0} for *_, gold in rows], "gold", [hour.isoformat()])
         tag_batches(engine, "sentiment", "dataset", "gold",
                     lambda batch_texts: [{"entities": [{"type": "ORG", "text": e} for e in sorted(named[t])]} for t in batch_texts], ["ORG"])
         if hour < judged_from:

@@ -33,7 +33,7 @@ from pipeline.errors import ConfigError
 from pipeline.locks import limit_name, shared_lock
 from pipeline.models import use_all_cores
 from pipeline.monitoring.alerts import find_alerts, mark_sent, unsent
-from pipeline.monitoring.drift import MONITORED, fired, how_far, is_tagger, measure_drift
+from pipeline.monitoring.drift import fired, how_far, measure_drift, observations
 from pipeline.monitoring.entities import entity_index, read_aliases, tag_batches, untagged
 from pipeline.monitoring.page import write_desk
 from pipeline.monitoring.reference import reference
@@ -54,8 +54,7 @@ from pipeline.monitoring.store import (
 from pipeline.params import AlertConfig, MonitoringConfig, Params, pipeline_option
 from pipeline.records import save_json
 from pipeline.registry import champion_uri, champion_version, load_registered, registered_version
-from pipeline.tasks import get_task, load_params
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task, get_task, load_params
 from pipeline.techniques.active_learning import rank, write_queue
 
 
@@ -81,8 +80,9 @@ def monitor(input: str | None = None, pipeline: str | None = None) -> dict:
     settings = params.monitoring
     pipeline = pipeline or first_pipeline(settings)
     task = get_task(pipeline, params.pipeline(pipeline))
-    if task.transformers_task not in MONITORED:
-        raise ConfigError(f"params.yaml: the monitor watches text and token classification pipelines; '{pipeline}' is {task.config.type}")
+    if task.counts is None:
+        raise ConfigError(f"params.yaml: the monitor watches pipelines whose predictions count labels or entity types; "
+                          f"'{pipeline}' is a {task.config.type} pipeline")
     engine = open_store(settings.db, (settings.pipelines or [pipeline])[0])
     what, lock = monitor_lock(pipeline, settings)
     print(f"monitor[{pipeline}]: waiting for {what}", flush=True)
@@ -99,7 +99,7 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     report per day and drift. The batches are marked done either way."""
     settings, pipeline = params.monitoring, task.pipeline
     rows = [row for path in files for row in read_batch(path, batch_name(path, settings))]
-    answered = stored_rows(engine, pipeline, served, is_tagger(task))
+    answered = stored_rows(engine, pipeline, served, task.counts.several)
     names = [batch_name(path, settings) for path in files] + served
     if not rows and not answered:
         print(f"monitor[{pipeline}]: no new text in {', '.join(map(str, files or batch_folders(settings, pipeline)))} "
@@ -114,26 +114,26 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     champion = registered_version(champion_uri(name))
     version = str(champion.version)
     model, tokenizer = load_registered(task, f"models:/{name}/{version}")  # pinned: the alias may move meanwhile
-    predictions = task.predict(model, tokenizer, rows) if rows else []
-    added = store(engine, pipeline, rows, predictions, version, names)
-    by_champion = [(row, prediction) for row, prediction, answered_by in answered if answered_by == version]
+    observed = observations(task, task.predict(model, tokenizer, rows)) if rows else []
+    added = store(engine, pipeline, rows, observed, version, names)
+    by_champion = [(row, observation) for row, observation, answered_by in answered if answered_by == version]
     print(f"monitor[{pipeline}]: {len(rows)} texts of {len(files)} batch(es) scored by {name} v{version}, {added} stored "
           f"({len(rows) - added} stored before); {len(answered)} served answers, {len(by_champion)} of them by v{version}")
     texts = [r["text"] for r in rows] + [row["text"] for row, _ in by_champion]  # other versions' answers: not this reference's
-    predictions += [prediction for _, prediction in by_champion]
+    observed += [observation for _, observation in by_champion]
     if not texts:
         return {}
 
     ref = reference(task, model, tokenizer, champion, latest_outputs(pipeline))
-    shift = MONITORED[task.transformers_task]
-    drift = measure_drift(ref, texts, predictions, settings, shift)
+    shift = task.counts.shift
+    drift = measure_drift(ref, texts, observed, settings, shift)
     alarm = fired(drift, settings)
     report = {
         "pipeline": pipeline, "model": name, "model_version": version, "texts": len(texts), "batches": [str(b) for b in files],
         "served_texts": len(by_champion), "served_batches": len(served), "reference_data_hash": ref["data_hash"],
         "drift_detected": bool(alarm), "alarm": [how_far(figure, drift[figure]) for figure in alarm], "drift": drift,
     }
-    plots = write_daily(report, daily_counts(engine, pipeline, is_tagger(task)), task, version)
+    plots = write_daily(report, daily_counts(engine, pipeline, task.counts.several), task, version)
     report.update(watch_entities(params, engine, pipeline))
     plots += [Path(report["desk"])] if "desk" in report else []
     if report["drift_detected"]:

@@ -56,13 +56,12 @@ def select(args: argparse.Namespace) -> None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.tasks import load_params
+    from pipeline.tasks import get_task, load_params
     from pipeline.techniques import active_learning
 
     config = load_params(args.params).pipeline(args.pipeline)
     settings = config.active_learning
-    column = "text" if config.type == "token_classification" else config.data.text_column  # NER's data column holds tokens
-    texts = active_learning.read_pool(args.pool or settings.pool, column)  # before the slow model load
+    texts = active_learning.read_pool(args.pool or settings.pool, get_task(args.pipeline, config).pool_column())  # before the slow model load
     task, model, tokenizer = load_model(args.pipeline, args.model, args.params)
     choice = {
         "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,

@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Protocol
 
 import yaml
 
@@ -405,13 +405,21 @@ class Params:
         return self.sections[name]
 
 
-def read_params(path: Path, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
+class TaskType(Protocol):
+    """What reading params needs of a task type (its Task class, pipeline/tasks/)."""
+
+    config_class: type[TaskConfig]  # its section is read into this
+    counts: Any  # None: its predictions count nothing, so the monitor cannot watch it
+    finds_entities: bool  # it can be monitoring.entities.tagger
+
+
+def read_params(path: Path, task_types: Mapping[str, TaskType], implied_types: Mapping[str, str]) -> Params:
     """Read and check a params file. Each pipeline section is read into the config class of its `type`
-    (`type_configs`: task type -> config class; `implied_types`: section names that need no type).
+    (`task_types`: task type name -> its Task class; `implied_types`: section names that need no type).
     Every problem is reported with the file and its key path."""
     raw = renamed_keys(_read_yaml(Path(path)), path)
     try:
-        return dataclasses.replace(_parse(raw, type_configs, implied_types), file=str(path))
+        return dataclasses.replace(_parse(raw, task_types, implied_types), file=str(path))
     except ConfigError as exc:  # the key checks say params.yaml; --params may have named another file
         raise ConfigError(f"{path}: {str(exc).removeprefix('params.yaml: ')}") from None
 
@@ -481,7 +489,7 @@ SHARED = ("pipelines", "tracking", "serving", "orchestration", "monitoring")
 PIPELINE_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # it names files and DVC stages (train@NAME)
 
 
-def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> Params:
+def _parse(raw: dict, task_types: Mapping[str, TaskType], implied_types: Mapping[str, str]) -> Params:
     """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
     raw = dict(raw)
     pipelines = _coerce(raw.pop("pipelines", ["sentiment"]), list[str], "pipelines")
@@ -499,7 +507,7 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
     monitoring = build_section(MonitoringConfig, monitoring_section, "monitoring")
     if not pipelines:
         raise ConfigError("params.yaml: 'pipelines' lists no pipeline: name at least one section, e.g. pipelines: [sentiment]")
-    sections = {name: pipeline_section(name, section, type_configs, implied_types) for name, section in raw.items()}
+    sections = {name: pipeline_section(name, section, task_types, implied_types) for name, section in raw.items()}
     for name in pipelines:
         if name not in sections:
             raise ConfigError(f"pipelines lists '{name}' but there is no '{name}:' section{did_you_mean(name, sections)}")
@@ -508,25 +516,25 @@ def _parse(raw: dict, type_configs: Mapping[str, type[TaskConfig]], implied_type
         for name in names:
             if name not in sections:
                 raise ConfigError(f"params.yaml: '{key}' names '{name}', which is not a pipeline (sections: {', '.join(sections)})")
-    translators = [name for name in monitoring.pipelines or [] if sections[name].type == "translation"]
-    if translators:
-        raise ConfigError(f"params.yaml: 'monitoring.pipelines' names '{translators[0]}', a translation pipeline: the monitor "
-                          "watches text and token classification pipelines")
+    unwatchable = [name for name in monitoring.pipelines or [] if task_types[sections[name].type].counts is None]
+    if unwatchable:
+        raise ConfigError(f"params.yaml: 'monitoring.pipelines' names '{unwatchable[0]}', a {sections[unwatchable[0]].type} pipeline: "
+                          "the monitor watches pipelines whose predictions count labels or entity types")
     serving = dataclasses.replace(serving, pipeline=serving.pipeline or pipelines[0])
     if monitoring.pipelines is None:
-        monitoring = dataclasses.replace(monitoring, pipelines=[name for name in pipelines if sections[name].type != "translation"])
+        monitoring = dataclasses.replace(monitoring, pipelines=[name for name in pipelines if task_types[sections[name].type].counts])
     if monitoring.entities is not None:
-        check_entities(monitoring.entities, monitoring.pipelines, sections)
+        check_entities(monitoring.entities, monitoring.pipelines, sections, task_types)
     return Params(
         pipelines=pipelines, tracking=tracking, sections=sections, serving=serving,
         orchestration=orchestration, monitoring=monitoring,
     )
 
 
-def check_entities(entities: EntitiesConfig, monitored: list[str], sections: Mapping[str, Any]) -> None:
-    """The tagger is a token classification pipeline finding `types`; the pipelines it reads are monitored."""
+def check_entities(entities: EntitiesConfig, monitored: list[str], sections: Mapping[str, Any], task_types: Mapping[str, TaskType]) -> None:
+    """The tagger is a pipeline finding entities of `types`; the pipelines it reads are monitored."""
     tagger = sections.get(entities.tagger)
-    if tagger is None or tagger.type != "token_classification":
+    if tagger is None or not task_types[tagger.type].finds_entities:
         found = f"a {tagger.type} pipeline" if tagger else f"not a pipeline{did_you_mean(entities.tagger, sections)}"
         raise ConfigError(f"params.yaml: 'monitoring.entities.tagger' names '{entities.tagger}', {found}: name a token "
                           "classification pipeline (e.g. ner), or set monitoring.entities: null")
@@ -546,9 +554,9 @@ def did_you_mean(name: str, known: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def pipeline_section(name: str, section: Any, type_configs: Mapping[str, type[TaskConfig]], implied_types: Mapping[str, str]) -> TaskConfig:
+def pipeline_section(name: str, section: Any, task_types: Mapping[str, TaskType], implied_types: Mapping[str, str]) -> TaskConfig:
     """A pipeline's section, read into the config class of its task type."""
-    known = ", ".join(type_configs)
+    known = ", ".join(task_types)
     if not PIPELINE_NAME.fullmatch(name):
         raise ConfigError(f"params.yaml: '{name}' is not a valid pipeline name: use lowercase letters, digits, '-' and '_' "
                           f"(the shared sections are {', '.join(SHARED)})")
@@ -557,9 +565,9 @@ def pipeline_section(name: str, section: Any, type_configs: Mapping[str, type[Ta
         raise ConfigError(f"params.yaml: unknown key '{name}'{did_you_mean(name, [*SHARED, *implied_types])}: a pipeline "
                           f"section needs `type:`, one of {known}; the shared sections are {', '.join(SHARED)}")
     kind = kind or implied_types[name]
-    if kind not in type_configs:
+    if kind not in task_types:
         raise ConfigError(f"params.yaml: '{name}.type' must be one of {known}, got {kind!r}")
-    return build_section(type_configs[kind], {**section, "type": kind}, name)
+    return build_section(task_types[kind].config_class, {**section, "type": kind}, name)
 
 
 def section_hash(config: Any) -> str:

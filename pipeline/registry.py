@@ -17,7 +17,7 @@ from pipeline import tracking
 from pipeline.errors import ModelError, TrackingError, UserError
 from pipeline.locks import limit_name, shared_lock
 from pipeline.models import resolve_model
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
@@ -136,7 +136,7 @@ def load_reference(task: Task, reference: str, key: str) -> tuple[Any, Any]:
 def load_translator(reference: str, key: str) -> tuple[Any, Any]:
     """(model, tokenizer) of a translation model for back-translation: a registered translation model
     (a pyfunc), a sequence-to-sequence folder or hub id."""
-    from pipeline.tasks.translation import load_seq2seq
+    from pipeline.seq2seq import load_seq2seq
 
     if reference.startswith("models:/"):
         tracking.point_at_store()

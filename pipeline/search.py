@@ -33,7 +33,7 @@ from pipeline.params import SearchConfig, TaskConfig
 from pipeline.paths import PipelinePaths
 from pipeline.records import load_records, save_json
 from pipeline.stages.train import base_model_path, build_trainer
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 from pipeline.techniques.adapters import MERGEABLE
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

@@ -33,7 +33,7 @@ def stream(location: str, last_day: dict[str, tuple[int, int]], last: date = LAS
         labelled = [(f"{name} | news {i}" if name else f"markets {i}", "negative" if i < negative else "neutral")
                     for name, (texts, negative) in counts.items() for i in range(texts)]
         rows = [{"timestamp": f"{day}T09:00:00Z", "text": text, "batch": day, "position": i} for i, (text, _) in enumerate(labelled)]
-        store(engine, "sentiment", rows, [{"label": label, "score": 0.9} for _, label in labelled], "3", [day])
+        store(engine, "sentiment", rows, [{"counted": [label], "score": 0.9} for _, label in labelled], "3", [day])
     tag_batches(engine, "sentiment", "ner", "1", tagger, ["ORG"])
     return engine
 

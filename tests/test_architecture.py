@@ -111,3 +111,63 @@ def test_a_task_type_from_outside_the_pipeline_runs_through_every_stage(workspac
     assert metrics["test"]["accuracy"] >= 0.9, metrics  # the question mark is easy to learn
     decision = load_json(paths.promotion)
     assert decision["promoted"] and decision["metric"] == "val_accuracy"
+
+
+def test_a_task_type_with_its_own_predictions_is_served_monitored_and_ranked_as_it_says(workspace, tiny_model, monkeypatch):
+    """tests/topic_task.py predicts any number of topics per text: the server's request and response, the
+    prediction log, the store's counts, the drift figures, the daily report and the labelling queue all
+    follow what the task type answers, with nothing outside its module changed."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.monitoring.drift import measure_drift, observations
+    from pipeline.monitoring.reference import figures
+    from pipeline.monitoring.report import write_daily
+    from pipeline.monitoring.served import PredictionLog
+    from pipeline.monitoring.store import daily_counts, new_served, open_store, stored_rows
+    from pipeline.serving.serve import Served, Service, create_app
+    from pipeline.techniques.active_learning import rank
+
+    monkeypatch.setitem(tasks.TASK_TYPES, "topic_tagging", "tests.topic_task")  # the one registry line
+    write_params(workspace, {
+        "pipelines": ["topics"],
+        "tracking": {"experiment": "test"},
+        "monitoring": {"db": "monitoring/predictions.db"},
+        "topics": {"type": "topic_tagging", "data": {"source": "data/sample.csv"}, "model": {"name": str(tiny_model)},
+                   "validate": {"labels": ["earnings", "jobs", "markets"]}, "registry": {"name": "topics"}},
+    })
+    params = tasks.load_params()
+    assert params.monitoring.pipelines == ["topics"]  # its predictions count topics, so it is monitored by default
+    task = tasks.get_task("topics", params.pipeline("topics"))
+    model, tokenizer = task.load_model(str(tiny_model))  # a random head: each topic about a third probable
+    texts = ["Nokia cut 500 jobs.", "Shares of Fortum rose 3%.", "Operating profit doubled.", "Kone hired engineers."]
+
+    log = PredictionLog(params.monitoring.db, "topics", params.monitoring.pipelines, share=1.0, capacity=100)
+    served = Served("topics", "1", "champion", "run", "torch", model, tokenizer)
+    service = Service(task, "models:/topics@champion", params.serving, served, log)
+    with TestClient(create_app({"topics": service}, "topics")) as client:
+        every = client.post("/topics/predict", json={"texts": texts[:2], "threshold": 0.01}).json()["predictions"]
+        none = client.post("/topics/predict", json={"texts": texts[2:], "threshold": 0.99}).json()["predictions"]
+        refused = client.post("/topics/predict", json={"texts": texts, "top_k": 2})
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert [len(p["topics"]) for p in every + none] == [3, 3, 0, 0]  # each request's threshold, applied to its own texts
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "top_k"]  # no classifier's field
+    assert set(schemas["TopicsRequest"]["properties"]) == {"texts", "threshold"}
+    assert schemas["TopicResponse"]["properties"]["predictions"]["items"] == {"$ref": "#/components/schemas/Topics"}
+
+    engine = open_store(params.monitoring.db, "topics")  # the server stopped: its answers are written and handed over
+    logged = stored_rows(engine, "topics", new_served(engine, "topics"), task.counts.several)
+    assert [sorted(observation["counted"]) for _, observation, _ in logged] == [["earnings", "jobs", "markets"]] * 2 + [[], []]
+    (day, (answered, counted)), = daily_counts(engine, "topics", task.counts.several).items()
+    assert answered == 4 and counted == {"earnings": 2, "jobs": 2, "markets": 2}
+
+    reference = figures(task, [{"text": t} for t in texts], observations(task, task.predict(model, tokenizer, [{"text": t} for t in texts])), [])
+    drift = measure_drift(reference, texts, [observation for _, observation, _ in logged], params.monitoring, task.counts.shift)
+    assert set(drift) == {"topic_mix", "confidence", "oov_rate"}
+    report = {"pipeline": "topics"}
+    assert write_daily(report, {day: (answered, counted)}, task, "1") == [Path("reports/monitor/topics/shares.png")]
+    assert report["shares"][0]["shares"] == {"earnings": 1 / 3, "jobs": 1 / 3, "markets": 1 / 3}
+
+    queue = rank(task, model, tokenizer, texts, "least_confidence", 2, 0.0, 0)
+    scores = {t: p["score"] for t, p in zip(texts, task.predict(model, tokenizer, [{"text": t} for t in texts]))}
+    assert [row["text"] for row in queue] == sorted(texts, key=scores.get)[:2]  # least confident first, by its own score
+    assert all(set(row["predicted_label"].split()) <= {"earnings", "jobs", "markets"} for row in queue)

@@ -42,7 +42,7 @@ def test_pipeline_sections_are_checked_against_their_own_keys(tmp_path):
         (lambda p: p.update(monitoring={"pipelines": ["sentiment", "translation"]},
                             translation={"data": {"source": "data/pairs", "format": "parallel"}, "validate": {}, "registry": {"name": "mt"},
                                          "augment": {"methods": ["swap"]}}),
-         "'monitoring.pipelines' names 'translation', a translation pipeline: the monitor watches text and token classification pipelines"),
+         "'monitoring.pipelines' names 'translation', a translation pipeline: the monitor watches pipelines whose predictions count labels or entity types"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, edit, message):

@@ -74,7 +74,7 @@ def scored_store(location: str):
     }
     for name, rows in batches.items():
         texts = [{"timestamp": f"{day}T09:00:00Z", "text": text, "batch": name, "position": i} for i, (day, text, _) in enumerate(rows)]
-        store(engine, "sentiment", texts, [{"label": label, "score": 0.9} for _, _, label in rows], "3", [name])
+        store(engine, "sentiment", texts, [{"counted": [label], "score": 0.9} for _, _, label in rows], "3", [name])
     return engine
 
 

@@ -266,12 +266,12 @@ def test_the_monitor_checks_served_answers_once_beside_drop_folder_batches(repo,
     version = str(registered_version(champion_uri("support-intents")).version)
     model, tokenizer = load_registered(task, f"models:/support-intents/{version}")
     texts = [r["text"] for r in make_intent_rows(50, seed=11)]
-    answers = task.predict(model, tokenizer, [{"text": text} for text in texts])
-    log = PredictionLog(params.monitoring.db, "sentiment", ["intents"], share=1.0, capacity=100)  # as `finetune serve` logs
+    answers = [task.observation(p) for p in task.predict(model, tokenizer, [{"text": text} for text in texts])]  # as `finetune serve` offers them
+    log = PredictionLog(params.monitoring.db, "sentiment", ["intents"], share=1.0, capacity=100)
     log.start()
     for start in range(0, 50, 10):
         log.offer("intents", version, texts[start : start + 10], answers[start : start + 10])
-    log.offer("intents", "0", ["Where is my card?"], [{"label": "card_lost_or_stolen", "score": 0.5}])  # another version's
+    log.offer("intents", "0", ["Where is my card?"], [{"counted": ["card_lost_or_stolen"], "score": 0.5}])  # another version's
     log.stop()
     write_texts(repo / "monitoring" / "incoming" / "intents" / "day-4.csv", [r["text"] for r in make_intent_rows(20, seed=12)])
 
@@ -324,7 +324,7 @@ def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_eac
     texts = [" ".join(tokens) for tokens, _ in make_sentences(40, seed=21)]
     log = PredictionLog(params.monitoring.db, "sentiment", ["sentiment"], share=1.0, capacity=10)  # as `finetune serve` logs
     log.start()
-    log.offer("sentiment", sentiment, texts[30:], [{"label": "negative", "score": 0.9}] * 10)
+    log.offer("sentiment", sentiment, texts[30:], [{"counted": ["negative"], "score": 0.9}] * 10)
     log.stop()
     write_texts(repo / "monitoring" / "incoming" / "sentiment" / "companies.csv", texts[:30])
     report = monitor()

@@ -105,15 +105,15 @@ def test_predictions_are_stored_once_per_row_and_counted_per_day(tmp_path):
     settings = MonitoringConfig(pipelines=["sentiment", "ner"], input=str(tmp_path / "incoming"))
     engine = open_store(str(tmp_path / "predictions.db"), "sentiment")
     rows = [{"timestamp": f"2026-11-2{6 + i % 2}T09:00:00Z", "text": f"text {i}", "batch": "sentiment/day.csv", "position": i} for i in range(4)]
-    labels = [{"label": label, "score": 0.9} for label in ("positive", "negative", "positive", "neutral")]
+    labels = [{"counted": [label], "score": 0.9} for label in ("positive", "negative", "positive", "neutral")]
     assert store(engine, "sentiment", rows, labels, "3", ["sentiment/day.csv"]) == 4  # a batch is named by its path under monitoring.input
     assert store(engine, "sentiment", rows, labels, "3", ["sentiment/day.csv"]) == 0  # the same rows again: counted once
-    entities = [{"entities": [{"type": "ORG"}, {"type": "PER"}], "score": 0.8}, {"entities": [], "score": 0.7}]
+    entities = [{"counted": ["ORG", "PER"], "score": 0.8}, {"counted": [], "score": 0.7}]
     store(engine, "ner", rows[:2], entities, "1", ["ner/day.csv"])
 
-    assert daily_counts(engine, "sentiment", tagger=False) == {
+    assert daily_counts(engine, "sentiment", several=False) == {
         "2026-11-26": (2, Counter({"positive": 2})), "2026-11-27": (2, Counter({"negative": 1, "neutral": 1}))}
-    assert daily_counts(engine, "ner", tagger=True) == {"2026-11-26": (1, Counter({"ORG": 1, "PER": 1})), "2026-11-27": (1, Counter())}
+    assert daily_counts(engine, "ner", several=True) == {"2026-11-26": (1, Counter({"ORG": 1, "PER": 1})), "2026-11-27": (1, Counter())}
     write_texts(tmp_path / "incoming" / "sentiment" / "day.csv", ["text"])
     assert new_batches(settings, "sentiment", engine) == []  # scored already: never counted twice by a later run
 
@@ -157,11 +157,11 @@ def score_every_batch(location: str, incoming: str, start, results) -> None:
         with claimed(engine, "sentiment", [batch_name(batch, settings)]) as got:
             for name in got:
                 rows = read_batch(batch, name)
-                store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [name])
+                store(engine, "sentiment", rows, [{"counted": ["neutral"], "score": 0.5}] * len(rows), "1", [name])
                 scored.append(batch.name)
     by_hand = Path(incoming).parent / "by-hand.csv"
     rows = read_batch(by_hand, by_hand.name)
-    store(engine, "sentiment", rows, [{"label": "neutral", "score": 0.5}] * len(rows), "1", [by_hand.name])
+    store(engine, "sentiment", rows, [{"counted": ["neutral"], "score": 0.5}] * len(rows), "1", [by_hand.name])
     results.put(scored)
 
 
@@ -220,8 +220,8 @@ def served_answers_round_trip(location: str) -> None:
     from pipeline.monitoring.store import claim, new_served, open_store, stored_rows
 
     log = served.PredictionLog(location, "sentiment", ["sentiment", "ner"], share=1.0, capacity=100)
-    log.offer("sentiment", "3", ["Profit rose", "Loss widened"], [{"label": "positive", "score": 0.9}, {"label": "negative", "score": 0.8}])
-    log.offer("ner", "1", ["Anna Berg joined Norvik Bank"], [{"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}])
+    log.offer("sentiment", "3", ["Profit rose", "Loss widened"], [{"counted": ["positive"], "score": 0.9}, {"counted": ["negative"], "score": 0.8}])
+    log.offer("ner", "1", ["Anna Berg joined Norvik Bank"], [{"counted": ["PER", "ORG"], "score": 0.7}])
     log.offer("translation", "2", ["Guten Tag"], [{"translation": "Good day"}])  # not monitored: not logged
     log.start()
     engine = open_store(location, "sentiment")
@@ -231,18 +231,18 @@ def served_answers_round_trip(location: str) -> None:
         time.sleep(0.05)
     assert [(p, claimed_by) for p, _, claimed_by, _ in served_batches(location)] == [("ner", log.server), ("sentiment", log.server)]
     assert new_served(engine, "sentiment") != [] and claim(engine, "sentiment", new_served(engine, "sentiment"), "monitor") == []  # still open
-    log.offer("sentiment", "4", ["Sales were flat"], [{"label": "neutral", "score": 0.6}])
+    log.offer("sentiment", "4", ["Sales were flat"], [{"counted": ["neutral"], "score": 0.6}])
     log.stop()  # writes what is queued, then hands every batch over
     assert not log.thread.is_alive() and log.counts.written == {"sentiment": 3, "ner": 1} and log.counts.dropped == 0
     assert all(claimed_by is None and scored_at is None for *_, claimed_by, scored_at in served_batches(location))
     names = new_served(engine, "sentiment")
     assert claim(engine, "sentiment", names, "monitor") == names  # handed over: the monitor's now
-    rows = stored_rows(engine, "sentiment", names, tagger=False)
+    rows = stored_rows(engine, "sentiment", names, several=False)
     assert [(r["text"], r["position"], p, version) for r, p, version in rows] == [
-        ("Profit rose", 0, {"label": "positive", "score": 0.9}, "3"), ("Loss widened", 1, {"label": "negative", "score": 0.8}, "3"),
-        ("Sales were flat", 2, {"label": "neutral", "score": 0.6}, "4")]
-    assert [p for _, p, _ in stored_rows(engine, "ner", new_served(engine, "ner"), tagger=True)] == [
-        {"entities": [{"type": "PER"}, {"type": "ORG"}], "score": 0.7}]
+        ("Profit rose", 0, {"counted": ["positive"], "score": 0.9}, "3"), ("Loss widened", 1, {"counted": ["negative"], "score": 0.8}, "3"),
+        ("Sales were flat", 2, {"counted": ["neutral"], "score": 0.6}, "4")]
+    assert [p for _, p, _ in stored_rows(engine, "ner", new_served(engine, "ner"), several=True)] == [
+        {"counted": ["PER", "ORG"], "score": 0.7}]
 
 
 def test_served_answers_are_written_off_the_request_path_in_batches_the_monitor_takes_once_handed_over(tmp_path):
@@ -261,12 +261,12 @@ def test_a_served_batch_is_handed_over_after_roll_seconds_while_the_server_runs(
     location = str(tmp_path / "predictions.db")
     log = served.PredictionLog(location, "sentiment", ["sentiment"], share=1.0, capacity=100)
     log.start()
-    log.offer("sentiment", "3", ["Profit rose"], [{"label": "positive", "score": 0.9}])
+    log.offer("sentiment", "3", ["Profit rose"], [{"counted": ["positive"], "score": 0.9}])
     deadline = time.monotonic() + 30
     while not (served_batches(location) and served_batches(location)[0][2] is None):
         assert time.monotonic() < deadline, "the batch was never handed over"
         time.sleep(0.05)
-    log.offer("sentiment", "3", ["Loss widened"], [{"label": "negative", "score": 0.8}])
+    log.offer("sentiment", "3", ["Loss widened"], [{"counted": ["negative"], "score": 0.8}])
     log.stop()
     assert [name.rsplit("/", 1)[1] for _, name, _, _ in served_batches(location)] == ["1", "2"]  # the next answer: a new batch
 
@@ -277,12 +277,12 @@ def test_a_full_queue_or_a_store_that_is_down_drops_answers_and_counts_them(tmp_
     log = served.PredictionLog(str(tmp_path / "predictions.db"), "sentiment", ["sentiment"], share=1.0, capacity=1)
     started = time.perf_counter()
     for _ in range(3):  # the writer is not running: the first request fills the queue
-        log.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+        log.offer("sentiment", "3", ["a", "b"], [{"counted": ["positive"], "score": 0.9}] * 2)
     assert time.perf_counter() - started < 0.1 and log.depth() == 1 and log.counts.dropped_queue_full == 4
 
     down = served.PredictionLog("postgresql://u@127.0.0.1:9/m", "sentiment", ["sentiment"], share=1.0, capacity=10)
     down.start()
-    down.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+    down.offer("sentiment", "3", ["a", "b"], [{"counted": ["positive"], "score": 0.9}] * 2)
     down.stop()
     assert not down.thread.is_alive() and down.counts.dropped_write_failed == 2 and sum(down.counts.written.values()) == 0
 
@@ -292,7 +292,7 @@ def test_a_share_of_the_answers_is_logged(tmp_path):
 
     log = served.PredictionLog(str(tmp_path / "predictions.db"), "sentiment", ["sentiment"], share=0.25, capacity=2000)
     for _ in range(1000):
-        log.offer("sentiment", "3", ["a", "b"], [{"label": "positive", "score": 0.9}] * 2)
+        log.offer("sentiment", "3", ["a", "b"], [{"counted": ["positive"], "score": 0.9}] * 2)
     kept = sum(len(answers.texts) for answers in list(log.queue.queue))
     assert 400 < kept < 600  # 2000 texts, a quarter of them: 500 +- 5 standard deviations
 
@@ -307,10 +307,10 @@ def test_the_chi_square_oov_and_confidence_figures_on_known_inputs():
     assert label_shift_pvalue({"positive": 10}, {"positive": 3}) == 1.0 and label_shift_pvalue({"ORG": 3}, {}) == 1.0
 
     ref = {"labels": {"positive": 50, "negative": 50}, "mean_confidence": 0.9, "oov_rate": 0.05, "vocabulary": ["profit", "rose"]}
-    same = [{"label": label, "score": 0.88} for label in ["positive", "negative"] * 50]
+    same = [{"counted": [label], "score": 0.88} for label in ["positive", "negative"] * 50]
     drift = measure_drift(ref, ["profit rose"] * 100, same, MonitoringConfig(**SETTINGS), "label_shift")
     assert not any(figure["drifted"] for figure in drift.values())
-    unsure = [{"label": "positive", "score": 0.5}] * 100
+    unsure = [{"counted": ["positive"], "score": 0.5}] * 100
     drift = measure_drift(ref, ["stir the soup"] * 100, unsure, MonitoringConfig(**SETTINGS), "label_shift")
     assert drift["label_shift"]["drifted"] and drift["oov_rate"]["increase"] == pytest.approx(0.95)
     assert drift["confidence"]["drop"] == pytest.approx(0.4) and drift["confidence"]["drifted"]
@@ -326,7 +326,7 @@ def test_a_tiny_real_difference_in_a_large_window_does_not_alarm_and_only_the_al
     larger = {"neutral": 3500, "positive": 1500}  # 70% neutral against 66%: real, and small
     assert label_shift_pvalue(reference, larger) < 1e-4 and label_distance(reference, larger) == pytest.approx(0.04)
     ref = {"labels": reference, "mean_confidence": 0.9, "oov_rate": 0.05, "vocabulary": ["profit", "rose"]}
-    predictions = [{"label": label, "score": 0.7} for label, count in larger.items() for _ in range(count)]
+    predictions = [{"counted": [label], "score": 0.7} for label, count in larger.items() for _ in range(count)]
     drift = measure_drift(ref, ["profit rose"] * 5000, predictions, MonitoringConfig(**SETTINGS), "label_shift")
     assert not drift["label_shift"]["drifted"] and drift["confidence"]["drifted"]  # confidence fell by 0.2
     assert fired(drift, MonitoringConfig(**SETTINGS, alarm=["label_shift", "oov_rate"])) == []  # reported, not alarmed on

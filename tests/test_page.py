@@ -23,7 +23,7 @@ def burst_store(location: str):
 
     engine = stream(location, {"Nokia Oyj": (20, 12)})
     rows = [{"timestamp": f"{LAST}T15:00:00Z", "text": HOSTILE, "batch": "late", "position": 0}]
-    store(engine, "sentiment", rows, [{"label": "negative", "score": 0.9}], "4", ["late"])
+    store(engine, "sentiment", rows, [{"counted": ["negative"], "score": 0.9}], "4", ["late"])
     tag_batches(engine, "sentiment", "ner", "2", tagger, ["ORG"])
     unsent(engine, "sentiment", find_alerts(engine, "sentiment", {}, RULE))
     return engine

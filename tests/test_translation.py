@@ -12,9 +12,10 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.params import build_section
 from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records, save_records
+from pipeline.seq2seq import detokenize
 from pipeline.stages import augment, run_stage
 from pipeline.tasks import get_task
-from pipeline.tasks.translation import TranslationConfig, corpus_scores, detokenize
+from pipeline.tasks.translation import TranslationConfig, corpus_scores
 from tests.conftest import ROOT, tiny_params, write_params
 
 PATHS = PipelinePaths("translation")

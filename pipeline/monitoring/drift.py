@@ -13,19 +13,18 @@ from typing import Any
 
 from pipeline.params import MonitoringConfig
 from pipeline.records import Record
-from pipeline.tasks.base import Task
-
-MONITORED = {"text-classification": "label_shift", "token-classification": "entity_types"}  # what each kind's chi-square tests
+from pipeline.tasks import Task
 
 
-def is_tagger(task: Task) -> bool:
-    """Token classification: its predictions are entities, not one label."""
-    return task.transformers_task == "token-classification"
+def observations(task: Task, predictions: list[Record]) -> list[Record]:
+    """What the monitor reads in each prediction: what it counts (its label, or the type of each entity it
+    found) and its confidence (Task.observation)."""
+    return [task.observation(p) for p in predictions]
 
 
-def counted(prediction: Record) -> list[str]:
-    """What the monitor counts in a prediction: its label, or the type of each entity it found."""
-    return [e["type"] for e in prediction["entities"]] if "entities" in prediction else [prediction["label"]]
+def count(observed: list[Record]) -> dict[str, int]:
+    """How often each label (or entity type) was counted."""
+    return dict(Counter(c for o in observed for c in o["counted"]))
 
 
 def words(text: str) -> list[str]:
@@ -38,9 +37,9 @@ def oov_rate(texts: list[str], vocabulary: set[str]) -> float:
     return sum(w not in vocabulary for w in tokens) / max(len(tokens), 1)
 
 
-def mean_score(predictions: list[Record]) -> float:
+def mean_score(observed: list[Record]) -> float:
     """Mean confidence: of the label, or of a sentence's word tags."""
-    return sum(p["score"] for p in predictions) / max(len(predictions), 1)
+    return sum(o["score"] for o in observed) / max(len(observed), 1)
 
 
 def label_shift_pvalue(reference_counts: dict[str, int], counts: dict[str, int]) -> float:
@@ -92,12 +91,13 @@ def embedding_shift(reference: Any, current: Any, permutations: int = 200, seed:
     return float(mmd[0]), float((1 + (mmd[1:] >= mmd[0]).sum()) / (permutations + 1))
 
 
-def measure_drift(ref: dict, texts: list[str], predictions: list[Record], settings: MonitoringConfig, shift: str) -> dict:
-    """The three drift figures, each with its threshold and verdict; `shift` names the chi-square's (label_shift
-    or entity_types), which drifts when its p-value is small and the mix moved far enough to matter."""
-    counts = dict(Counter(c for p in predictions for c in counted(p)))
+def measure_drift(ref: dict, texts: list[str], observed: list[Record], settings: MonitoringConfig, shift: str) -> dict:
+    """The three drift figures of the texts and what the monitor read in their predictions (`observations`),
+    each with its threshold and verdict; `shift` names the chi-square's (Counts.shift: label_shift or
+    entity_types), which drifts when its p-value is small and the mix moved far enough to matter."""
+    counts = count(observed)
     pvalue, distance = label_shift_pvalue(ref["labels"], counts), label_distance(ref["labels"], counts)
-    confidence = mean_score(predictions)
+    confidence = mean_score(observed)
     oov = oov_rate(texts, set(ref["vocabulary"]))
     return {
         shift: {"pvalue": pvalue, "threshold": settings.label_shift_pvalue, "distance": distance,
@@ -114,7 +114,7 @@ def fired(drift: dict, settings: MonitoringConfig) -> list[str]:
     """The figures that drifted and raise the alarm (monitoring.alarm, where `label_shift` names the
     chi-square of either kind); the others are only reported."""
     return [name for name, figure in drift.items()
-            if figure["drifted"] and ("label_shift" if name in MONITORED.values() else name) in settings.alarm]
+            if figure["drifted"] and ("label_shift" if "pvalue" in figure else name) in settings.alarm]
 
 
 def how_far(name: str, figure: dict) -> str:

@@ -11,16 +11,15 @@ computed once per registered version and cached under monitoring/reference/.
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
 from pipeline.errors import ModelError
-from pipeline.monitoring.drift import MONITORED, counted, mean_score, oov_rate, words
+from pipeline.monitoring.drift import count, mean_score, observations, oov_rate, words
 from pipeline.paths import PipelinePaths
 from pipeline.records import Record, load_json, load_records, save_json
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 REFERENCES = Path("monitoring/reference")
 ARTIFACT_PATH = "monitoring"  # in the model's run: val.jsonl and vocabulary.json
@@ -36,7 +35,7 @@ def log_reference_data(task: Task, train: list[Record], val_path: Path) -> None:
     monitor computes this model's reference when it is champion (kinds of pipeline it watches only)."""
     import mlflow
 
-    if task.transformers_task not in MONITORED:
+    if task.counts is None:
         return
 
     mlflow.log_artifact(str(val_path), ARTIFACT_PATH)
@@ -51,17 +50,17 @@ def reference(task: Task, model, tokenizer, version: Any, outputs: Path) -> dict
         return load_json(cache)
     words_seen, val = reference_data(task, version, outputs)
     ref = {"model_version": str(version.version), "data_hash": version.tags.get("data_hash"),
-           **figures(task, val, task.predict(model, tokenizer, val), words_seen)}
+           **figures(task, val, observations(task, task.predict(model, tokenizer, val)), words_seen)}
     save_json(cache, ref)  # whole: a monitor run beside this one reads the old file or this one
     return ref
 
 
-def figures(task: Task, val: list[Record], predictions: list[Record], words_seen: list[str]) -> dict:
+def figures(task: Task, val: list[Record], observed: list[Record], words_seen: list[str]) -> dict:
     """What drift is measured against: the counts (labels or entity types) and mean confidence of the
-    predictions on the validation examples, their rate of words unseen in training, and the vocabulary."""
+    predictions on the validation examples (`observations`), their rate of words unseen in training, and the vocabulary."""
     return {
-        "labels": dict(Counter(c for p in predictions for c in counted(p))),
-        "mean_confidence": mean_score(predictions),
+        "labels": count(observed),
+        "mean_confidence": mean_score(observed),
         "oov_rate": oov_rate([task.unlabelled_text(r) for r in val], set(words_seen)),
         "vocabulary": words_seen,
     }

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pipeline.monitoring.drift import how_far, is_tagger
+from pipeline.monitoring.drift import how_far
 from pipeline.monitoring.entities import entity_table
 from pipeline.plots import label_shares_png, sentiment_index_html, sentiment_index_png
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 REPORTS = Path("reports/monitor")  # <pipeline>.json, and the pipeline's plots in <pipeline>/
 
@@ -37,15 +37,15 @@ def write_daily(report: dict, days: dict[str, tuple[int, Counter]], task: Task, 
     """The daily figures into the report, and their plots: the sentiment index for a label set with
     positive and negative, else each label's (or entity type's) share. Returns the plot files."""
     folder, title = REPORTS / task.pipeline, f"{task.config.registry.name} v{version}"
-    if not is_tagger(task) and {"positive", "negative"} <= set(task.config.validate.labels):
+    if not task.counts.several and {"positive", "negative"} <= set(task.config.validate.labels):
         index = report["index"] = daily_index(days)
         dates, values, counts = [d["date"] for d in index], [d["index"] for d in index], [d["texts"] for d in index]
         sentiment_index_png(dates, values, folder / "index.png", f"Sentiment index ({title})")
         sentiment_index_html(dates, values, counts, folder / "index.html", f"Sentiment index ({title})")
         return [folder / "index.png", folder / "index.html"]
     shares = report["shares"] = daily_shares(days)
-    kind = "entity type" if is_tagger(task) else "predicted label"
-    label_shares_png([d["date"] for d in shares], [d["shares"] for d in shares], folder / "shares.png", f"Share of each {kind} ({title})")
+    label_shares_png([d["date"] for d in shares], [d["shares"] for d in shares], folder / "shares.png",
+                     f"Share of each {task.counts.noun} ({title})")
     return [folder / "shares.png"]
 
 

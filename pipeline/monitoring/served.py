@@ -40,7 +40,7 @@ class Answers:
     version: str
     timestamp: str
     texts: list[str]
-    predictions: list[dict]
+    observations: list[dict]  # what the monitor reads in each answer (Task.observation)
 
 
 @dataclass(frozen=True)
@@ -84,17 +84,18 @@ class PredictionLog:
         """Requests waiting to be written."""
         return self.queue.qsize()
 
-    def offer(self, pipeline: str, version: str, texts: list[str], predictions: list[dict]) -> None:
-        """Queue a request's answers (the sampled share of them) without ever waiting."""
+    def offer(self, pipeline: str, version: str, texts: list[str], observations: list[dict]) -> None:
+        """Queue a request's answers, as the monitor reads them (Task.observation), without ever waiting (the
+        sampled share of them)."""
         if pipeline not in self.pipelines:
             return
         if self.share < 1:
             kept = [i for i in range(len(texts)) if random.random() < self.share]
-            texts, predictions = [texts[i] for i in kept], [predictions[i] for i in kept]
+            texts, observations = [texts[i] for i in kept], [observations[i] for i in kept]
         if not texts:
             return
         try:
-            self.queue.put_nowait(Answers(pipeline, version, now(), texts, predictions))
+            self.queue.put_nowait(Answers(pipeline, version, now(), texts, observations))
         except queue.Full:
             self.counts.dropped_queue_full += len(texts)
             self.warn(f"the prediction log's queue is full ({self.queue.maxsize} requests): answers are left out of the store")
@@ -154,7 +155,7 @@ class PredictionLog:
         with engine.begin() as connection:
             for pipeline in sorted({a.pipeline for a in answers}):
                 batch = current.get(pipeline) or self.open_batch(connection, engine, pipeline)
-                answered = [(a, text, p) for a in answers if a.pipeline == pipeline for text, p in zip(a.texts, a.predictions)]
+                answered = [(a, text, p) for a in answers if a.pipeline == pipeline for text, p in zip(a.texts, a.observations)]
                 values += [prediction_row(pipeline, {"batch": batch.name, "position": batch.rows + i, "timestamp": a.timestamp, "text": text},
                                           p, a.version, scored_at) for i, (a, text, p) in enumerate(answered)]
                 current[pipeline] = OpenBatch(batch.name, batch.opened, batch.rows + len(answered))

@@ -49,7 +49,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from pipeline.databases import sqlalchemy_url
 from pipeline.errors import ConfigError, DataError, ServiceError
-from pipeline.monitoring.drift import counted
 from pipeline.params import MonitoringConfig
 from pipeline.readers import read_file
 from pipeline.records import Record
@@ -275,10 +274,16 @@ def claimed(engine: Engine, pipeline: str, names: list[str]) -> Iterator[list[st
         raise
 
 
-def prediction_row(pipeline: str, row: Record, prediction: Record, version: str, scored_at: str) -> Record:
-    """A row's prediction as the store keeps it (label: the label, or the entity types in order, space-separated)."""
+def prediction_row(pipeline: str, row: Record, observation: Record, version: str, scored_at: str) -> Record:
+    """A row's prediction (what the monitor reads in it, Task.observation) as the store keeps it (label: what it
+    counted, the label or the entity types in order, space-separated)."""
     return {"pipeline": pipeline, "batch": row["batch"], "position": row["position"], "timestamp": row["timestamp"], "text": row["text"],
-            "label": " ".join(counted(prediction)), "score": prediction["score"], "model_version": version, "scored_at": scored_at}
+            "label": " ".join(observation["counted"]), "score": observation["score"], "model_version": version, "scored_at": scored_at}
+
+
+def read_counted(label: str, several: bool) -> list[str]:
+    """What a stored prediction counted (see `prediction_row`): the label, or with `several` the entity types."""
+    return label.split() if several else [label]
 
 
 def add_predictions(connection: Connection, engine: Engine, values: list[Record], count: bool = True) -> int | None:
@@ -292,14 +297,14 @@ def add_predictions(connection: Connection, engine: Engine, values: list[Record]
     return len(connection.execute(new.returning(PREDICTIONS.c.id), values).all())
 
 
-def store(engine: Engine, pipeline: str, rows: list[Record], predictions: list[Record], version: str, names: list[str]) -> int:
-    """Each row's prediction, and the batches marked done, in one transaction; a row stored before is
-    not stored again. Returns the rows added."""
+def store(engine: Engine, pipeline: str, rows: list[Record], observations: list[Record], version: str, names: list[str]) -> int:
+    """Each row's prediction (what the monitor reads in it, Task.observation), and the batches marked done,
+    in one transaction; a row stored before is not stored again. Returns the rows added."""
     scored_at = now()
     done = insert(engine, BATCHES)
     done = done.on_conflict_do_update(index_elements=["pipeline", "name"], set_={"scored_at": done.excluded.scored_at})
     with engine.begin() as connection:
-        added = add_predictions(connection, engine, [prediction_row(pipeline, r, p, version, scored_at) for r, p in zip(rows, predictions)])
+        added = add_predictions(connection, engine, [prediction_row(pipeline, r, o, version, scored_at) for r, o in zip(rows, observations)])
         if names:
             connection.execute(done, [{"pipeline": pipeline, "name": name, "scored_at": scored_at} for name in names])
     return added
@@ -312,20 +317,22 @@ def new_served(engine: Engine, pipeline: str) -> list[str]:
         return sorted(connection.scalars(query))
 
 
-def stored_rows(engine: Engine, pipeline: str, names: list[str], tagger: bool) -> list[tuple[Record, Record, str]]:
-    """(row, prediction, model version) of each text stored in the batches `names`, in order."""
+def stored_rows(engine: Engine, pipeline: str, names: list[str], several: bool) -> list[tuple[Record, Record, str]]:
+    """(row, observation, model version) of each text stored in the batches `names`, in order; `several`:
+    a prediction counts several things (Counts.several)."""
     columns = PREDICTIONS.c
     query = (select(columns.batch, columns.position, columns.timestamp, columns.text, columns.label, columns.score, columns.model_version)
              .where(columns.pipeline == pipeline, columns.batch.in_(names)).order_by(columns.batch, columns.position))
     with engine.begin() as connection:
         found = connection.execute(query).all()
     return [({"batch": batch, "position": position, "timestamp": timestamp, "text": text},
-             {"entities": [{"type": t} for t in label.split()], "score": score} if tagger else {"label": label, "score": score}, version)
+             {"counted": read_counted(label, several), "score": score}, version)
             for batch, position, timestamp, text, label, score, version in found]
 
 
-def daily_counts(engine: Engine, pipeline: str, tagger: bool) -> dict[str, tuple[int, Counter]]:
-    """(texts, counts of labels or entity types) per day among all the pipeline's stored predictions."""
+def daily_counts(engine: Engine, pipeline: str, several: bool) -> dict[str, tuple[int, Counter]]:
+    """(texts, counts of what they counted: labels or entity types) per day among all the pipeline's stored
+    predictions; `several` as in `stored_rows`."""
     day = func.substr(PREDICTIONS.c.timestamp, 1, 10)
     query = (select(day, PREDICTIONS.c.label, func.count()).where(PREDICTIONS.c.pipeline == pipeline)
              .group_by(day, PREDICTIONS.c.label).order_by(day))
@@ -333,7 +340,7 @@ def daily_counts(engine: Engine, pipeline: str, tagger: bool) -> dict[str, tuple
     with engine.begin() as connection:
         for date, label, n in connection.execute(query):
             texts, counts = days.get(date, (0, Counter()))
-            for item in (label.split() if tagger else [label]):
+            for item in read_counted(label, several):
                 counts[item] += n
             days[date] = (texts + n, counts)
     return days

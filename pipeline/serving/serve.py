@@ -27,6 +27,7 @@ time, and each pipeline's request model is built inside `create_app` from its la
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import re
 import socket
@@ -45,11 +46,7 @@ from pipeline.monitoring.served import PredictionLog
 from pipeline.params import Params, ServingConfig
 from pipeline.registry import champion_uri, load_registered, parse_model_uri, registered_version
 from pipeline.serving.metrics import Metrics
-from pipeline.tasks import get_task
-from pipeline.tasks.base import Task
-from pipeline.tasks.text_classification import TextClassificationTask
-from pipeline.tasks.token_classification import TokenClassificationTask
-from pipeline.tasks.translation import TranslationTask
+from pipeline.tasks import Task, get_task
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so messages show beside its own
 VERSION_HEADER = "X-Model-Version"  # on every predict answer: the version that made its predictions
@@ -92,64 +89,19 @@ def load_served(task: Task, uri: str, runtime: str) -> Served:
 
 
 # request and response bodies --------------------------------------------------------------------
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class Label(LabelScore):
-    top_k: list[LabelScore] | None = Field(
-        None, description="with top_k in the request: the k most probable labels, most probable first")
-
-
-class Entity(BaseModel):
-    type: str
-    start: int = Field(description="where the entity starts in the text as sent (a character offset)")
-    end: int = Field(description="where it ends, exclusive: text[start:end] is the entity's text")
-    text: str
-    score: float = Field(description="the mean probability of its words' tags")
-
-
-class Entities(BaseModel):
-    entities: list[Entity]
-    score: float = Field(description="the mean probability of the tags of the text's words")
-
-
-class Translation(BaseModel):
-    translation: str
-
-
 class PredictResponse(BaseModel):
-    """Predictions as the task returns them: a task type this module does not know (see TYPES)."""
+    """Predictions in the task type's shape (its `prediction_schema`)."""
 
     model_version: str
     predictions: list[dict[str, Any]]
 
 
-class TextClassificationResponse(PredictResponse):
-    predictions: list[Label]
-
-
-class TokenClassificationResponse(PredictResponse):
-    predictions: list[Entities]
-
-
-class TranslationResponse(PredictResponse):
-    predictions: list[Translation]
-
-
-# Each task type's response body, and an example text for /docs; a subclass (a new task type built on
-# one) is served as its base.
-TYPES: dict[type[Task], tuple[type[PredictResponse], str]] = {
-    TextClassificationTask: (TextClassificationResponse, "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."),
-    TokenClassificationTask: (TokenClassificationResponse, "Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday."),
-    TranslationTask: (TranslationResponse, "Der Umsatz stieg im dritten Quartal."),
-}
-
-
-def response_and_example(task: Task) -> tuple[type[PredictResponse], str]:
-    """The response body of the task's type and an example text for it."""
-    return next((found for kind, found in TYPES.items() if isinstance(task, kind)), (PredictResponse, "A text."))
+@functools.cache
+def response_model(task_class: type[Task]) -> type[PredictResponse]:
+    """The response body of a task type, named after it (TextClassificationTask: TextClassificationResponse);
+    one per type, so pipelines of one type share its schema in /docs."""
+    name = task_class.__name__.removesuffix("Task") + "Response"
+    return create_model(name, __base__=PredictResponse, predictions=(list[task_class.prediction_schema], ...))
 
 
 def as_sent(text: Any, check: ValidatorFunctionWrapHandler) -> Any:
@@ -159,15 +111,12 @@ def as_sent(text: Any, check: ValidatorFunctionWrapHandler) -> Any:
 
 
 def request_model(task: Task, settings: ServingConfig) -> type[BaseModel]:
-    """A pipeline's predict body, with this deployment's limits (and a classifier's top_k up to its number
-    of labels), so they are enforced and shown in /docs."""
+    """A pipeline's predict body, with this deployment's limits and its task type's own fields (a classifier's
+    top_k), so they are enforced and shown in /docs."""
     text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_text_chars),
                      WrapValidator(as_sent)]
     fields: dict[str, Any] = {"texts": (list[text], Field(min_length=1, max_length=settings.max_texts_per_request,
-                                                          examples=[[response_and_example(task)[1]]]))}
-    if isinstance(task, TextClassificationTask):
-        fields["top_k"] = (int | None, Field(None, ge=1, le=len(task.labels),
-                                             description=f"also answer the k most probable labels (1..{len(task.labels)})"))
+                                                          examples=[[task.example_text]])), **task.request_fields()}
     name = "".join(part.capitalize() for part in re.split("[-_]", task.pipeline))  # the schema's name in /docs
     return create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -219,7 +168,7 @@ class Pending:
     """One request's texts, and the future its predictions are delivered to."""
 
     texts: list[str]
-    top_k: int  # a classifier's: how many of the most probable labels to answer as well (0: none)
+    options: dict[str, Any]  # the request's fields of the task type's `request_fields` (e.g. top_k), set on each text
     result: asyncio.Future
 
 
@@ -252,10 +201,10 @@ class Service:
         served = self.served
         return f"{served.name} v{served.version} ({self.uri}) with {served.runtime}"
 
-    async def predict(self, texts: list[str], top_k: int = 0) -> tuple[str, list[dict]]:
-        """(model version, predictions) for texts, scored together with whatever else is queued; with top_k
-        (a classifier's), each prediction also has the top_k most probable labels."""
-        pending = Pending(texts, top_k, asyncio.get_running_loop().create_future())
+    async def predict(self, texts: list[str], options: dict[str, Any] | None = None) -> tuple[str, list[dict]]:
+        """(model version, predictions) for texts, scored together with whatever else is queued; `options`
+        (a request's fields beside texts, e.g. a classifier's top_k) go with each of its texts."""
+        pending = Pending(texts, options or {}, asyncio.get_running_loop().create_future())
         await self.queue.put(pending)
         return await pending.result
 
@@ -285,12 +234,10 @@ class Service:
         while True:
             batch = await self.next_batch()
             served = self.served  # this batch finishes on this model even if a swap happens meanwhile
-            examples = [{"text": text} for pending in batch for text in pending.texts]
+            examples = [{"text": text, **pending.options} for pending in batch for text in pending.texts]
             self.observe_batch(len(examples))
-            top_k = max(pending.top_k for pending in batch)  # ranks enough labels for every request in the batch
-            options = {"top_k": top_k} if top_k else {}
             try:
-                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples, **options)
+                predictions = await asyncio.to_thread(self.task.predict, served.model, served.tokenizer, examples)
             except Exception as exc:  # fail these requests, keep serving the next ones
                 log.exception("prediction failed")
                 for pending in batch:
@@ -301,11 +248,9 @@ class Service:
             for pending in batch:
                 if not pending.result.done():  # done already: the client went away
                     answers = predictions[start : start + len(pending.texts)]
-                    if top_k:  # each request keeps as many ranked labels as it asked for (none: left out)
-                        answers = [{**answer, "top_k": answer["top_k"][: pending.top_k] or None} for answer in answers]
                     pending.result.set_result((served.version, answers))
-                    if self.log:
-                        self.log.offer(self.task.pipeline, served.version, pending.texts, answers)
+                    if self.log and self.task.counts:  # the monitor reads what its predictions count (none: not monitored)
+                        self.log.offer(self.task.pipeline, served.version, pending.texts, [self.task.observation(a) for a in answers])
                 start += len(pending.texts)
 
     async def reload(self) -> bool:
@@ -407,7 +352,7 @@ async def json_only(request: Request) -> None:
 
 def add_predict_route(app: FastAPI, path: str, service: Service, body: type[BaseModel]) -> None:
     """POST `path`: the service's predictions for a request of model `body`, in its task type's response."""
-    response = response_and_example(service.task)[0]
+    response = response_model(type(service.task))
 
     @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True,
               summary=f"Predict with {service.task.pipeline} ({service.uri})")
@@ -417,7 +362,7 @@ def add_predict_route(app: FastAPI, path: str, service: Service, body: type[Base
         if service.served is None:
             raise HTTPException(503, f"{service.task.pipeline} has no model yet: nothing at {service.uri}; it is served "
                                      "once one is registered")
-        version, predictions = await service.predict(request.texts, getattr(request, "top_k", None) or 0)  # a classifier's
+        version, predictions = await service.predict(request.texts, request.model_dump(exclude={"texts"}, exclude_none=True))
         answer.headers[VERSION_HEADER] = version
         return response(model_version=version, predictions=predictions)
 

@@ -12,7 +12,7 @@ from pipeline.augmentation import BACK_TRANSLATION
 from pipeline.params import AugmentConfig, Params
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_records
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 
 def run(task: Task, params: Params, paths: PipelinePaths) -> int:
@@ -40,7 +40,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> int:
 def back_translate(task: Task, train: list[Record], settings: AugmentConfig) -> list[Record]:
     """A paraphrase of each row's text: translated into the pivot language and back (new texts only)."""
     from pipeline.registry import load_translator
-    from pipeline.tasks.translation import translate
+    from pipeline.seq2seq import translate
 
     models = settings.back_translation  # set: check_augment made sure
     texts = [example["text"] for example in train]

@@ -20,7 +20,7 @@ from pipeline.params import Params, section_hash
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.readers import batch_files, file_sha256, read_batch
 from pipeline.records import Record, load_records, save_json, save_records
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 
 def run(task: Task, params: Params, paths: PipelinePaths) -> dict:

@@ -11,7 +11,7 @@ from pipeline.models import use_all_cores
 from pipeline.params import Params
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 EVAL_SPLITS = ("val", "test")
 MLFLOW_REFUSES = re.compile(r"[^\w\-. :/]")  # characters MLflow refuses in a metric name, e.g. the '?' of a label

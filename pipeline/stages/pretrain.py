@@ -19,7 +19,7 @@ from pipeline.models import check_max_length, pretrained_kwargs, resolve_model, 
 from pipeline.params import Params, PretrainConfig
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import load_records, save_json
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 HELD_OUT = 0.05  # share of the texts kept aside to measure masked-LM loss before and after
 

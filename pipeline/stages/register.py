@@ -25,7 +25,7 @@ from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json
 from pipeline.registry import CHALLENGER, CHAMPION, champion_version, load_registered, promotion_lock
 from pipeline.significance import PairedTest, paired_bootstrap
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 from pipeline.techniques import adapters
 
 NO_EXPORT = {"kept": False, "precision": None, "reason": "registry.onnx is null"}

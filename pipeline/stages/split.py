@@ -13,7 +13,7 @@ from pipeline.errors import DataError
 from pipeline.params import SPLIT_NAMES, Params, SplitConfig
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import load_records, save_records
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 
 def assign_split(key: str, ratios: SplitConfig) -> str:

@@ -22,7 +22,7 @@ from pipeline.params import Params, TaskConfig, section_hash
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.records import Record, load_json, load_records, save_json
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 from pipeline.techniques import adapters
 from pipeline.techniques.distillation import check_vocabularies, distilling
 from pipeline.techniques.layer_decay import with_layer_decay

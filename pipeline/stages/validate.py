@@ -20,7 +20,7 @@ from pipeline.errors import ValidationError
 from pipeline.params import Params
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.records import Record, load_records, save_json, save_records
-from pipeline.tasks.base import Task
+from pipeline.tasks import Task
 
 MOST_COMMON = 3  # reasons named in the message that stops a run with too many rejects
 

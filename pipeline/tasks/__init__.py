@@ -35,4 +35,4 @@ def get_task(pipeline: str, config: TaskConfig) -> Task:
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """params.yaml (or `path`), each pipeline's section read into its task type's config class."""
-    return read_params(Path(path), {kind: task_class(kind).config_class for kind in TASK_TYPES}, IMPLIED_TYPES)
+    return read_params(Path(path), {kind: task_class(kind) for kind in TASK_TYPES}, IMPLIED_TYPES)

@@ -1,6 +1,8 @@
-"""What differs between tasks: reading rows, checking them, tokenising, the model head, metrics.
+"""What differs between task types: reading rows, checking them, tokenising, the model head, metrics,
+what a prediction looks like (served, counted by the monitor, ranked for labelling).
 
-The stages are written against this interface only; a new task is one module implementing it.
+The stages, serving, the monitor and active learning are written against this interface only; a new
+task type is one module implementing it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 import re
 import unicodedata
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +79,26 @@ def label_lookup(labels: list[str], label_map: dict[str, str]) -> dict[str, str]
     return {**declared, **{label_key(source): declared[label_key(target)] for source, target in label_map.items()}}
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a task type's predictions count, for the monitor and for ranking texts to label (`Task.observation`
+    reads them from a prediction)."""
+
+    noun: str  # one of them in words (plots, reports): "predicted label", "entity type"
+    shift: str  # the name of the monitor's chi-square on them (reports, MLflow): label_shift, entity_types
+    several: bool  # a text has any number of them (stored space-separated), not exactly one
+
+
 class Task(ABC):
     primary_metric: str  # the validation metric that early stopping and promotion use
     transformers_task: str | None  # the transformers pipeline task, for MLflow's transformers flavour (None: a pyfunc model)
     config_class: type[TaskConfig]  # the dataclass its params.yaml section is read into (its module defines it)
     exports_onnx: bool = False  # registry.onnx: its model can run as an ONNX Runtime text classifier (pipeline/techniques/export.py)
+    counts: Counts | None = None  # what its predictions count (None: nothing, so the monitor cannot watch it)
+    class_distribution: bool = False  # `class_probabilities` gives one per text (active learning's uncertainty and diversity)
+    finds_entities: bool = False  # its predictions list `entities` (type, start, end, text): monitoring.entities.tagger can be one
+    example_text: str = "A text."  # the example request of its serving route in /docs
+    prediction_schema: Any = dict[str, Any]  # one prediction's shape in its serving route's answer (a pydantic model)
 
     def __init__(self, pipeline: str, config: TaskConfig):
         self.pipeline = pipeline  # the pipeline it serves: its params section, files, DVC stages (train@NAME), messages
@@ -188,8 +206,12 @@ class Task(ABC):
         return example["text"]
 
     def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
-        """(probabilities [texts, classes], embeddings [texts, hidden]) for active learning."""
-        raise ConfigError(f"active learning needs one class distribution per text: the {self.pipeline} task has none")
+        """(probabilities [texts, classes], embeddings [texts, hidden]) for active learning (class_distribution)."""
+        raise ConfigError(f"active learning needs one class distribution per text: the {self.pipeline} pipeline has none")
+
+    def pool_column(self) -> str:
+        """The column of an unlabelled pool file (`finetune select`) that holds the texts."""
+        return self.config.data.text_column
 
     def training_model(self, model: Any) -> Any:
         """The module the Trainer optimises (the model itself, or the model inside extra layers)."""
@@ -223,7 +245,19 @@ class Task(ABC):
 
     @abstractmethod
     def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
-        """Predictions for examples, in their order."""
+        """Predictions for examples, in their order. A served example also holds its request's fields of
+        `request_fields` (e.g. a classifier's top_k)."""
+
+    def request_fields(self) -> dict[str, tuple[Any, Any]]:
+        """The fields a serving request may have beside `texts`, as pydantic field definitions (type, Field);
+        each is handed to `predict` on every example of the request."""
+        return {}
+
+    def observation(self, prediction: Record) -> Record:
+        """What the monitor and active learning read in a prediction: `counted`, the list of what it counts
+        (see `counts`), and `score`, its confidence."""
+        raise ConfigError(f"the {self.pipeline} pipeline's predictions count no labels or entity types: the monitor "
+                          "and active learning cannot read them")
 
     @abstractmethod
     def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:

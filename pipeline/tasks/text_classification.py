@@ -1,4 +1,5 @@
-"""Financial sentiment: one label (negative / neutral / positive) per text."""
+"""Text classification: one label per text (financial sentiment's negative / neutral / positive, a bank's
+customer-service intents)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import BaseModel, Field
+
 from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
 from pipeline.params import DataConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.base import Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
+from pipeline.tasks.base import Counts, Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
 
 TOP_CONFUSIONS = 10  # the most frequent mistakes listed in the metrics and on a large confusion plot
 
@@ -22,6 +25,18 @@ def top_confusions(actual: list[str], predicted: list[str], k: int = TOP_CONFUSI
     pairs = Counter((a, p) for a, p in zip(actual, predicted) if a != p)
     ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
     return [{"actual": a, "predicted": p, "count": count} for (a, p), count in ranked[:k]]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Label(LabelScore):
+    """One served prediction."""
+
+    top_k: list[LabelScore] | None = Field(
+        None, description="with top_k in the request: the k most probable labels, most probable first")
 
 
 @dataclass
@@ -52,6 +67,10 @@ class TextClassificationTask(Task):
     transformers_task = "text-classification"
     config_class = TextClassificationConfig
     exports_onnx = True
+    counts = Counts(noun="predicted label", shift="label_shift", several=False)
+    class_distribution = True
+    example_text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
+    prediction_schema = Label
     config: TextClassificationConfig
 
     def __init__(self, name: str, config: TextClassificationConfig):
@@ -144,17 +163,26 @@ class TextClassificationTask(Task):
             "f1_macro": float(f1_score(gold, predicted, average="macro", labels=range(len(self.labels)))),
         }
 
-    def predict(self, model: Any, tokenizer: Any, examples: list[Record], top_k: int = 0) -> list[Record]:
-        """Each example's most probable label and its probability; with top_k, also `top_k`: the k most
-        probable labels with theirs, most probable first (serving answers a request's top_k from it)."""
+    def predict(self, model: Any, tokenizer: Any, examples: list[Record]) -> list[Record]:
+        """Each example's most probable label and its probability; for an example with `top_k` (a served
+        request's), also `top_k`: its k most probable labels with theirs, most probable first."""
         probabilities, _ = self.class_probabilities(model, tokenizer, examples)
         id2label = model.config.id2label
         ranks = (-probabilities).argsort(axis=1, kind="stable")  # most probable first; a tie in label order, as argmax
         predictions = []
-        for row, order in zip(probabilities, ranks):
+        for example, row, order in zip(examples, probabilities, ranks):
+            top_k = example.get("top_k") or 0
             ranked = [{"label": id2label[int(i)], "score": float(row[i])} for i in order[: max(top_k, 1)]]
             predictions.append({**ranked[0], "top_k": ranked} if top_k else ranked[0])
         return predictions
+
+    def request_fields(self) -> dict[str, tuple[Any, Any]]:
+        """top_k: also answer the k most probable labels, up to the number of labels."""
+        return {"top_k": (int | None, Field(None, ge=1, le=len(self.labels),
+                                            description=f"also answer the k most probable labels (1..{len(self.labels)})"))}
+
+    def observation(self, prediction: Record) -> Record:
+        return {"counted": [prediction["label"]], "score": prediction["score"]}
 
     def class_probabilities(self, model: Any, tokenizer: Any, examples: list[Record]) -> tuple[Any, Any]:
         import numpy as np

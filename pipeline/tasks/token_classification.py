@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from pydantic import BaseModel, Field
+
 from pipeline.augmentation import augment_words
 from pipeline.errors import ConfigError
 from pipeline.models import IGNORED, batched_by_length
 from pipeline.params import DataConfig, ModelConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.base import Task, label_key, label_lookup, normalise_text, plain
+from pipeline.tasks.base import Counts, Task, label_key, label_lookup, normalise_text, plain
 from pipeline.techniques.adapters import MERGEABLE
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
@@ -31,6 +33,21 @@ CASE_MARK = "^"
 # Tag prefixes as IOB2 writes them: BIOES/IOBES's S- (single) and E- (end), BILOU's U- and L-.
 IOB2_PREFIX = {"B": "B", "I": "I", "S": "B", "E": "I", "U": "B", "L": "I"}
 PREFIXED_TAG = re.compile(r"(?P<prefix>[A-Za-z])-(?P<kind>.+)")
+
+
+class Entity(BaseModel):
+    type: str
+    start: int = Field(description="where the entity starts in the text as sent (a character offset)")
+    end: int = Field(description="where it ends, exclusive: text[start:end] is the entity's text")
+    text: str
+    score: float = Field(description="the mean probability of its words' tags")
+
+
+class Entities(BaseModel):
+    """One served prediction."""
+
+    entities: list[Entity]
+    score: float = Field(description="the mean probability of the tags of the text's words")
 
 
 def entities(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -113,6 +130,10 @@ class TokenClassificationTask(Task):
     primary_metric = "f1"
     transformers_task = "token-classification"
     config_class = TokenClassificationConfig
+    counts = Counts(noun="entity type", shift="entity_types", several=True)
+    finds_entities = True
+    example_text = "Anna Berg, chief executive of Norvik Bank, said in Oslo on Monday."
+    prediction_schema = Entities
     config: TokenClassificationConfig
 
     def __init__(self, name: str, config: TokenClassificationConfig):
@@ -417,6 +438,13 @@ class TokenClassificationTask(Task):
             image, title=f"{self.pipeline}: entity types ({split}; '{NO_ENTITY}' = missed or spurious)",
         )
         return [image]
+
+    def observation(self, prediction: Record) -> Record:
+        """The types of the entities found, in order; the confidence is the mean of the word tags'."""
+        return {"counted": [e["type"] for e in prediction["entities"]], "score": prediction["score"]}
+
+    def pool_column(self) -> str:
+        return "text"  # raw sentences: the data column holds tokens
 
     def format_prediction(self, text: str, prediction: Record) -> str:
         lines = [f"  {e['type']}\t{e['start']}-{e['end']}\t{e['text']}" for e in prediction["entities"]]

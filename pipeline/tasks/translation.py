@@ -9,35 +9,29 @@ the bundled MiniLM, an encoder only: it is warm-started as both encoder and deco
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import BaseModel
+
 from pipeline.augmentation import BACK_TRANSLATION, augment_words
 from pipeline.errors import ConfigError
-from pipeline.models import batched_by_length, pretrained_kwargs
+from pipeline.models import pretrained_kwargs
 from pipeline.params import ModelConfig, SourceConfig, TaskConfig, at_least, fraction
 from pipeline.readers import read_source
 from pipeline.records import Record
+from pipeline.seq2seq import decode, translate
 from pipeline.tasks.base import Task, cell_problems, cell_text, normalise_text
 
 SAMPLE_ROWS = 25  # translations per split in the MLflow table
 LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 10_000))  # source words, for the BLEU-by-length plot
 
-# WordPiece decoding puts spaces around every punctuation mark: "a woman ' s t - shirt".
-_CLITIC = re.compile(r"(\w) ' (s|t|re|ve|ll|d|m)\b")
-_HYPHEN = re.compile(r"(\w) - (?=\w)")
 
+class Translation(BaseModel):
+    """One served prediction."""
 
-def detokenize(text: str) -> str:
-    """Undo the spaces WordPiece decoding puts inside words ("woman ' s" -> "woman's", "t - shirt" -> "t-shirt")."""
-    return _HYPHEN.sub(r"\1-", _CLITIC.sub(r"\1'\2", text))
-
-
-def decode(tokenizer: Any, ids: Any) -> list[str]:
-    """Texts of generated (or label) ids, special tokens dropped and WordPiece spacing undone."""
-    return [detokenize(t.strip()) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    translation: str
 
 
 def bleu_metric(lowercase: bool) -> Any:
@@ -57,35 +51,6 @@ def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool)
         "chrf": chrf.corpus_score(hypotheses, [references]).score,
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
     }
-
-
-def translate(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> list[str]:
-    """Translate texts with the model's generation settings, batched by length; in input order."""
-    import torch
-
-    model.eval()
-    batches_done = 0
-
-    def run_batch(indices: list[int]) -> list[str]:
-        nonlocal batches_done
-        batch = tokenizer(
-            [texts[i] for i in indices], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        with torch.inference_mode():
-            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        batches_done += 1
-        if batches_done % 10 == 0:  # long jobs (evaluation, back-translation) show progress
-            print(f"  translated {min(batches_done * batch_size, len(texts))}/{len(texts)}", flush=True)
-        return decode(tokenizer, output)
-
-    return batched_by_length([len(t) for t in texts], batch_size, run_batch)
-
-
-def load_seq2seq(path: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a sequence-to-sequence model folder (Marian, T5, mBART), e.g. for back-translation."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    return AutoModelForSeq2SeqLM.from_pretrained(path, **pretrained_kwargs()), AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
 
 
 @dataclass
@@ -129,6 +94,8 @@ class TranslationTask(Task):
     primary_metric = "bleu"
     transformers_task = None  # transformers 5 has no translation pipeline, so MLflow gets a pyfunc model
     config_class = TranslationConfig
+    example_text = "Der Umsatz stieg im dritten Quartal."
+    prediction_schema = Translation
     config: TranslationConfig
 
     @property

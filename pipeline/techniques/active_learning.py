@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.decoding import decode
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.readers import read_source, spreadsheet_safe
 from pipeline.records import Record
 
@@ -78,12 +78,14 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
 
 
 def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str, k: int, diversity: float, seed: int) -> list[Record]:
-    """The k texts to label next, with the model's guess, its confidence and the uncertainty score.
-    Token classification has no one class distribution per text: its sentences go least confident first."""
-    if task.transformers_task == "token-classification":
-        predictions = task.predict(model, tokenizer, [{"text": t} for t in texts])
-        guesses = [" ".join(e["type"] for e in p["entities"]) for p in predictions]
-        return least_confident(texts, guesses, [p["score"] for p in predictions], k)
+    """The k texts to label next, with the model's guess, its confidence and the uncertainty score. A task
+    type with no class distribution per text (token classification) has its texts go least confident first."""
+    if not task.class_distribution:
+        if task.counts is None:
+            raise ConfigError(f"active learning ranks texts by a class distribution or by the confidence of what their predictions "
+                              f"count: the {task.pipeline} pipeline's predictions have neither")
+        observed = [task.observation(p) for p in task.predict(model, tokenizer, [{"text": t} for t in texts])]
+        return least_confident(texts, [" ".join(o["counted"]) for o in observed], [o["score"] for o in observed], k)
     probabilities, embeddings = task.class_probabilities(model, tokenizer, [{"text": t} for t in texts])
     scores = uncertainty(probabilities, strategy, seed)
     id2label = model.config.id2label
