@@ -222,7 +222,7 @@ def served_answers_round_trip(location: str) -> None:
     log = served.PredictionLog(location, "sentiment", ["sentiment", "ner"], share=1.0, capacity=100)
     log.offer("sentiment", "3", ["Profit rose", "Loss widened"], [{"counted": ["positive"], "score": 0.9}, {"counted": ["negative"], "score": 0.8}])
     log.offer("ner", "1", ["Anna Berg joined Norvik Bank"], [{"counted": ["PER", "ORG"], "score": 0.7}])
-    log.offer("translation", "2", ["Guten Tag"], [{"translation": "Good day"}])  # not monitored: not logged
+    log.offer("translation", "2", ["Guten Tag"], [{"counted": [], "score": 1.0}])  # not monitored: not logged
     log.start()
     engine = open_store(location, "sentiment")
     deadline = time.monotonic() + 30

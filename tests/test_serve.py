@@ -173,9 +173,9 @@ def test_every_answer_is_logged_to_the_prediction_store_once(registry, tmp_path)
             answers.update((text, (p["label"], p["score"], body["model_version"])) for text, p in zip(texts[start : start + 4], body["predictions"]))
     # The server stopped: what it answered is written, and its batch handed over to the monitor.
     engine = open_store(str(tmp_path / "served.db"), "sentiment")
-    logged = stored_rows(engine, "sentiment", new_served(engine, "sentiment"), tagger=False)
+    logged = stored_rows(engine, "sentiment", new_served(engine, "sentiment"), several=False)
     assert len(logged) == len(texts)
-    assert {row["text"]: (p["label"], pytest.approx(p["score"]), version) for row, p, version in logged} == answers
+    assert {row["text"]: (p["counted"][0], pytest.approx(p["score"]), version) for row, p, version in logged} == answers
 
 
 @pytest.mark.parametrize(
