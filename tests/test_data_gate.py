@@ -160,6 +160,23 @@ def test_translation_every_failing_row_is_quarantined_at_scale(workspace, tiny_m
     planted(reasons, bad)
 
 
+def test_an_expectation_kind_without_a_row_check_is_refused_in_one_line_before_any_row_is_judged(workspace, tiny_model, capsys,
+                                                                                                   monkeypatch):
+    import great_expectations as gx
+
+    from pipeline.tasks import task_class
+
+    sentiment = task_class("text_classification")
+    suite = sentiment.expectations
+    monkeypatch.setattr(sentiment, "expectations", lambda self: [*suite(self), gx.expectations.ExpectColumnValuesToMatchRegex(
+        column="text", regex="[a-z]")])
+    code, printed = validate("sentiment", capsys)
+    assert code != 0 and not Path(PipelinePaths("sentiment").clean).exists()
+    assert ("validate[sentiment]: the text_classification task type expects expect_column_values_to_match_regex on 'text', "
+            "which has no row check: use one of expect_column_values_to_be_null, ") in printed
+    assert "Traceback" not in printed
+
+
 # labels as published ------------------------------------------------------------------------------
 def test_labels_match_ignoring_case_and_spaces(workspace, tiny_model, capsys):
     rows = make_rows(300)

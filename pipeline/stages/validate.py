@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.errors import ValidationError
 from pipeline.params import Params
@@ -70,82 +71,85 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
 
 
 # row verdicts -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowCheck:
+    """How one kind of GX row expectation is read row by row, from its kwargs: its label (what its failures are
+    counted under), the rows that fail it (as GX counts them: a missing value fails only the null checks) and
+    why one row failed (default: the label)."""
+
+    label: Callable[[dict], str]
+    failing: Callable[[Any, dict], Any]  # (the column's values, kwargs) -> a boolean Series
+    reason: Callable[[Task, dict, Any], str] | None = None  # (task, kwargs, the failing value) -> why
+
+
+def listed(values: list) -> str:
+    return ", ".join(map(str, values))
+
+
+def outside(values: Any, measure: Callable[[Any], Any], kwargs: dict) -> Any:
+    """The present values whose measure (length, number) lies outside min_value..max_value."""
+    measured = measure(values[values.notna()])
+    return ((measured < kwargs["min_value"]) | (measured > kwargs["max_value"])).reindex(values.index, fill_value=False)
+
+
+ROW_CHECKS = {  # every kind of expectation a task type may return from `expectations()`
+    "expect_column_values_to_be_null": RowCheck(  # a check column that holds each row's problem (e.g. cell_problem)
+        label=lambda k: k["column"],
+        failing=lambda values, k: values.notna(),
+        reason=lambda task, k, value: str(value)),
+    "expect_column_values_to_not_be_null": RowCheck(
+        label=lambda k: f"{k['column']} is missing",
+        failing=lambda values, k: values.isna()),
+    "expect_column_values_to_be_in_set": RowCheck(
+        label=lambda k: f"{k['column']} not in [{listed(k['value_set'])}]",
+        failing=lambda values, k: values.notna() & ~values.isin(k["value_set"]),
+        reason=lambda task, k, value: f"{k['column']} {value!r} not in [{listed(k['value_set'])}] ({task.unknown_label_hint})"),
+    "expect_column_value_lengths_to_be_between": RowCheck(
+        label=lambda k: f"{k['column']} length outside {k['min_value']}..{k['max_value']} characters",
+        failing=lambda values, k: outside(values, lambda present: present.str.len(), k)),
+    "expect_column_values_to_be_between": RowCheck(
+        label=lambda k: f"{k['column']} outside {k['min_value']:g}..{k['max_value']:g}",
+        failing=lambda values, k: outside(values, lambda present: present.astype(float), k),
+        reason=lambda task, k, value: f"{k['column']} {value:g} outside {k['min_value']:g}..{k['max_value']:g}"),
+}
+
+
+def row_check(task: Task, expectation: Any) -> RowCheck:
+    """The row check of an expectation (its configuration); a kind without one is refused before any data is checked."""
+    if expectation.type not in ROW_CHECKS:
+        raise ValidationError(f"validate[{task.pipeline}]: the {task.config.type} task type expects {expectation.type} on "
+                              f"'{expectation.kwargs.get('column')}', which has no row check: use one of {listed(ROW_CHECKS)}, "
+                              "or add its label, failing rows and reason to ROW_CHECKS in pipeline/stages/validate.py")
+    return ROW_CHECKS[expectation.type]
+
+
 def row_failures(task: Task, examples: list[Record], docs_dir: Path) -> tuple[dict[int, list[tuple[str, str]]], dict]:
     """Every failing row's (check, reason) pairs, by row index, and the GX result of the same suite."""
     import pandas as pd
 
-    frame = pd.DataFrame([{**e, **task.check_columns(e)} for e in examples], index=range(len(examples)))
     suite = task.expectations()
     expectations = [e.configuration for e in suite]  # the type and kwargs of each
-    failing = [failing_rows(e, frame) for e in expectations]
+    checks = [row_check(task, e) for e in expectations]
+    frame = pd.DataFrame([{**e, **task.check_columns(e)} for e in examples], index=range(len(examples)))
+    failing = [check.failing(frame[e.kwargs["column"]], e.kwargs) for check, e in zip(checks, expectations)]
     gx_summary = run_suite(task, suite, frame, docs_dir)
-    check_agreement(expectations, failing, gx_summary)
+    check_agreement(expectations, [check.label(e.kwargs) for check, e in zip(checks, expectations)], failing, gx_summary)
     failures: dict[int, list[tuple[str, str]]] = {}
-    for expectation, rows in zip(expectations, failing):
-        column = expectation.kwargs["column"]
+    for check, expectation, rows in zip(checks, expectations, failing):
+        kwargs, label = expectation.kwargs, check.label(expectation.kwargs)
         for index in rows[rows].index:
-            failures.setdefault(int(index), []).append((kind(expectation), row_reason(task, expectation, frame.at[index, column])))
+            reason = check.reason(task, kwargs, frame.at[index, kwargs["column"]]) if check.reason else label
+            failures.setdefault(int(index), []).append((label, reason))
     return failures, gx_summary
 
 
-def kind(expectation: Any) -> str:
-    """What an expectation (its configuration) checks, in words: the key its failures are counted under."""
-    kwargs = expectation.kwargs
-    column = kwargs["column"]
-    if expectation.type == "expect_column_values_to_be_null":  # a check column that holds each row's problem
-        return column
-    if expectation.type == "expect_column_values_to_not_be_null":
-        return f"{column} is missing"
-    if expectation.type == "expect_column_values_to_be_in_set":
-        return f"{column} not in [{', '.join(map(str, kwargs['value_set']))}]"
-    if expectation.type == "expect_column_value_lengths_to_be_between":
-        return f"{column} length outside {kwargs['min_value']}..{kwargs['max_value']} characters"
-    if expectation.type == "expect_column_values_to_be_between":
-        return f"{column} outside {kwargs['min_value']:g}..{kwargs['max_value']:g}"
-    raise TypeError(f"validate: no row verdict for {expectation.type}")
-
-
-def failing_rows(expectation: Any, frame: Any) -> Any:
-    """A boolean Series: which rows fail the expectation, with GX's meaning (nulls fail only the null checks)."""
-    kwargs = expectation.kwargs
-    values = frame[kwargs["column"]]
-    present = values.notna()
-    if expectation.type == "expect_column_values_to_be_null":
-        return present
-    if expectation.type == "expect_column_values_to_not_be_null":
-        return ~present
-    if expectation.type == "expect_column_values_to_be_in_set":
-        return present & ~values.isin(kwargs["value_set"])
-    if expectation.type == "expect_column_value_lengths_to_be_between":
-        lengths = values[present].str.len()
-        outside = (lengths < kwargs["min_value"]) | (lengths > kwargs["max_value"])
-        return outside.reindex(frame.index, fill_value=False)
-    if expectation.type == "expect_column_values_to_be_between":
-        numbers = values[present].astype(float)
-        outside = (numbers < kwargs["min_value"]) | (numbers > kwargs["max_value"])
-        return outside.reindex(frame.index, fill_value=False)
-    raise TypeError(f"validate: no row verdict for {expectation.type}")
-
-
-def row_reason(task: Task, expectation: Any, value: object) -> str:
-    """Why one row failed: the check, and the value that failed it where that helps."""
-    kwargs = expectation.kwargs
-    if expectation.type == "expect_column_values_to_be_null":
-        return str(value)
-    if expectation.type == "expect_column_values_to_be_in_set":
-        return f"{kwargs['column']} {value!r} not in [{', '.join(map(str, kwargs['value_set']))}] ({task.unknown_label_hint})"
-    if expectation.type == "expect_column_values_to_be_between":
-        return f"{kwargs['column']} {value:g} outside {kwargs['min_value']:g}..{kwargs['max_value']:g}"
-    return kind(expectation)
-
-
-def check_agreement(expectations: list[Any], failing: list[Any], gx_result: dict) -> None:
+def check_agreement(expectations: list[Any], labels: list[str], failing: list[Any], gx_result: dict) -> None:
     """Each expectation's failure count must equal GX's unexpected_count: two readings of one suite."""
     outcomes = {(o["expectation_type"], o["kwargs"]["column"]): o["result"] for o in gx_result["expectations"]}
-    for expectation, rows in zip(expectations, failing):
+    for expectation, label, rows in zip(expectations, labels, failing):
         counted = outcomes[(expectation.type, expectation.kwargs["column"])].get("unexpected_count")
         if counted is not None and counted != int(rows.sum()):
-            raise RuntimeError(f"validate: '{kind(expectation)}' fails {int(rows.sum())} rows here but {counted} in Great Expectations")
+            raise RuntimeError(f"validate: '{label}' fails {int(rows.sum())} rows here but {counted} in Great Expectations")
 
 
 def too_many_rejects(raw: list[Record], failures: dict[int, list[tuple[str, str]]], task: Task, limit: float, paths: PipelinePaths) -> str:
