@@ -28,7 +28,8 @@ class PipelinePaths:
     pipeline: str
 
     def inputs(self, stage: str) -> list[Path]:
-        """What a stage reads that an earlier stage writes (dvc.yaml's deps of it)."""
+        """What a stage always reads that an earlier stage writes: dvc.yaml's deps of it (tests/test_architecture.py
+        checks they agree; train's models/<pipeline>-pretrained is read only with pretrain.enabled)."""
         return {
             "validate": [self.raw],
             "split": [self.clean],
@@ -36,14 +37,14 @@ class PipelinePaths:
             "pretrain": [self.split("train")],
             "train": [self.augmented_train, self.split("val")],
             "evaluate": [self.model_dir, self.split("val"), self.split("test")],
-            "register": [self.model_dir, self.metrics, self.split("val")],
+            "register": [self.model_dir, self.val_predictions, self.split("val")],
         }.get(stage, [])
 
     def writer(self, path: Path) -> str:
         """The stage that writes `path`, one of the stages' inputs."""
         return {
             self.raw: "collect", self.clean: "validate", self.augmented_train: "augment", self.model_dir: "train",
-            self.metrics: "evaluate", **{self.split(name): "split" for name in ("train", "val", "test")},
+            self.val_predictions: "evaluate", **{self.split(name): "split" for name in ("train", "val", "test")},
         }[path]
 
     @property

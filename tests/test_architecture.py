@@ -171,3 +171,28 @@ def test_a_task_type_with_its_own_predictions_is_served_monitored_and_ranked_as_
     scores = {t: p["score"] for t, p in zip(texts, task.predict(model, tokenizer, [{"text": t} for t in texts]))}
     assert [row["text"] for row in queue] == sorted(texts, key=scores.get)[:2]  # least confident first, by its own score
     assert all(set(row["predicted_label"].split()) <= {"earnings", "jobs", "markets"} for row in queue)
+
+
+def test_each_stage_requires_what_dvc_yaml_says_it_depends_on():
+    """PipelinePaths.inputs (what `finetune stage` requires before it runs a stage) and dvc.yaml's deps of each
+    stage written by an earlier stage are one fact in two places: they must agree, and `writer` must name the
+    stage whose outputs hold each input."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    paths = PipelinePaths("sentiment")
+
+    def listed(stage: str, *keys: str) -> list[Path]:
+        entries = [entry for key in keys for entry in stages[stage]["do"].get(key, [])]
+        return [Path((next(iter(e)) if isinstance(e, dict) else e).replace("${item}", "sentiment")) for e in entries]
+
+    written = {path: stage for stage in STAGES for path in listed(stage, "outs", "metrics", "plots")}
+
+    def writer(path: Path) -> str | None:
+        return next((stage for out, stage in written.items() if path == out or out in path.parents), None)
+
+    only_sometimes = {"train": {paths.pretrained}}  # read with pretrain.enabled only; DVC tracks it always
+    for stage in STAGES:
+        from_stages = {dep for dep in listed(stage, "deps") if writer(dep)}
+        assert set(paths.inputs(stage)) == from_stages - only_sometimes.get(stage, set()), stage
+        assert all(paths.writer(path) == writer(path) for path in paths.inputs(stage)), stage
