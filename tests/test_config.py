@@ -98,3 +98,16 @@ def test_params_and_flags_under_their_old_names_still_work_with_one_line_each(tm
     assert build_parser().parse_args(["predict", "--task", "ner", "Nokia"]).pipeline == "ner"
     assert capsys.readouterr().err == "warning: --task is now called --pipeline: write --pipeline ner (the old flag is read for now)\n"
     assert build_parser().parse_args(["predict", "--pipeline", "ner", "Nokia"]).pipeline == "ner" and capsys.readouterr().err == ""
+
+
+def test_the_key_reference_in_the_docs_is_made_from_the_config_classes_and_says_what_every_key_does():
+    """docs/configuration.md's key reference is what `python -m pipeline.keys` makes now: a default changed
+    in a config class, or a comment beside a field, changes the page (run it), and every key has a meaning."""
+    from pipeline import keys
+
+    page = (ROOT / keys.PAGE).read_text(encoding="utf-8")
+    assert keys.current(page) == page, "docs/configuration.md's key reference is out of date: run `python -m pipeline.keys`"
+    rows = [line for line in keys.reference().splitlines() if line.startswith("| `")]
+    assert len(rows) > 100 and not [row for row in rows if row.endswith("|  |")], "a field without a comment beside it"
+    train = {row.split(" | ")[0]: row.split(" | ")[1] for row in rows if row.startswith("| `<pipeline>.train.")}
+    assert train["| `<pipeline>.train.epochs`"] == "`3.0`" and train["| `<pipeline>.train.precision`"] == "`fp32`"  # the classes', not params.yaml's

@@ -151,8 +151,8 @@ def test_generation_settings_from_params_are_honoured(tiny_model):
     assert model.generation_config.num_beams == 3 and model.generation_config.max_new_tokens == 2
     assert model.generation_config.decoder_start_token_id == tokenizer.cls_token_id
     predictions = task.predict(model, tokenizer, [{"text": "Die Bank meldete einen Verlust."}, {"text": "Danke."}])
-    for prediction in predictions:  # at most two word pieces, however untrained the model
-        assert len(tokenizer.tokenize(prediction["translation"])) <= 2
+    for prediction in predictions:  # two word pieces at most, so two words at most, however untrained the model
+        assert len(prediction["translation"].split()) <= 2, prediction  # (not re-tokenised: "[unused695]" is one piece, five again)
 
 
 # back-translation ---------------------------------------------------------------------------

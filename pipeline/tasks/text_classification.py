@@ -43,10 +43,10 @@ class Label(LabelScore):
 class ValidateConfig:
     labels: list[str]  # matched ignoring case and surrounding spaces
     label_map: dict[str, str] = field(default_factory=dict)  # a source's own labels onto these, e.g. {0: negative}
-    min_chars: int = at_least(0, 3)
-    max_chars: int = at_least(1, 2000)
-    min_rows_per_class: int = at_least(0, 5)
-    max_reject_fraction: float = fraction(0.2)
+    min_chars: int = at_least(0, 3)  # a shorter text is quarantined
+    max_chars: int = at_least(1, 2000)  # ... and so is a longer one
+    min_rows_per_class: int = at_least(0, 5)  # fewer clean rows for any label stop the run
+    max_reject_fraction: float = fraction(0.2)  # a larger share of rejected rows stops the run
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from labels_problems(self.labels, self.label_map)

@@ -104,8 +104,8 @@ class TokenValidateConfig:
     tag_names: list[str] | None = None  # tags given as integer ids: the tag of each id, as Hugging Face datasets list them
     invalid_iob: Literal["repair", "reject"] = "repair"  # an I-X after O or another type: make it B-X, or quarantine the sentence
     max_tokens: int = at_least(1, 1000)  # longer sentences are quarantined (they are split into windows, never truncated)
-    min_mentions_per_type: int = at_least(0, 5)
-    max_reject_fraction: float = fraction(0.2)
+    min_mentions_per_type: int = at_least(0, 5)  # fewer mentions of any entity type in the clean rows stop the run
+    max_reject_fraction: float = fraction(0.2)  # a larger share of rejected sentences stops the run
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from labels_problems(self.labels, self.label_map)
@@ -231,7 +231,7 @@ class TokenClassificationTask(Task):
                     counts[kind] += 1
         minimum = self.config.validate.min_mentions_per_type
         return [
-            f"entity type '{kind}' has {count} mentions in the clean rows, fewer than ner.validate.min_mentions_per_type={minimum}"
+            f"entity type '{kind}' has {count} mentions in the clean rows, fewer than {self.pipeline}.validate.min_mentions_per_type={minimum}"
             for kind, count in counts.items()
             if count < minimum
         ]

@@ -57,23 +57,23 @@ def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool)
 class TranslationValidateConfig:
     max_chars: int = at_least(1, 500)  # per side; longer pairs are quarantined
     max_length_ratio: float = at_least(1, 3.0)  # words of the longer side per word of the shorter; beyond it a pair is quarantined
-    min_pairs: int = at_least(0, 20)
-    max_reject_fraction: float = fraction(0.2)
+    min_pairs: int = at_least(0, 20)  # fewer clean pairs stop the run
+    max_reject_fraction: float = fraction(0.2)  # a larger share of rejected pairs stops the run
 
 
 @dataclass
 class TranslationModelConfig(ModelConfig):
-    decoder_layers: int | None = at_least(1, None)  # an encoder-only base model is warm-started as encoder and decoder; None: as deep as the encoder
-    num_beams: int = at_least(1, 4)
-    max_new_tokens: int = at_least(1, 64)
-    length_penalty: float = 1.0
+    decoder_layers: int | None = at_least(1, None)  # an encoder-only base model is warm-started as encoder and decoder; null: as deep as the encoder
+    num_beams: int = at_least(1, 4)  # beam search width when translating (1: greedy)
+    max_new_tokens: int = at_least(1, 64)  # the longest translation, in tokens
+    length_penalty: float = 1.0  # above 1 favours longer translations in beam search, below 1 shorter ones
     lowercase_bleu: bool = True  # score BLEU and chrF case-insensitively (the default model's vocabulary is uncased)
 
 
 @dataclass
 class LanguagesConfig:
-    source: str = "de"  # also the file suffix of the parallel format and the column name in tsv/jsonl
-    target: str = "en"
+    source: str = "de"  # the language translated from; also the file suffix of the parallel format and the column name in tsv/jsonl
+    target: str = "en"  # the language translated into (the file suffix and column name as for source)
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.source.strip().casefold() == self.target.strip().casefold():
@@ -154,7 +154,7 @@ class TranslationTask(Task):
 
     def dataset_problems(self, examples: list[Record]) -> list[str]:
         minimum = self.config.validate.min_pairs
-        return [] if len(examples) >= minimum else [f"{len(examples)} clean sentence pairs, fewer than translation.validate.min_pairs={minimum}"]
+        return [] if len(examples) >= minimum else [f"{len(examples)} clean sentence pairs, fewer than {self.pipeline}.validate.min_pairs={minimum}"]
 
     def augment(self, example: Record, method: str, rate: float, rng: random.Random) -> Record:
         words = augment_words(example["text"].split(), method, rate, rng)  # the reference stays as it is
