@@ -115,12 +115,13 @@ def load_pyfunc_components(uri: str) -> tuple[Any, Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline import task_model  # noqa: F401  (before unpickling: the old path of config classes)
-
     try:
         wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except MlflowException as exc:
         raise registry_error(uri, exc) from None
+    except (ModuleNotFoundError, AttributeError) as exc:  # a pickle naming classes this code no longer has
+        raise ModelError(f"cannot load model '{uri}': it was registered by an older finetune-pipeline whose config classes are "
+                         f"gone ({exc}); retrain and register it anew (`dvc repro`)") from None
     return wrapper.model, wrapper.tokenizer
 
 

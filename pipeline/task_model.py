@@ -2,55 +2,42 @@
 
 `mlflow.pyfunc.load_model("models:/translation@champion").predict(["ein Satz", ...])` returns the
 task's predictions; `unwrap_python_model()` gives the model and tokenizer themselves.
+
+The pipeline's params section travels with the model as plain YAML (the artifact `config`), read
+back through the params checks when the model loads: nothing of the config classes is pickled, so
+they can move or change without stranding a registered model.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import yaml
 
 from pipeline.params import TaskConfig
 
-# Where each config class lived when it was pickled into a registered pyfunc model: params.yaml's
-# sections were all in pipeline/config.py before task types got their own. A model registered then
-# must still load (register re-scores the champion), so that old path resolves to the classes today.
-SHARED_SECTIONS = ("SourceConfig", "DataConfig", "SplitConfig", "BackTranslationConfig", "AugmentConfig", "ModelConfig",
-                   "PretrainConfig", "PeftSettings", "DistillationConfig", "TrainConfig", "SearchConfig",
-                   "ActiveLearningConfig", "PromotionConfig", "RegistryConfig", "TaskConfig")
-LEGACY_CONFIG_CLASSES = {  # name in pipeline.config -> (module, name) today
-    **{name: ("pipeline.params", name) for name in SHARED_SECTIONS},
-    "ValidateConfig": ("pipeline.tasks.text_classification", "ValidateConfig"),
-    "NerValidateConfig": ("pipeline.tasks.token_classification", "TokenValidateConfig"),
-    "NerModelConfig": ("pipeline.tasks.token_classification", "TokenModelConfig"),
-    "NerConfig": ("pipeline.tasks.token_classification", "TokenClassificationConfig"),
-    **{name: ("pipeline.tasks.translation", name)
-       for name in ("TranslationValidateConfig", "TranslationModelConfig", "LanguagesConfig", "TranslationConfig")},
-}
 
-
-def legacy_config_module() -> types.ModuleType:
-    """A stand-in for the old pipeline.config, holding today's classes under their old names."""
-    module = types.ModuleType("pipeline.config", "config classes of models registered before task types had their own")
-    for old, (home, name) in LEGACY_CONFIG_CLASSES.items():
-        setattr(module, old, getattr(importlib.import_module(home), name))
-    return module
-
-
-sys.modules.setdefault("pipeline.config", legacy_config_module())
+def write_config(pipeline: str, config: TaskConfig, path: Path) -> Path:
+    """The pipeline's name and params section as YAML at `path`: the `config` artifact of its TaskModel."""
+    path.write_text(yaml.safe_dump({"pipeline": pipeline, "section": dataclasses.asdict(config)}, sort_keys=False), encoding="utf-8")
+    return path
 
 
 class TaskModel(mlflow.pyfunc.PythonModel):
-    def __init__(self, task_name: str, config: TaskConfig):
-        self.task_name, self.config = task_name, config
+    """Loads the model artifact with the task type of the section in the config artifact (see write_config)."""
 
     def load_context(self, context: Any) -> None:
-        from pipeline.tasks import get_task
+        from pipeline.tasks import get_task, read_section
 
-        self.task = get_task(self.task_name, self.config)
+        if "config" in context.artifacts:
+            saved = yaml.safe_load(Path(context.artifacts["config"]).read_text(encoding="utf-8"))
+            pipeline, config = saved["pipeline"], read_section(saved["pipeline"], saved["section"])
+        else:  # registered before the section was kept as YAML: this object was pickled holding both
+            pipeline, config = self.task_name, self.config
+        self.task = get_task(pipeline, config)
         self.model, self.tokenizer = self.task.load_model(context.artifacts["model"])
 
     def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[dict]:

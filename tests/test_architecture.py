@@ -12,6 +12,7 @@ import grimp
 import pytest
 
 from pipeline import tasks
+from pipeline.errors import ConfigError, ModelError
 from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.stages import STAGES, run_stage
@@ -59,15 +60,57 @@ def test_no_module_imports_itself_through_others():
     assert import_cycles(grimp.build_graph("pipeline", "flows")) == []
 
 
-def test_config_classes_pickled_under_their_old_module_still_load():
-    import pickle
+def test_a_registered_models_params_section_is_kept_as_yaml_and_read_back_through_the_checks(workspace):
+    import yaml
 
-    from pipeline import task_model  # noqa: F401  (registers the old path)
-    from pipeline.params import TrainConfig
-    from pipeline.tasks.translation import TranslationConfig
+    from pipeline.task_model import write_config
 
-    for name, cls in (("TranslationConfig", TranslationConfig), ("TrainConfig", TrainConfig)):
-        assert pickle.loads(f"cpipeline.config\n{name}\n.".encode()) is cls  # as in a model registered before the move
+    config = tasks.load_params().pipeline("sentiment")
+    saved = yaml.safe_load(write_config("sentiment", config, workspace / "config.yaml").read_text())
+    assert saved["pipeline"] == "sentiment" and tasks.read_section("sentiment", saved["section"]) == config
+    saved["section"]["train"]["epochz"] = 3  # a section the checks refuse is refused here too
+    with pytest.raises(ConfigError, match="unknown key 'sentiment.train.epochz'"):
+        tasks.read_section("sentiment", saved["section"])
+
+
+def log_pickled_task_model(workspace: Path, tiny_model: Path, config: object, name: str) -> None:
+    """Register a TaskModel as the code before the YAML config wrote it: pickled holding its pipeline and config."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.task_model import TaskModel
+
+    model_dir = workspace / "models" / name
+    model, tokenizer = tasks.get_task("sentiment", tasks.load_params().pipeline("sentiment")).load_model(str(tiny_model))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    old = object.__new__(TaskModel)
+    old.task_name, old.config = "sentiment", config
+    with mlflow.start_run(experiment_id=tracking.configure("test")):
+        mlflow.pyfunc.log_model(name="model", python_model=old, artifacts={"model": str(model_dir)}, pip_requirements=[],
+                                registered_model_name=name)
+
+
+@pytest.mark.model
+def test_a_model_registered_with_its_config_pickled_still_loads_and_one_whose_classes_are_gone_says_so(workspace, tiny_model):
+    import types
+
+    from pipeline.registry import load_pyfunc_components
+
+    log_pickled_task_model(workspace, tiny_model, tasks.load_params().pipeline("sentiment"), "pickled")
+    model, tokenizer = load_pyfunc_components("models:/pickled/1")
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"} and tokenizer("profit rose")["input_ids"]
+
+    gone = types.ModuleType("config_classes_since_moved")  # as pipeline/config.py was, before task types had modules
+    sys.modules[gone.__name__] = gone
+    try:
+        exec("from dataclasses import dataclass\n@dataclass\nclass TrainConfig:\n    epochs: int = 3", gone.__dict__)
+        log_pickled_task_model(workspace, tiny_model, gone.TrainConfig(), "stranded")
+    finally:
+        del sys.modules[gone.__name__]
+    with pytest.raises(ModelError, match="cannot load model 'models:/stranded/1': it was registered by an older finetune-pipeline "
+                                         "whose config classes are gone .*; retrain and register it anew"):
+        load_pyfunc_components("models:/stranded/1")
 
 
 def question_rows(n: int, seed: int = 0) -> list[dict]:

@@ -227,16 +227,17 @@ def log_model(task: Task, paths: PipelinePaths, name: str) -> str:
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
     if task.transformers_task is None or adapters.has_adapter(paths.model_dir):
         import pipeline
-        from pipeline.task_model import TaskModel
+        from pipeline.task_model import TaskModel, write_config
 
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=TaskModel(task.pipeline, task.config),
-            artifacts={"model": str(paths.model_dir)},
-            code_paths=[str(Path(pipeline.__file__).parent)],  # the task code travels with the model
-            pip_requirements=requirements + [f"peft=={peft.__version__}", "sacrebleu", "pyyaml"],
-            registered_model_name=name,
-        )
+        with tempfile.TemporaryDirectory(prefix="config-") as folder:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=TaskModel(),
+                artifacts={"model": str(paths.model_dir), "config": str(write_config(task.pipeline, task.config, Path(folder) / "config.yaml"))},
+                code_paths=[str(Path(pipeline.__file__).parent)],  # the task code travels with the model
+                pip_requirements=requirements + [f"peft=={peft.__version__}", "sacrebleu", "pyyaml"],
+                registered_model_name=name,
+            )
         return str(info.registered_model_version)
     model, tokenizer = task.load_model(str(paths.model_dir))
     info = mlflow.transformers.log_model(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from pipeline.params import PARAMS_FILE, Params, TaskConfig, read_params
+from pipeline.params import PARAMS_FILE, Params, TaskConfig, pipeline_section, read_params
 from pipeline.tasks.base import Task
 
 TASK_TYPES = {
@@ -33,6 +33,16 @@ def get_task(pipeline: str, config: TaskConfig) -> Task:
     return task_class(config.type or IMPLIED_TYPES[pipeline])(pipeline, config)
 
 
+def task_types() -> dict[str, type[Task]]:
+    """Every task type's class, by name."""
+    return {kind: task_class(kind) for kind in TASK_TYPES}
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """params.yaml (or `path`), each pipeline's section read into its task type's config class."""
-    return read_params(Path(path), {kind: task_class(kind) for kind in TASK_TYPES}, IMPLIED_TYPES)
+    return read_params(Path(path), task_types(), IMPLIED_TYPES)
+
+
+def read_section(pipeline: str, section: dict) -> TaskConfig:
+    """A pipeline's params section from plain data (a registered model keeps its own), checked as params.yaml's are."""
+    return pipeline_section(pipeline, section, task_types(), IMPLIED_TYPES)
