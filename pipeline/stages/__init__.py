@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from pipeline import distributed, tracking
-from pipeline.errors import UsageError
-from pipeline.paths import PipelinePaths
+from pipeline.errors import OutputError, UsageError
+from pipeline.paths import PipelinePaths, blocking_file
 from pipeline.tasks import get_task, load_params
 
 SOURCES = "sources"  # the one stage for every task: fingerprints their inputs (pipeline/stages/sources.py)
@@ -39,6 +39,8 @@ def run_stage(stage: str, pipeline: str, params_file: Path) -> None:
 def require_inputs(stage: str, paths: PipelinePaths) -> None:
     """A UsageError naming the first input of `stage` that no earlier stage has written yet, and the stage that writes it."""
     missing = [path for path in paths.inputs(stage) if not path.exists()]
+    if missing and (blocker := blocking_file(missing[0])):
+        raise OutputError(f"cannot read {missing[0]}: {blocker} is a file, not a folder")
     if missing:
         writer = paths.writer(missing[0])
         raise UsageError(f"{missing[0]}: not found: the {writer} stage writes it "
