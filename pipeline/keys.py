@@ -8,6 +8,7 @@ say what applies when a key is left out; params.yaml sets its own values, with i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import io
 import re
@@ -29,6 +30,7 @@ FIELD = re.compile(r"^    (\w+)\s*:")  # a field in a class body
 Row = tuple[str, str, str]  # key, default, meaning
 
 
+@functools.cache  # read once per class, not once per field
 def comments(cls: type) -> dict[str, str]:
     """Each field's comment in the body of `cls` (not its bases): the comment lines right above it, then the one beside it."""
     source = inspect.getsource(cls)
@@ -86,7 +88,7 @@ def table(found: Iterator[Row]) -> str:
 
 def shared_rows() -> Iterator[Row]:
     """The sections every params.yaml has."""
-    yield "pipelines", shown(DEFAULT_PIPELINES), meaning(Params, "pipelines").removesuffix(" (default: DEFAULT_PIPELINES)")
+    yield "pipelines", shown(DEFAULT_PIPELINES), meaning(Params, "pipelines")
     for name in ("tracking", "serving", "orchestration", "monitoring"):
         yield from rows(typing.get_type_hints(Params)[name], f"{name}.")
 

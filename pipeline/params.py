@@ -390,7 +390,7 @@ class MonitoringConfig:
 
 @dataclass
 class Params:
-    pipelines: list[str]  # the pipelines `dvc repro` runs, each a section of params.yaml (default: DEFAULT_PIPELINES)
+    pipelines: list[str]  # the pipelines `dvc repro` runs, each a section of params.yaml
     tracking: TrackingConfig
     sections: dict[str, TaskConfig]  # every pipeline section, by name, whether `dvc repro` runs it or not
     serving: ServingConfig = field(default_factory=ServingConfig)

@@ -18,14 +18,14 @@ def ensure_writable(*folders: Path) -> None:
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as exc:
-            blocker = blocking_file(folder / "probe")
+            blocker = blocking_file(folder)
             why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
             raise OutputError(f"cannot write to {folder}/: {why}") from None
 
 
 def blocking_file(path: Path) -> Path | None:
-    """The file standing where a folder above `path` belongs, if one does."""
-    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    """The file standing where folder `path`, or a folder above it, belongs, if one does."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 @dataclass(frozen=True)

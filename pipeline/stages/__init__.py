@@ -39,7 +39,7 @@ def run_stage(stage: str, pipeline: str, params_file: Path) -> None:
 def require_inputs(stage: str, paths: PipelinePaths) -> None:
     """A UsageError naming the first input of `stage` that no earlier stage has written yet, and the stage that writes it."""
     missing = [path for path in paths.inputs(stage) if not path.exists()]
-    if missing and (blocker := blocking_file(missing[0])):
+    if missing and (blocker := blocking_file(missing[0].parent)):
         raise OutputError(f"cannot read {missing[0]}: {blocker} is a file, not a folder")
     if missing:
         writer = paths.writer(missing[0])
