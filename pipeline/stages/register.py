@@ -220,12 +220,13 @@ def log_model(task: Task, paths: PipelinePaths, name: str) -> str:
     """Log the model and register it; returns the version. The transformers flavour where a
     pipeline exists; a pyfunc for tasks without one and for models with a prompt adapter."""
     import mlflow
-    import peft
     import torch
     import transformers
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
     if task.transformers_task is None or adapters.has_adapter(paths.model_dir):
+        import peft  # here only: importing it costs seconds a plain model's register does not need
+
         import pipeline
         from pipeline.task_model import TaskModel, write_config
 
