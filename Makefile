@@ -31,10 +31,8 @@ run: setup
 	@echo "Translation:  add translation to tasks in params.yaml (see docs/tasks.md)"
 	@echo "Label next:   .venv/bin/finetune select   (the pool texts the champion is least sure of -> data/to_label/)"
 
-# Two workers, a test file each at a time: a stage process or a server wait keeps one core busy at most, so the
-# other runs the next file. `--durations` lists the slowest 25, to see where CI time goes.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q --durations=25  # the slowest 25, to see where CI time goes
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not model and not e2e"

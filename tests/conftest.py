@@ -249,10 +249,3 @@ def workspace(tmp_path, monkeypatch, tiny_model) -> Path:
     write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
     write_params(tmp_path, tiny_params(tiny_model))
     return tmp_path
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Test files with end-to-end tests first: under `make test`'s two workers the longest files start early
-    instead of leaving one worker alone at the end."""
-    heavy = {item.path for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.path not in heavy)  # stable: the order within each group is kept
