@@ -55,7 +55,7 @@ from pipeline.params import AlertConfig, MonitoringConfig, Params, pipeline_opti
 from pipeline.records import save_json
 from pipeline.registry import champion_uri, champion_version, load_registered, registered_version
 from pipeline.tasks import Task, get_task, load_params
-from pipeline.techniques.active_learning import rank, write_queue
+from pipeline.techniques.active_learning import not_yet_asked, rank, write_queue
 
 
 def first_pipeline(settings: MonitoringConfig) -> str:
@@ -138,8 +138,9 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     plots += [Path(report["desk"])] if "desk" in report else []
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
-        queued = rank(task, model, tokenizer, texts, picks.strategy, settings.queue_size, picks.diversity, picks.seed)
-        report["labelling_queue"] = str(write_queue(queued, task.pipeline))
+        unasked = not_yet_asked(list(dict.fromkeys(texts)), task, latest_outputs(pipeline))  # none: every text asked about before
+        queued = rank(task, model, tokenizer, unasked, picks.strategy, settings.queue_size, picks.diversity, picks.seed) if unasked else None
+        report["labelling_queue"] = str(write_queue(queued, task.pipeline)) if queued else None
     save_json(report_path(pipeline), report)
     publish(report, plots, experiment_id, shift)
     return report
@@ -218,8 +219,8 @@ def publish(report: dict, plots: list[Path], experiment_id: str, shift: str) -> 
     if report["drift_detected"]:
         emit(DRIFT_DETECTED, pipeline, {"model_version": version, "report": str(report_path(pipeline)),
                                         "queue": report["labelling_queue"]})
-        get_run_logger().warning("%s: drift detected (%s): retrain requested, texts queued in %s", pipeline,
-                                 "; ".join(report["alarm"]), report["labelling_queue"])
+        queued = f"texts queued in {report['labelling_queue']}" if report["labelling_queue"] else "each text labelled or queued before"
+        get_run_logger().warning("%s: drift detected (%s): retrain requested, %s", pipeline, "; ".join(report["alarm"]), queued)
 
 
 if __name__ == "__main__":

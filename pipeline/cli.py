@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from pipeline.errors import ModelError, OutputError, ServiceError, UsageError, UserError
+from pipeline.errors import DataError, ModelError, OutputError, ServiceError, UsageError, UserError
 from pipeline.params import pipeline_option
 from pipeline.paths import PipelinePaths
 from pipeline.stages import SOURCES, STAGES, require_inputs, run_stage
@@ -61,7 +61,12 @@ def select(args: argparse.Namespace) -> None:
 
     config = load_params(args.params).pipeline(args.pipeline)
     settings = config.active_learning
-    texts = active_learning.read_pool(args.pool or settings.pool, get_task(args.pipeline, config).pool_column())  # before the slow model load
+    pool = args.pool or settings.pool
+    read = active_learning.read_pool(pool, get_task(args.pipeline, config).pool_column())  # before the slow model load
+    texts = active_learning.not_yet_asked(read, get_task(args.pipeline, config))
+    if not texts:
+        raise DataError(f"{pool}: every one of its {len(read)} texts is labelled already or waiting in {active_learning.QUEUE}/: "
+                        "add new texts to the pool")
     task, model, tokenizer = load_model(args.pipeline, args.model, args.params)
     choice = {
         "strategy": args.strategy or settings.strategy, "k": args.k or settings.k,
@@ -71,11 +76,12 @@ def select(args: argparse.Namespace) -> None:
     path = active_learning.write_queue(rows, task.pipeline)
     experiment_id = tracking.configure(load_params(args.params).tracking.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"select-{task.pipeline}", tags={"task": task.pipeline, "active_learning": "true"}):
-        mlflow.log_params({**choice, "model": args.model or "champion", "pool_texts": len(texts)})
+        mlflow.log_params({**choice, "model": args.model or "champion", "pool_texts": len(texts), "pool_texts_asked_before": len(read) - len(texts)})
         mlflow.log_artifact(str(path))
     for row in rows[:10]:
         print(f"{row['rank']:>4}  {row['uncertainty']:.3f}  {row['predicted_label']:<10} {row['text'][:90]}")
-    print(f"select[{task.pipeline}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file in data.incoming)")
+    print(f"select[{task.pipeline}]: {len(rows)} of {len(texts)} pool texts written to {path} (add a label column, then drop the file "
+          f"in data.incoming); {len(read) - len(texts)} more were labelled already or queued")
 
 
 def search(pipeline: str, trials: int | None, apply: bool, params_file: Path) -> None:

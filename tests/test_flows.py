@@ -188,7 +188,7 @@ def test_monitor_no_drift_in_distribution_then_drift_on_shifted_text(repo):
     assert report["drift"]["oov_rate"]["drifted"] and any(why.startswith("oov_rate: increase") for why in report["alarm"])
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
-    assert len(queue) == 40 and {"text", "predicted_label", "confidence", "uncertainty"} <= set(queue[0])
+    assert len(queue) == len(SHIFTED) and {"text", "predicted_label", "confidence", "uncertainty"} <= set(queue[0])  # each text once
     assert float(queue[0]["uncertainty"]) >= float(queue[-1]["uncertainty"])  # most uncertain first
     db = sqlite3.connect(repo / "monitoring" / "predictions.db")
     query = "SELECT count(*), count(DISTINCT model_version) FROM predictions WHERE pipeline = 'sentiment'"
@@ -300,7 +300,7 @@ def test_ner_monitor_reports_the_entity_type_mix_and_confidence(repo, champions)
     assert report["drift_detected"] and report["drift"]["oov_rate"]["drifted"]
     with open(report["labelling_queue"], newline="", encoding="utf-8") as f:
         queue = list(csv.DictReader(f))
-    assert len(queue) == 40 and float(queue[0]["confidence"]) <= float(queue[-1]["confidence"])  # least sure first
+    assert len(queue) == len(SHIFTED) and float(queue[0]["confidence"]) <= float(queue[-1]["confidence"])  # least sure first
 
 
 def test_the_sentiment_monitor_stores_the_ner_champions_organisations_beside_each_label(repo, champions, capsys):

@@ -22,7 +22,7 @@ from pipeline.stages import run_stage
 from pipeline.tasks import get_task, load_params
 from pipeline.techniques.active_learning import pick, uncertainty
 from pipeline.techniques.distillation import distillation_loss
-from tests.conftest import tiny_params, write_params
+from tests.conftest import make_rows, tiny_params, write_csv, write_params
 
 PATHS = PipelinePaths("sentiment")
 PARAMS = Path("params.yaml")
@@ -189,14 +189,48 @@ def test_a_pool_folder_reads_text_and_table_files_once_each_and_skips_the_rest(t
         read_pool(str(tmp_path / "b.csv"))
 
 
+def test_texts_labelled_already_or_waiting_in_the_queue_are_not_asked_again(workspace):
+    from pipeline.techniques.active_learning import not_yet_asked, write_queue
+
+    run_stages("collect")  # data/raw: the source's texts
+    task = get_task("sentiment", load_params("params.yaml").pipeline("sentiment"))
+    collected = load_records(PATHS.raw)[0]["text"]
+    write_csv(workspace / "data" / "incoming" / "day-1.csv", [{"text": "Dropped  but not collected yet.", "label": "neutral"}])
+    (workspace / "data" / "incoming" / "broken.csv").write_bytes(b"\x00\x01")  # collect's to set aside, not select's to fail on
+    write_queue([{"rank": 1, "text": "=Waiting for a label."}], "sentiment")  # a spreadsheet-safe text comes back as it was
+    write_queue([{"rank": 1, "text": "Another pipeline's queue."}], "intents")
+    pool = [collected, "Dropped but not collected yet.", "=Waiting for a label.", "Never seen.", "Another pipeline's queue."]
+    assert not_yet_asked(pool, task) == ["Never seen.", "Another pipeline's queue."]
+    assert not_yet_asked(pool, task, outputs=workspace / "elsewhere") == [collected, "Never seen.", "Another pipeline's queue."]
+
+
+def test_two_queues_written_in_the_same_second_are_both_kept(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from pipeline.techniques import active_learning
+
+    class SameSecond(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 7, 9, 30, tzinfo=tz)
+
+    monkeypatch.setattr(active_learning, "datetime", SameSecond)
+    paths = [active_learning.write_queue([{"rank": 1, "text": text}], "sentiment", tmp_path) for text in ("From select.", "From the monitor.")]
+    assert [p.name for p in paths] == ["sentiment-20261207T093000.csv", "sentiment-20261207T093000-2.csv"]
+    assert [p.read_text(encoding="utf-8").splitlines()[1] for p in paths] == ["1,From select.", "1,From the monitor."]
+
+
 @pytest.mark.model
-def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_model):
+def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_model, capsys):
     import mlflow
 
     run_stages(*DATA_STAGES, "train")
+    labelled = [r["text"] for r in load_records(PATHS.split("test"))][:5]
     pool = workspace / "pool.txt"
-    pool.write_text("\n".join(r["text"] for r in load_records(PATHS.split("test"))) + "\n", encoding="utf-8")
+    new = [r["text"] for r in make_rows(40, seed=99) if r["text"] not in {r["text"] for r in load_records(PATHS.raw)}]
+    pool.write_text("\n".join(labelled + new) + "\n", encoding="utf-8")
     assert main(["select", "--model", str(PATHS.model_dir), "--pool", str(pool), "--k", "7", "--strategy", "margin"]) == 0
+    assert "5 more were labelled already or queued" in capsys.readouterr().out
     (queue,) = (workspace / "data" / "to_label").glob("sentiment-*.csv")
     with queue.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -204,7 +238,12 @@ def test_finetune_select_queues_the_k_least_certain_pool_texts(workspace, tiny_m
     scores = [float(r["uncertainty"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and {r["strategy"] for r in rows} == {"margin"}
     (run,) = mlflow.search_runs(filter_string="tags.active_learning = 'true'", search_all_experiments=True, output_format="list")
-    assert run.data.params["strategy"] == "margin" and run.data.params["pool_texts"] == str(len(set(pool.read_text().splitlines())))
+    assert run.data.params["strategy"] == "margin" and run.data.params["pool_texts"] == str(len(new))
+    assert not {r["text"] for r in rows} & set(labelled)
+
+    assert main(["select", "--model", str(PATHS.model_dir), "--pool", str(pool), "--k", "40"]) == 0  # the rest of the pool
+    assert main(["select", "--model", str(PATHS.model_dir), "--pool", str(pool)]) == 3  # nothing left to ask about
+    assert capsys.readouterr().err.strip().endswith("labelled already or waiting in data/to_label/: add new texts to the pool")
 
 
 # Domain-adaptive pretraining ------------------------------------------------------------------

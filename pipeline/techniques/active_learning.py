@@ -3,7 +3,8 @@
 Strategies (Settles, 2009): least confidence (1 - max p), margin (1 - (p1 - p2)) and entropy;
 random is the baseline. With `diversity` > 0 the picks are made one at a time, each text's
 score lowered by `diversity` x its highest cosine similarity to a text already picked, so the
-queue is not k near-copies of one confusing sentence.
+queue is not k near-copies of one confusing sentence. A text labelled already (in the pipeline's
+collected data or its drop folder) or waiting in the labelling queue is never queued again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 
 from pipeline.decoding import decode
 from pipeline.errors import ConfigError, DataError
-from pipeline.readers import read_source, spreadsheet_safe
-from pipeline.records import Record
+from pipeline.paths import PipelinePaths
+from pipeline.readers import batch_files, from_spreadsheet_safe, read_batch, read_source, spreadsheet_safe
+from pipeline.records import Record, load_records
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "random")
 QUEUE = Path("data/to_label")
@@ -77,6 +79,25 @@ def read_pool(source: str, text_column: str = "text") -> list[str]:
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
+def not_yet_asked(texts: list[str], task: Any, outputs: Path = Path("."), queue: Path = QUEUE) -> list[str]:
+    """The texts nobody has been asked to label: not in the pipeline's collected data (data/raw under
+    `outputs`), not in a batch of its drop folder and not waiting in its labelling queue. Texts are
+    compared with their whitespace collapsed; a drop-folder batch that cannot be read is collect's to set aside."""
+    raw = outputs / PipelinePaths(task.pipeline).raw
+    asked = [r.get("text") for r in load_records(raw)] if raw.exists() else []
+    incoming = Path(task.config.data.incoming)
+    for batch in batch_files(incoming) if incoming.is_dir() else []:
+        try:
+            asked += [r.get(task.config.data.text_column) for r in read_batch(batch, task.config.data.encoding)]
+        except DataError:
+            continue
+    for waiting in sorted(queue.glob(f"{task.pipeline}-*.csv")):
+        with waiting.open(newline="", encoding="utf-8") as f:
+            asked += [from_spreadsheet_safe(row.get("text") or "") for row in csv.DictReader(f)]
+    known = {" ".join(text.split()) for text in asked if isinstance(text, str)}
+    return [text for text in texts if " ".join(text.split()) not in known]
+
+
 def rank(task: Any, model: Any, tokenizer: Any, texts: list[str], strategy: str, k: int, diversity: float, seed: int) -> list[Record]:
     """The k texts to label next, with the model's guess, its confidence and the uncertainty score. A task
     type with no class distribution per text (token classification) has its texts go least confident first."""
@@ -117,11 +138,19 @@ def write_queue(rows: list[Record], pipeline: str, queue: Path = QUEUE) -> Path:
     """A csv in the labelling queue: fill in a label column and drop it in the task's incoming folder.
 
     Texts that a spreadsheet would run as formulas get a leading quote; the csv reader takes it off again.
+    A queue written in the same second as another (select and the monitor, say) gets a name of its own.
     """
-    path = queue / f"{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank", "text"])
-        writer.writeheader()
-        writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
-    return path
+    queue.mkdir(parents=True, exist_ok=True)
+    stamp, attempt = f"{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}", 1
+    while True:
+        path = queue / (f"{stamp}.csv" if attempt == 1 else f"{stamp}-{attempt}.csv")
+        try:
+            f = path.open("x", newline="", encoding="utf-8")  # created here or not at all: another writer's file is never replaced
+        except FileExistsError:
+            attempt += 1
+            continue
+        with f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank", "text"])
+            writer.writeheader()
+            writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
+        return path
