@@ -44,73 +44,6 @@ def init_repo(path: Path, params: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def repo(tmp_path, tiny_model) -> Path:
-    write_csv(tmp_path / "data" / "sample.csv", make_rows(300))
-    init_repo(tmp_path, tiny_params(tiny_model))
-    sh("git", "add", "-A", cwd=tmp_path)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
-    return tmp_path
-
-
-@pytest.mark.e2e
-def test_dvc_repro_trains_registers_and_skips_what_is_up_to_date(repo):
-    import mlflow
-
-    first = sh("dvc", "repro", cwd=repo)
-    assert stages_run(first) == every_stage("sentiment")
-    metrics = yaml.safe_load((repo / "metrics" / "sentiment.json").read_text())
-    assert metrics["val"]["f1_macro"] > 0.5 and "per_class" in metrics["test"]
-    assert (repo / "reports/sentiment/promotion.json").exists()
-
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias("fin-sentiment", "champion")
-    head = sh("git", "rev-parse", "HEAD", cwd=repo).strip()
-    assert str(champion.version) == "1" and champion.tags["git_commit"] == head
-    run = client.get_run(champion.run_id)
-    assert run.data.tags["data_hash"] == champion.tags["data_hash"]
-    assert "val_f1_macro" in run.data.metrics and "train.learning_rate" in run.data.params
-
-    unchanged = sh("dvc", "repro", cwd=repo)
-    assert stages_run(unchanged) == {"sources"}  # it always looks at the source files; they did not change
-    assert "Stage 'collect@sentiment' didn't change, skipping" in unchanged
-    assert "Stage 'train@sentiment' didn't change, skipping" in unchanged
-
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["sentiment"]["promotion"]["min_delta"] = 0.05
-    write_params(repo, params)
-    edited = sh("dvc", "repro", cwd=repo)
-    assert stages_run(edited) == {"sources", "register@sentiment"}
-
-    write_csv(repo / "data" / "sample.csv", make_rows(330))  # new data: everything downstream re-runs
-    assert {"collect@sentiment", "train@sentiment"} <= stages_run(sh("dvc", "repro", cwd=repo))
-    assert "metrics/sentiment.json" in sh("dvc", "metrics", "show", cwd=repo)
-    sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
-    assert (repo / "plots_out" / "index.html").exists()
-
-
-@pytest.mark.e2e
-def test_dvc_repro_runs_the_ner_task_to_a_promoted_champion(tmp_path, tiny_model):
-    import mlflow
-
-    from tests.ner_data import make_sentences, ner_params, write_conll
-
-    write_conll(tmp_path / "data" / "ner.conll", make_sentences(250))
-    init_repo(tmp_path, ner_params(tiny_model, model={"crf": True}))
-
-    output = sh("dvc", "repro", cwd=tmp_path)
-    assert stages_run(output) == every_stage("ner")
-    metrics = yaml.safe_load((tmp_path / "metrics" / "ner.json").read_text())
-    assert {"f1", "precision", "recall", "per_type"} <= metrics["val"].keys() and metrics["val"]["f1"] > 0.8
-    promotion = yaml.safe_load((tmp_path / "reports" / "ner" / "promotion.json").read_text())
-    assert promotion["promoted"] and promotion["metric"] == "val_f1"
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    champion = mlflow.MlflowClient().get_model_version_by_alias("ner", "champion")
-    assert str(champion.version) == "1" and champion.tags["val_f1"] == f"{metrics['val']['f1']:.4f}"
-
-
 @pytest.mark.e2e
 def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, tiny_model, monkeypatch):
     import mlflow
@@ -156,7 +89,9 @@ def test_dvc_repro_runs_the_translation_task_to_a_promoted_champion(tmp_path, ti
 
 
 @pytest.mark.e2e
-def test_two_text_classification_pipelines_and_ner_each_promote_on_their_own(tmp_path, tiny_model):
+def test_dvc_repro_trains_three_pipelines_registers_each_and_reruns_only_what_changed(tmp_path, tiny_model):
+    """Two text-classification pipelines and NER (with a CRF) in one repo: each trains and promotes on its own, nothing
+    re-runs when nothing changed, and a param edit or new data re-runs only the stages that depend on it."""
     import mlflow
 
     from tests.ner_data import make_sentences, ner_params, write_conll
@@ -169,8 +104,10 @@ def test_two_text_classification_pipelines_and_ner_each_promote_on_their_own(tmp
     intents.update(type="text_classification", registry={"name": "support-intents"})
     intents["data"].update(source="data/intents.csv", incoming="data/incoming/intents")
     intents["validate"]["labels"] = list(INTENT_VOCAB)
-    params.update(pipelines=["sentiment", "intents", "ner"], intents=intents, ner=ner_params(tiny_model)["ner"])
+    params.update(pipelines=["sentiment", "intents", "ner"], intents=intents, ner=ner_params(tiny_model, model={"crf": True})["ner"])
     init_repo(tmp_path, params)
+    sh("git", "add", "-A", cwd=tmp_path)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
 
     output = sh("dvc", "repro", cwd=tmp_path)
     assert stages_run(output) == every_stage("sentiment") | every_stage("intents") | every_stage("ner")
@@ -183,10 +120,39 @@ def test_two_text_classification_pipelines_and_ner_each_promote_on_their_own(tmp
     shown = sh("dvc", "metrics", "show", cwd=tmp_path)
     assert all(f"metrics/{name}.json" in shown for name in ("sentiment", "intents", "ner")) and "train_summary" not in shown
 
+    metrics = yaml.safe_load((tmp_path / "metrics" / "sentiment.json").read_text())
+    assert metrics["val"]["f1_macro"] > 0.5 and "per_class" in metrics["test"]
+    champion = client.get_model_version_by_alias("fin-sentiment", "champion")
+    head = sh("git", "rev-parse", "HEAD", cwd=tmp_path).strip()
+    assert champion.tags["git_commit"] == head
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["data_hash"] == champion.tags["data_hash"]
+    assert "val_f1_macro" in run.data.metrics and "train.learning_rate" in run.data.params
+
+    ner = yaml.safe_load((tmp_path / "metrics" / "ner.json").read_text())
+    assert {"f1", "precision", "recall", "per_type"} <= ner["val"].keys() and ner["val"]["f1"] > 0.8
+    promotion = yaml.safe_load((tmp_path / "reports" / "ner" / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["metric"] == "val_f1"
+    assert client.get_model_version_by_alias("ner", "champion").tags["val_f1"] == f"{ner['val']['f1']:.4f}"
+
+    unchanged = sh("dvc", "repro", cwd=tmp_path)
+    assert stages_run(unchanged) == {"sources"}  # it always looks at the source files; they did not change
+    assert "Stage 'collect@sentiment' didn't change, skipping" in unchanged
+    assert "Stage 'train@sentiment' didn't change, skipping" in unchanged
+
+    params["sentiment"]["promotion"]["min_delta"] = 0.05
+    write_params(tmp_path, params)
+    assert stages_run(sh("dvc", "repro", cwd=tmp_path)) == {"sources", "register@sentiment"}
+    assert str(client.get_model_version_by_alias("fin-sentiment", "champion").version) == "1"  # v2 is the same model: no gain of 0.05
+
     params["intents"]["train"]["seed"] = 7  # a retrain of one pipeline: only its stages run, only its registry moves
     write_params(tmp_path, params)
     rerun = stages_run(sh("dvc", "repro", cwd=tmp_path))
     assert rerun == {"sources", "train@intents", "evaluate@intents", "register@intents"}
     assert len(client.search_model_versions("name='support-intents'")) == 2
-    assert len(client.search_model_versions("name='fin-sentiment'")) == 1 and len(client.search_model_versions("name='ner'")) == 1
+    assert len(client.search_model_versions("name='fin-sentiment'")) == 2 and len(client.search_model_versions("name='ner'")) == 1
 
+    write_csv(tmp_path / "data" / "sample.csv", make_rows(330))  # new data: everything downstream re-runs
+    assert {"collect@sentiment", "train@sentiment"} <= stages_run(sh("dvc", "repro", cwd=tmp_path))
+    sh("dvc", "plots", "show", "-o", "plots_out", cwd=tmp_path)
+    assert (tmp_path / "plots_out" / "index.html").exists()
