@@ -42,6 +42,8 @@ NEW_SOURCE = SHARED_DATA / "fiqa_semeval"
 THRESHOLD = 0.2  # |score| below this is neutral: a tenth of the scale, about where FPB's "no effect on the price" ends
 TEST_TEXTS = 600
 SELECTIONS = ("entropy", "random")  # the queue's default strategy, and the baseline
+METRICS = ("new_source_test_f1_macro", "phrasebank_test_f1_macro",  # the champion after the round: what users are served
+           "challenger_new_source_test_f1_macro", "challenger_phrasebank_test_f1_macro")  # the round's model, promoted or not
 TARGET = {"queue_labels_to_reach_random_at_400": 200, "phrasebank_drop_at_most": 0.01}
 BIN = Path(sys.executable).parent
 
@@ -80,8 +82,9 @@ def finetune(project: Path, *args: str, log: Path) -> float:
     """Run `finetune ARGS` or `dvc ARGS` in the project, its output appended to `log`; the CPU-minutes it took."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("a") as out:
+        env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}  # each project its own store, mlflow/
         done = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+                              env={**env, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     if done.returncode != 0:
         sys.exit(f"`{' '.join(args)}` failed in {project}: see {log}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -113,21 +116,26 @@ def champion_project(work: Path, params: dict, tests: dict[str, list[dict]]) -> 
     return project, trained
 
 
-def champion_scores(project: Path, tests: dict[str, list[dict]]) -> dict:
-    """The champion's version and test macro-F1 on each test set, scored in this process."""
+def champion_scores(project: Path, tests: dict[str, list[dict]], version: str | None = None) -> dict:
+    """The champion's (or a version's) number and test macro-F1 on each test set, scored in this process."""
     import mlflow
 
     from pipeline.registry import champion_uri, load_registered, registered_version
     from pipeline.tasks import get_task, load_params
 
-    os.chdir(project)  # the project's own MLflow store, under mlflow/
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    os.chdir(project)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")  # exports MLFLOW_TRACKING_URI: finetune() leaves it out
     config = load_params(Path("params.yaml")).pipeline("sentiment")
     task = get_task("sentiment", config)
-    uri = champion_uri(config.registry.name)
+    uri = champion_uri(config.registry.name) if version is None else f"models:/{config.registry.name}/{version}"
     model, tokenizer = load_registered(task, uri)
     scores = {name: round(task.metrics(rows, task.predict(model, tokenizer, rows))["f1_macro"], 4) for name, rows in tests.items()}
     return {"champion_version": str(registered_version(uri).version), **scores}
+
+
+def challenger_fields(scores: dict) -> dict:
+    """A version's scores filed as the round's challenger (at 0 labels: the champion, trained on none)."""
+    return {f"challenger_{key.removeprefix('champion_')}": value for key, value in scores.items()}
 
 
 def label_round(project: Path, pool: Path, gold: dict[str, str], k: int, selection: str, number: int) -> int:
@@ -153,16 +161,23 @@ def run(work: Path, champion: Path, start: dict, name: str, selection: str, seed
     """One selection's rounds with one seed, from a copy of the champion project (`start`: its scores);
     `done` are the rounds recorded earlier."""
     project = work / "runs" / name
-    dropped = len(list((project / "data" / "incoming").glob("round-*.csv")))
-    if not done or not project.exists() or dropped != len(done) - 1:  # a round cut short, or the folder gone: start again
+    dropped = sorted((project / "data" / "incoming").glob("round-*.csv"))
+    if done and len(dropped) == len(done):  # the last round was cut short after its batch was dropped: take it back
+        dropped.pop().unlink()
+        max((project / "data" / "to_label").glob("sentiment-*.csv"), key=lambda p: p.stat().st_mtime).unlink()
+    if not done or not project.exists() or len(dropped) != len(done) - 1:  # the folder gone or not what was recorded: start again
         shutil.rmtree(project, ignore_errors=True)
         shutil.copytree(champion, project, symlinks=True)
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["sentiment"]["train"]["seed"] += seed  # each seed its own training order; the random picks' seed too
         params["sentiment"]["active_learning"]["seed"] += seed
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        done = [{"labels": 0, **start, "promoted": None}]
+        done = [{"labels": 0, **start, **challenger_fields(start), "promoted": None}]
         save(name, done)
+    for number, record in enumerate(done[1:], start=1):  # rounds recorded before the challenger was scored: round n registered v(n+1)
+        if "challenger_version" not in record:
+            done[number] = {**record, **challenger_fields(champion_scores(project, tests, str(number + 1)))}
+            save(name, done)
     labelled = done[-1]["labels"]
     for number, budget in enumerate(budgets, start=1):
         if budget <= labelled:
@@ -172,8 +187,10 @@ def run(work: Path, champion: Path, start: dict, name: str, selection: str, seed
         minutes = finetune(project, "dvc", "repro", log=project / "logs" / f"round-{number}.log")
         decision = json.loads((project / "reports" / "sentiment" / "promotion.json").read_text())
         labelled += queued
+        challenger = champion_scores(project, tests, decision["challenger"]["version"])
         kept = {key: done[-1][key] for key in ("champion_version", *tests)}  # not promoted: the same champion, the same scores
-        record = {"labels": labelled, **(champion_scores(project, tests) if decision["promoted"] else kept), "promoted": decision["promoted"],
+        record = {"labels": labelled, **(challenger if decision["promoted"] else kept), **challenger_fields(challenger),
+                  "promoted": decision["promoted"],
                   "reason": decision.get("reason"), "retrain_cpu_minutes": minutes, "seconds": round(time.time() - started)}
         done = [*done, record]
         save(name, done)
@@ -193,27 +210,33 @@ def curves(runs: dict[str, list[dict]], selection: str, metric: str) -> list[dic
              "n": len(values)} for labels, values in sorted(by_budget.items())]
 
 
+def labels_to_match_random(found: dict, last: int, prefix: str = "") -> dict:
+    """Random's mean new-source F1 at the last budget, and the fewest labels at which the queue's mean reaches it."""
+    random_last = next((p["mean"] for p in found["random"][f"{prefix}new_source_test_f1_macro"] if p["labels"] == last), None)
+    reach = next((p["labels"] for p in found["entropy"][f"{prefix}new_source_test_f1_macro"]
+                  if random_last is not None and p["labels"] and p["mean"] >= random_last), None)
+    return {"random_f1_at_last_budget": random_last, "queue_labels_to_reach_it": reach}
+
+
 def summary(runs: dict[str, list[dict]], budgets: list[int], seeds: int) -> dict:
-    """The curves of both selections on both test sets, and whether the targets are met (null until every run has finished)."""
-    found = {selection: {metric: curves(runs, selection, metric) for metric in ("new_source_test_f1_macro", "phrasebank_test_f1_macro")}
-             for selection in SELECTIONS}
-    last = budgets[-1]
-    random_last = next((p["mean"] for p in found["random"]["new_source_test_f1_macro"] if p["labels"] == last), None)
-    queue_reach = next((p["labels"] for p in found["entropy"]["new_source_test_f1_macro"]
-                        if random_last is not None and p["labels"] and p["mean"] >= random_last), None)
+    """The curves of both selections on both test sets, and whether the targets are met (null until every run has
+    finished): judged on the champion each round leaves, what users are served; the retrained models beside."""
+    found = {selection: {metric: curves(runs, selection, metric) for metric in METRICS} for selection in SELECTIONS}
+    served, retrained = labels_to_match_random(found, budgets[-1]), labels_to_match_random(found, budgets[-1], "challenger_")
     start = next((r[0]["phrasebank_test_f1_macro"] for r in runs.values() if r), None)
     worst = min((r["phrasebank_test_f1_macro"] for rounds in runs.values() for r in rounds), default=None)
     refused = [{"run": name, "labels": r["labels"], "reason": r["reason"]} for name, rounds in runs.items() for r in rounds
                if r["promoted"] is False]
     finished = {selection: sum(len(runs.get(f"{selection}-seed{seed}", [])) == len(budgets) + 1 for seed in range(seeds))
                 for selection in SELECTIONS}
-    met = (queue_reach is not None and queue_reach <= TARGET["queue_labels_to_reach_random_at_400"]
+    reach = served["queue_labels_to_reach_it"]
+    met = (reach is not None and reach <= TARGET["queue_labels_to_reach_random_at_400"]
            and start is not None and worst is not None and start - worst <= TARGET["phrasebank_drop_at_most"])
     return {
         "finished_seeds": finished,
         "curves": found,
-        "random_f1_at_last_budget": random_last,
-        "queue_labels_to_reach_it": queue_reach,
+        **served,
+        "retrained_models": retrained,
         "phrasebank_start": start,
         "phrasebank_worst": worst,
         "promotions_refused": refused,
@@ -232,12 +255,15 @@ def plot(found: dict, path: Path) -> None:
     for ax, (metric, title) in zip(axes, (("new_source_test_f1_macro", "new source (FiQA + SemEval) test"),
                                           ("phrasebank_test_f1_macro", "Financial PhraseBank test"))):
         for selection in SELECTIONS:
-            points = found[selection][metric]
-            if points:
-                xs, means, sds = [p["labels"] for p in points], [p["mean"] for p in points], [p["sd"] for p in points]
-                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=f"{'label queue (entropy)' if selection == 'entropy' else 'random'}")
+            for prefix, style in (("", "-"), ("challenger_", ":")):
+                points = found[selection][prefix + metric]
+                if points:
+                    xs, means, sds = [p["labels"] for p in points], [p["mean"] for p in points], [p["sd"] for p in points]
+                    name = "label queue (entropy)" if selection == "entropy" else "random"
+                    ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, linestyle=style,
+                                label=f"{name}: {'champion' if not prefix else 'retrained model, promoted or not'}")
         ax.set(xlabel="labels bought on the new source", ylabel="champion's test macro-F1", title=title)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
