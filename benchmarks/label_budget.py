@@ -262,7 +262,7 @@ def plot(found: dict, path: Path) -> None:
                     name = "label queue (entropy)" if selection == "entropy" else "random"
                     ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, linestyle=style,
                                 label=f"{name}: {'champion' if not prefix else 'retrained model, promoted or not'}")
-        ax.set(xlabel="labels bought on the new source", ylabel="champion's test macro-F1", title=title)
+        ax.set(xlabel="labels bought on the new source", ylabel="test macro-F1", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
