@@ -139,8 +139,8 @@ def check(task: Task, params: Params, engine: Engine, files: list[Path], served:
     if report["drift_detected"]:
         picks = task.config.active_learning  # the same ranking as `finetune select`
         unasked = not_yet_asked(list(dict.fromkeys(texts)), task, latest_outputs(pipeline))  # none: every text asked about before
-        queued = rank(task, model, tokenizer, unasked, picks.strategy, settings.queue_size, picks.diversity, picks.seed) if unasked else None
-        report["labelling_queue"] = str(write_queue(queued, task.pipeline)) if queued else None
+        report["labelling_queue"] = str(write_queue(rank(task, model, tokenizer, unasked, picks.strategy, settings.queue_size, picks.diversity,
+                                                         picks.seed), task.pipeline)) if unasked else None
     save_json(report_path(pipeline), report)
     publish(report, plots, experiment_id, shift)
     return report

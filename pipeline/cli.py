@@ -62,8 +62,9 @@ def select(args: argparse.Namespace) -> None:
     config = load_params(args.params).pipeline(args.pipeline)
     settings = config.active_learning
     pool = args.pool or settings.pool
-    read = active_learning.read_pool(pool, get_task(args.pipeline, config).pool_column())  # before the slow model load
-    texts = active_learning.not_yet_asked(read, get_task(args.pipeline, config))
+    pool_task = get_task(args.pipeline, config)
+    read = active_learning.read_pool(pool, pool_task.pool_column())  # before the slow model load
+    texts = active_learning.not_yet_asked(read, pool_task)
     if not texts:
         raise DataError(f"{pool}: every one of its {len(read)} texts is labelled already or waiting in {active_learning.QUEUE}/: "
                         "add new texts to the pool")
