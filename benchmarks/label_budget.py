@@ -15,8 +15,9 @@ champion is scored on both test sets: the new source's and Financial PhraseBank'
 
 Every run (selection x seed) starts from a copy of one champion project, so they share its MLflow artifact
 folder; a finished round is written to the results file at once, and a run found half done goes on from its
-project folder (or starts again when the folder is gone). Writes benchmarks/results/label_budget.json and .png
-(label_budget-<overrides>.* with --set).
+project folder (or starts again when the folder is gone). Writes benchmarks/results/label_budget.json and .png.
+`--set KEY=VALUE` changes the retraining recipe only (the champion stays today's defaults): its runs go to
+label_budget-<overrides>.* and to a folder of their own.
 
     python benchmarks/label_budget.py [--seeds 3] [--budgets 50,100,200,400] [--work benchmarks/work/label_budget]
 """
@@ -156,11 +157,11 @@ def label_round(project: Path, pool: Path, gold: dict[str, str], k: int, selecti
     return len(rows)
 
 
-def run(work: Path, champion: Path, start: dict, name: str, selection: str, seed: int, budgets: list[int], pool: Path,
-        gold: dict[str, str], tests: dict[str, list[dict]], done: list[dict], save) -> list[dict]:
-    """One selection's rounds with one seed, from a copy of the champion project (`start`: its scores);
-    `done` are the rounds recorded earlier."""
-    project = work / "runs" / name
+def run(project: Path, champion: Path, start: dict, selection: str, seed: int, overrides: list[str], budgets: list[int],
+        pool: Path, gold: dict[str, str], tests: dict[str, list[dict]], done: list[dict], save) -> list[dict]:
+    """One selection's rounds with one seed in `project`, a copy of the champion project (`start`: its scores)
+    retraining with `overrides`; `done` are the rounds recorded earlier."""
+    name = project.name
     dropped = sorted((project / "data" / "incoming").glob("round-*.csv"))
     if done and len(dropped) == len(done):  # the last round was cut short after its batch was dropped: take it back
         dropped.pop().unlink()
@@ -168,7 +169,7 @@ def run(work: Path, champion: Path, start: dict, name: str, selection: str, seed
     if not done or not project.exists() or len(dropped) != len(done) - 1:  # the folder gone or not what was recorded: start again
         shutil.rmtree(project, ignore_errors=True)
         shutil.copytree(champion, project, symlinks=True)
-        params = yaml.safe_load((project / "params.yaml").read_text())
+        params = with_overrides(yaml.safe_load((project / "params.yaml").read_text()), "sentiment", overrides)
         params["sentiment"]["train"]["seed"] += seed  # each seed its own training order; the random picks' seed too
         params["sentiment"]["active_learning"]["seed"] += seed
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -278,7 +279,7 @@ def main() -> None:
     if not NEW_SOURCE.exists():
         sys.exit(f"{NEW_SOURCE} not found: this benchmark needs ../shared/data beside the project")
     budgets = [int(b) for b in args.budgets.split(",")]
-    params = phrasebank_params(args.set)
+    params = phrasebank_params([])
     params = with_overrides(params, "sentiment", ["augment.copies=0", "registry.onnx=null"])  # the export does not change a decision
     params["sentiment"]["data"]["incoming"] = "data/incoming"
     work = args.work.resolve()
@@ -321,6 +322,7 @@ def main() -> None:
             "plot": str(image.relative_to(ROOT)),
             "train": params["sentiment"]["train"],
             "active_learning": params["sentiment"]["active_learning"],
+            "retrain_overrides": args.set,
             **cpu_facts(),
             "seconds_this_invocation": round(time.time() - started),
         }
@@ -331,7 +333,9 @@ def main() -> None:
             name = f"{selection}-seed{seed}"
             if len(runs.get(name, [])) == len(budgets) + 1:
                 continue
-            run(work, champion, trained["scores"], name, selection, seed, budgets, pool, gold, tests, runs.get(name, []), save)
+            folder = work / ("runs" if not args.set else output.stem)  # an experiment's runs beside today's defaults
+            run(folder / name, champion, trained["scores"], selection, seed, args.set, budgets, pool, gold, tests,
+                runs.get(name, []), save)
     print(json.dumps({k: v for k, v in summary(runs, budgets, args.seeds).items() if k != "curves"}, indent=2))
     print(f"wrote {output}")
 
