@@ -219,6 +219,9 @@ class TrainConfig:
     layer_decay: float = ranged(1.0, 0, 1, low_open=True)  # each encoder layer's learning rate this times the one above's; 1: off
     max_minutes: float | None = positive(None)  # stop, evaluate and keep the best model once training has run this long
     processes: int = at_least(1, 1)  # DDP workers on this machine (torchrun); batch_size is split between them
+    # Each training example from a `data.incoming` batch is seen this many times an epoch: a few hundred new
+    # labels beside thousands of the source's otherwise barely move the model. 1: as often as the source's.
+    incoming_weight: int = at_least(1, 1)
     peft: PeftSettings | None = None  # null: full fine-tuning
     distillation: DistillationConfig | None = None  # null: no teacher
 

@@ -132,6 +132,23 @@ def test_a_half_depth_student_distils_from_the_champion_and_competes_for_it(work
     assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.4, "better than always the majority class (0.24)"
 
 
+# Weighting the drop folder's examples ------------------------------------------------------------
+def test_incoming_weight_repeats_each_drop_folder_example_and_nothing_else(workspace, tiny_model):
+    from pipeline.stages.train import build_trainer
+
+    write_csv(workspace / "data" / "incoming" / "round-1.csv", make_rows(40, seed=7))
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__incoming_weight=3))
+    run_stages(*DATA_STAGES)
+    config = load_params(Path("params.yaml")).pipeline("sentiment")
+    examples = load_records(PATHS.augmented_train)
+    new = [e for e in examples if e["source"] == str(Path("data/incoming/round-1.csv"))]
+    assert new and len(new) < len(examples) / 4, "the batch is a small share of the training split"
+    trainer, _ = build_trainer(get_task("sentiment", config), config, examples, examples, workspace / "out", str(tiny_model))
+    assert len(trainer.train_dataset) == len(examples) + 2 * len(new), "each new example seen 3 times, the source's once"
+    validation = trainer.eval_dataset
+    assert len(validation) == len(examples), "validation is never weighted"
+
+
 # Layer-wise learning-rate decay -----------------------------------------------------------------
 def test_layer_decay_gives_each_layer_the_rate_of_the_one_above_times_decay(workspace, tiny_model):
     from pipeline.stages.train import build_trainer

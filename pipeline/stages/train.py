@@ -184,7 +184,7 @@ def build_trainer(
     callbacks = [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience), *callbacks]
     if settings.max_minutes is not None:
         callbacks.append(TimeBudget(settings.max_minutes))
-    train_dataset = task.encode(tokenizer, train_examples)
+    train_dataset = task.encode(tokenizer, weighted_by_origin(train_examples, config))
     if settings.peft is not None:
         per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
         model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs),
@@ -209,6 +209,18 @@ def build_trainer(
         callbacks=callbacks,
     )
     return trainer, tokenizer
+
+
+def weighted_by_origin(examples: list[Record], config: TaskConfig) -> list[Record]:
+    """The training examples, each one read from a `data.incoming` batch repeated `train.incoming_weight` times."""
+    weight = config.train.incoming_weight
+    if weight == 1:
+        return examples
+    incoming = Path(config.data.incoming).resolve()
+    new = [example for example in examples if "source" in example and Path(example["source"]).resolve().parent == incoming]
+    print(f"train: {len(new)} of {len(examples)} training examples come from {config.data.incoming}; "
+          f"each is seen {weight} times an epoch (train.incoming_weight)")
+    return examples + new * (weight - 1)
 
 
 def per_worker_batch_size(batch_size: int) -> int:
