@@ -73,6 +73,11 @@ def batch_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not _ignored(p))
 
 
+def from_drop_folder(record: Record, folder: str) -> bool:
+    """Whether a record was read from a batch of the drop folder `folder` (its `source` is a file directly in it)."""
+    return "source" in record and Path(record["source"]).resolve().parent == Path(folder).resolve()
+
+
 def read_batch(path: Path, encoding: str | None) -> list[Record]:
     """Read one drop-folder batch, its format taken from its extension; each record keeps its `batch` name."""
     batch_format = EXTENSION_FORMATS.get(path.suffix.lower())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,20 @@ def test_the_interval_must_clear_min_delta_not_only_zero():
     assert gain.promote
     just_below = dataclasses.replace(PROMOTION, min_delta=round(gain.delta - 0.01, 4))  # the gain beats it; the interval does not
     assert not judge(t, just_below, gold, challenger, champion).promote
+
+
+def test_each_origins_scores_are_reported_when_validation_holds_drop_folder_examples():
+    t = task("sentiment")
+    gold = [{**example, "source": str(Path(t.config.data.incoming) / "round-1.csv") if i % 10 == 0 else "data/fpb.txt"}
+            for i, example in enumerate(labelled(1000))]
+    champion = guesses(gold, 0.7, seed=1)
+    challenger = [dict(g) if g["source"] != "data/fpb.txt" else p for g, p in zip(gold, champion)]  # learned the new data only
+    verdict = judge(t, PROMOTION, gold, challenger, champion)
+    new, old = verdict.by_origin["incoming"], verdict.by_origin["source"]
+    assert (new["examples"], old["examples"]) == (100, 900)
+    assert new["challenger"] == 1.0 > new["champion"] and old["challenger"] == old["champion"]
+    assert f"incoming (100 examples) 1.0000 vs {new['champion']:.4f}" in verdict.reason
+    assert judge(t, PROMOTION, labelled(100), labelled(100), labelled(100)).by_origin is None  # one origin: nothing to split
 
 
 def test_the_bootstrap_is_deterministic_for_a_seed():

@@ -145,8 +145,13 @@ def test_incoming_weight_repeats_each_drop_folder_example_and_nothing_else(works
     assert new and len(new) < len(examples) / 4, "the batch is a small share of the training split"
     trainer, _ = build_trainer(get_task("sentiment", config), config, examples, examples, workspace / "out", str(tiny_model))
     assert len(trainer.train_dataset) == len(examples) + 2 * len(new), "each new example seen 3 times, the source's once"
-    validation = trainer.eval_dataset
-    assert len(validation) == len(examples), "validation is never weighted"
+    assert len(trainer.eval_dataset) == len(examples), "validation is never weighted"
+
+    run_stages("train", "evaluate")
+    for split in ("val", "test"):
+        metrics = load_json(PATHS.metrics)[split]
+        origins = metrics["by_origin"]
+        assert origins["source"]["n"] + origins["incoming"]["n"] == metrics["n"] and origins["incoming"]["n"] > 0
 
 
 # Layer-wise learning-rate decay -----------------------------------------------------------------

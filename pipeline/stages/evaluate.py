@@ -37,6 +37,9 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     for split in EVAL_SPLITS:
         examples = load_records(paths.split(split))
         metrics[split], predictions = score(task, model, tokenizer, examples)
+        by_origin = task.metrics_by_origin(examples, predictions)
+        if by_origin is not None:  # the drop folder's examples apart: is the new data learned?
+            metrics[split]["by_origin"] = by_origin
         if split == "val":
             save_records(paths.val_predictions, predictions)
         images += task.write_plots(examples, predictions, paths.evaluation, split)
@@ -54,6 +57,11 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     print(f"evaluate[{task.pipeline}]: " + ", ".join(
         f"{split} {task.primary_metric}={values[task.primary_metric]:.4f}" for split, values in metrics.items()
     ))
+    for split, values in metrics.items():
+        if "by_origin" in values:
+            print(f"evaluate[{task.pipeline}]: {split} " + ", ".join(
+                f"{origin} ({part['n']} examples) {task.primary_metric}={part[task.primary_metric]:.4f}"
+                for origin, part in values["by_origin"].items()))
     return metrics
 
 

@@ -40,6 +40,7 @@ class Verdict:
     test: PairedTest | None  # None: no champion, or promotion.test is none
     promote: bool
     reason: str
+    by_origin: dict | None = None  # each origin's examples (data.source, the drop folder) and both scores on them
 
     @property
     def delta(self) -> float | None:
@@ -56,7 +57,24 @@ def judge(task: Task, promotion: PromotionConfig, val: list[Record], challenger:
         test = paired_bootstrap(task.metric_statistics(val, challenger), task.metric_statistics(val, champion),
                                 task.metric_from_statistics, promotion.min_delta, promotion.confidence,
                                 promotion.resamples, promotion.seed)
-    return Verdict(challenger_score, champion_score, test, *decide(challenger_score, champion_score, promotion, metric, test))
+    promote, reason = decide(challenger_score, champion_score, promotion, metric, test)
+    by_origin = origin_scores(task, val, challenger, champion)
+    if by_origin is not None:
+        reason += "; by origin: " + ", ".join(
+            f"{origin} ({part['examples']} examples) {part['challenger']:.4f}"
+            + ("" if part["champion"] is None else f" vs {part['champion']:.4f}") for origin, part in by_origin.items())
+    return Verdict(challenger_score, champion_score, test, promote, reason, by_origin)
+
+
+def origin_scores(task: Task, val: list[Record], challenger: list[Record], champion: list[Record] | None) -> dict | None:
+    """Both models' primary metric on the examples from data.source and on those from the drop folder
+    (None unless validation holds both): what the pooled score hides when the new data is a small share."""
+    metric, mine = task.primary_metric, task.metrics_by_origin(val, challenger)
+    if mine is None:
+        return None
+    theirs = None if champion is None else task.metrics_by_origin(val, champion)
+    return {origin: {"examples": part["n"], "challenger": part[metric], "champion": None if theirs is None else theirs[origin][metric]}
+            for origin, part in mine.items()}
 
 
 def decide(challenger: float, champion: float | None, promotion: PromotionConfig, metric: str,
@@ -175,6 +193,7 @@ def decision_record(verdict: Verdict, promotion: PromotionConfig, name: str, met
         "promoted": verdict.promote,
         "alias": CHAMPION if verdict.promote else CHALLENGER,
         "reason": verdict.reason,
+        "by_origin": verdict.by_origin,
     }
 
 

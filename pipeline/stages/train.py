@@ -21,6 +21,7 @@ from pipeline.monitoring.reference import log_reference_data
 from pipeline.params import Params, TaskConfig, section_hash
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.plots import learning_curves_png
+from pipeline.readers import from_drop_folder
 from pipeline.records import Record, load_json, load_records, save_json
 from pipeline.tasks import Task
 from pipeline.techniques import adapters
@@ -216,8 +217,7 @@ def weighted_by_origin(examples: list[Record], config: TaskConfig) -> list[Recor
     weight = config.train.incoming_weight
     if weight == 1:
         return examples
-    incoming = Path(config.data.incoming).resolve()
-    new = [example for example in examples if "source" in example and Path(example["source"]).resolve().parent == incoming]
+    new = [example for example in examples if from_drop_folder(example, config.data.incoming)]
     print(f"train: {len(new)} of {len(examples)} training examples come from {config.data.incoming}; "
           f"each is seen {weight} times an epoch (train.incoming_weight)")
     return examples + new * (weight - 1)

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import pretrained_kwargs
 from pipeline.params import TaskConfig
-from pipeline.readers import read_source
+from pipeline.readers import from_drop_folder, read_source
 from pipeline.records import Record
 from pipeline.techniques import adapters
 
@@ -262,6 +262,18 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, examples: list[Record], predictions: list[Record]) -> dict[str, Any]:
         """The evaluation metrics of predictions against the examples' gold labels."""
+
+    def metrics_by_origin(self, examples: list[Record], predictions: list[Record]) -> dict[str, dict[str, Any]] | None:
+        """The metrics on the examples read from `data.source` and on those from the `data.incoming` drop
+        folder; None unless the examples hold both."""
+        new = [from_drop_folder(example, self.config.data.incoming) for example in examples]
+        if all(new) or not any(new):
+            return None
+        found = {}
+        for origin, wanted in (("source", False), ("incoming", True)):
+            rows = [i for i, is_new in enumerate(new) if is_new == wanted]
+            found[origin] = self.metrics([examples[i] for i in rows], [predictions[i] for i in rows])
+        return found
 
     @abstractmethod
     def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
