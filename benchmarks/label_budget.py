@@ -63,21 +63,21 @@ def label(score: float) -> str:
 
 
 def new_source() -> list[dict]:
-    """FiQA posts and SemEval headlines as {text, label, source}; a text given two labels (SemEval scores a
+    """FiQA posts and SemEval headlines as {text, label, score, source}; a text given two labels (SemEval scores a
     headline once per company it names) is left out, one given the same label twice is kept once."""
     fiqa = json.loads((NEW_SOURCE / "FiQA_post.json").read_text(encoding="utf-8"))
     semeval = json.loads((NEW_SOURCE / "SemEval2017Task5Headlines.json").read_text(encoding="utf-8"))
-    rows = [(post["sentence"], label(float(post["info"][0]["sentiment_score"])), "fiqa") for post in fiqa.values()]
-    rows += [(headline["title"], label(float(headline["sentiment"])), "semeval") for headline in semeval]
+    rows = [(post["sentence"], float(post["info"][0]["sentiment_score"]), "fiqa") for post in fiqa.values()]
+    rows += [(headline["title"], float(headline["sentiment"]), "semeval") for headline in semeval]
     labels: dict[str, set[str]] = {}
-    for text, name, _ in rows:
-        labels.setdefault(" ".join(text.split()), set()).add(name)
+    for text, score, _ in rows:
+        labels.setdefault(" ".join(text.split()), set()).add(label(score))
     kept, seen = [], set()
-    for text, name, source in rows:
+    for text, score, source in rows:
         key = " ".join(text.split())
         if len(labels[key]) == 1 and key not in seen:
             seen.add(key)
-            kept.append({"text": key, "label": name, "source": source})
+            kept.append({"text": key, "label": label(score), "score": score, "source": source})
     return kept
 
 
