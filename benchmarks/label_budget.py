@@ -200,8 +200,9 @@ def run(project: Path, champion: Path, start: dict, selection: str, seed: int, p
         challenger = champion_scores(project, tests, decision["challenger"]["version"])
         kept = {key: done[-1][key] for key in ("champion_version", *tests)}  # not promoted: the same champion, the same scores
         record = {"labels": labelled, **(challenger if decision["promoted"] else kept), **challenger_fields(challenger),
-                  "promoted": decision["promoted"],
-                  "reason": decision.get("reason"), "validation_by_origin": decision.get("by_origin"), "retrain_cpu_minutes": minutes, "seconds": round(time.time() - started)}
+                  "promoted": decision["promoted"], "reason": decision.get("reason"),
+                  "validation_by_origin": decision.get("by_origin"),  # both models on the source's and the new texts
+                  "retrain_cpu_minutes": minutes, "seconds": round(time.time() - started)}
         done = [*done, record]
         save(name, done)
         print(f"label_budget[{name}]: {labelled} labels -> new source {record['new_source_test_f1_macro']:.4f}, "
