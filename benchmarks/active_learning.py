@@ -47,7 +47,7 @@ def train_and_score(task, config, labelled: list, val: list, test: list, epochs:
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     with tempfile.TemporaryDirectory(prefix="al-") as output:
-        trainer, tokenizer = build_trainer(task, config, labelled, val, Path(output), base_model_path(config, PipelinePaths(task.pipeline)))
+        trainer, tokenizer = build_trainer(task, config, labelled, val, Path(output), base_model_path(task, PipelinePaths(task.pipeline)))
         trainer.train()
     model = trainer.model
     return task.metrics(test, task.predict(model, tokenizer, test))["f1_macro"], model, tokenizer

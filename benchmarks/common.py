@@ -150,7 +150,7 @@ def fine_tune(task: Any, config: Any, train: list, val: list, seed: int, callbac
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fine-tune-") as output:
-        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(config, PipelinePaths(task.pipeline)),
+        trainer, tokenizer = build_trainer(task, config, train, val, Path(output), base_model_path(task, PipelinePaths(task.pipeline)),
                                            callbacks)
         trainer.train()
     return trainer.model, tokenizer, time.time() - started

@@ -222,6 +222,9 @@ class TrainConfig:
     # Each training example from a `data.incoming` batch is seen this many times an epoch: a few hundred new
     # labels beside thousands of the source's otherwise barely move the model. 1: as often as the source's.
     incoming_weight: int = at_least(1, 1)
+    # base: fine-tune model.name (or the domain-adapted model); champion: the registered champion's weights, so a
+    # retrain refines the model that serves (model.name while there is no champion yet).
+    start_from: Literal["base", "champion"] = "base"
     peft: PeftSettings | None = None  # null: full fine-tuning
     distillation: DistillationConfig | None = None  # null: no teacher
 

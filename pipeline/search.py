@@ -108,7 +108,7 @@ def run(task: Task, config: TaskConfig, paths: PipelinePaths, experiment: str, t
     trials = trials or config.search.trials
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
-    base = base_model_path(config, paths)
+    base = base_model_path(task, paths)
     metric = task.primary_metric
     experiment_id = tracking.configure(experiment)
     study = open_study(config.search, task.pipeline)

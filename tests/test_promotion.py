@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.paths import PipelinePaths
 from pipeline.records import load_json, load_records
 from pipeline.registry import load_registered, promotion_lock
@@ -89,6 +90,25 @@ def test_a_first_model_below_min_score_does_not_become_champion(workspace, tiny_
     good = train_and_register(tiny_model, 1.0e-3, sentiment__promotion__min_score=0.5)
     assert good["promoted"] and good["champion"] is None and "reaches min_score 0.5" in good["reason"]
     assert aliases() == {"champion": "2", "challenger": "1"}
+
+
+def test_start_from_champion_refines_the_champion_and_falls_back_to_the_base_before_there_is_one(workspace, tiny_model, capsys):
+    import mlflow
+
+    first = train_and_register(tiny_model, 1.0e-3, sentiment__train__start_from="champion")
+    assert first["promoted"] and "no champion yet: starting from" in capsys.readouterr().out
+
+    same = train_and_register(tiny_model, UNTRAINED, sentiment__train__start_from="champion")  # the champion's weights, unchanged
+    assert "starting from the champion, fin-sentiment v1" in capsys.readouterr().out
+    assert same["delta"] == 0 and not same["promoted"], "a model that starts from the champion and learns nothing scores as it"
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version(NAME, "2").tags["run_id"])
+    assert run.data.params["started_from"] == "start-fin-sentiment-v1"
+    assert not list(PATHS.checkpoints.glob("start-*")), "the champion's copy is removed once training is done"
+
+    with pytest.raises(ConfigError, match="predicts \\['negative', 'neutral', 'positive'\\].*set start_from: base"):
+        train_and_register(tiny_model, 1.0e-3, sentiment__train__start_from="champion",
+                           sentiment__validate__labels=["positive", "neutral", "negative"])
+    assert aliases() == {"champion": "1", "challenger": "2"}
 
 
 def test_a_failing_register_leaves_the_aliases_alone(workspace, tiny_model, monkeypatch):

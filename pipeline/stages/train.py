@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,8 +43,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     experiment_id = tracking.configure(experiment)  # before a registered teacher is loaded
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
-    base = base_model_path(config, paths)
-    checkpoints = checkpoint_folder(config, paths)
+    base = base_model_path(task, paths)
+    checkpoints = checkpoint_folder(config, paths, base)
     last_checkpoint = last_complete_checkpoint(checkpoints)
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
@@ -57,7 +58,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
         if not resumed_run:
             mlflow.set_tags(tags)
             mlflow.log_params(_flat_params(config))
-            mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size})
+            mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size,
+                               "started_from": Path(base).name if Path(base).parent == paths.checkpoints else base})
             for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
@@ -93,6 +95,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
         save_json(paths.train_summary, summary)
     shutil.rmtree(checkpoints, ignore_errors=True)
+    if Path(base).parent == paths.checkpoints:  # the champion's copy it started from
+        shutil.rmtree(base, ignore_errors=True)
     print(f"train[{task.pipeline}]: {json.dumps(summary)}")
     return summary
 
@@ -102,16 +106,17 @@ def train_only(task: Task, config: TaskConfig, paths: PipelinePaths) -> dict:
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())  # a registered teacher loads from the same store
-    checkpoints = checkpoint_folder(config, paths)
+    base = base_model_path(task, paths)
+    checkpoints = checkpoint_folder(config, paths, base)
     trainer, _ = build_trainer(task, config, load_records(paths.augmented_train), load_records(paths.split("val")),
-                               checkpoints, base_model_path(config, paths))
+                               checkpoints, base)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
     return {}
 
 
-def checkpoint_folder(config: TaskConfig, paths: PipelinePaths) -> Path:
+def checkpoint_folder(config: TaskConfig, paths: PipelinePaths, base: str) -> Path:
     """Checkpoints are keyed by everything that shapes training, so a resume never mixes runs."""
-    return paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")])
+    return paths.checkpoints / _fingerprint(config, [paths.augmented_train, paths.split("val")], base)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -130,9 +135,47 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return None if complete is None else str(complete)
 
 
-def base_model_path(config: TaskConfig, paths: PipelinePaths) -> str:
-    """Where fine-tuning starts: the domain-adapted model when pretrain is on, else model.name."""
+def base_model_path(task: Task, paths: PipelinePaths) -> str:
+    """Where fine-tuning starts: the champion with train.start_from: champion (once there is one), the
+    domain-adapted model when pretrain is on, else model.name."""
+    config = task.config
+    if config.train.start_from == "champion":
+        champion = champion_folder(task, paths)
+        if champion is not None:
+            return champion
     return str(paths.pretrained) if config.pretrain.enabled else resolve_model(config.model.name, f"{paths.pipeline}.model.name")
+
+
+def champion_folder(task: Task, paths: PipelinePaths) -> str | None:
+    """The registered champion as a model folder under checkpoints/ (None while there is no champion). Its
+    name holds the version, so a checkpoint only resumes a run that started from the same champion."""
+    import mlflow
+
+    name = task.config.registry.name
+    tracking.point_at_store()
+    champion = registry.champion_version(mlflow.MlflowClient(), name)
+    if champion is None:
+        print(f"train[{task.pipeline}]: no champion yet: starting from {task.config.model.name} (train.start_from)")
+        return None
+    folder = paths.checkpoints / f"start-{name}-v{champion.version}"
+    if not (folder / "config.json").exists():
+        model, tokenizer = registry.load_registered(task, f"models:/{name}/{champion.version}")
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".start-", dir=paths.checkpoints))
+        model.save_pretrained(str(scratch))
+        tokenizer.save_pretrained(str(scratch))
+        expected = task.load_model(str(scratch))[0].config.id2label  # the labels as today's params order them
+        if {int(i): label for i, label in model.config.id2label.items()} != expected:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise ConfigError(f"params.yaml: {task.pipeline}.train.start_from: champion: {name} v{champion.version} predicts "
+                              f"{list(model.config.id2label.values())}, the params now {list(expected.values())}; "
+                              "set start_from: base to train a new head")
+        try:
+            scratch.rename(folder)
+        except OSError:  # another process (a DDP worker) saved it first
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"train[{task.pipeline}]: starting from the champion, {name} v{champion.version} (train.start_from)")
+    return str(folder)
 
 
 def load_base(task: Task, config: TaskConfig, path: str) -> tuple[Any, Any]:
@@ -272,9 +315,9 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return [merged[epoch] for epoch in sorted(merged)]
 
 
-def _fingerprint(config: TaskConfig, inputs: list[Path]) -> str:
-    """The training settings and input data: a checkpoint only resumes a run of the same."""
-    digest = hashlib.sha256(section_hash(config.training_sections()).encode())
+def _fingerprint(config: TaskConfig, inputs: list[Path], base: str) -> str:
+    """The training settings, the starting model and the input data: a checkpoint only resumes a run of the same."""
+    digest = hashlib.sha256((section_hash(config.training_sections()) + base).encode())
     for path in inputs:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
