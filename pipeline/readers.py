@@ -73,9 +73,10 @@ def batch_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not _ignored(p))
 
 
-def from_drop_folder(record: Record, folder: str) -> bool:
-    """Whether a record was read from a batch of the drop folder `folder` (its `source` is a file directly in it)."""
-    return "source" in record and Path(record["source"]).resolve().parent == Path(folder).resolve()
+def from_drop_folder(records: list[Record], folder: str) -> list[bool]:
+    """Whether each record was read from a batch of the drop folder `folder` (its `source` is a file directly in it)."""
+    resolved = Path(folder).resolve()
+    return ["source" in record and Path(record["source"]).resolve().parent == resolved for record in records]
 
 
 def read_batch(path: Path, encoding: str | None) -> list[Record]:

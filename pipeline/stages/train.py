@@ -44,6 +44,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     train_examples = load_records(paths.augmented_train)
     val_examples = load_records(paths.split("val"))
     base = base_model_path(task, paths)
+    from_champion = Path(base).parent == paths.checkpoints  # a copy of the champion (train.start_from), removed after
     checkpoints = checkpoint_folder(config, paths, base)
     last_checkpoint = last_complete_checkpoint(checkpoints)
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
@@ -59,7 +60,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             mlflow.set_tags(tags)
             mlflow.log_params(_flat_params(config))
             mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size,
-                               "started_from": Path(base).name if Path(base).parent == paths.checkpoints else base})
+                               "started_from": Path(base).name if from_champion else base})
             for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
@@ -95,7 +96,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
         save_json(paths.train_summary, summary)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    if Path(base).parent == paths.checkpoints:  # the champion's copy it started from
+    if from_champion:
         shutil.rmtree(base, ignore_errors=True)
     print(f"train[{task.pipeline}]: {json.dumps(summary)}")
     return summary
@@ -260,7 +261,7 @@ def weighted_by_origin(examples: list[Record], config: TaskConfig) -> list[Recor
     weight = config.train.incoming_weight
     if weight == 1:
         return examples
-    new = [example for example in examples if from_drop_folder(example, config.data.incoming)]
+    new = [example for example, is_new in zip(examples, from_drop_folder(examples, config.data.incoming)) if is_new]
     print(f"train: {len(new)} of {len(examples)} training examples come from {config.data.incoming}; "
           f"each is seen {weight} times an epoch (train.incoming_weight)")
     return examples + new * (weight - 1)

@@ -266,7 +266,7 @@ class Task(ABC):
     def metrics_by_origin(self, examples: list[Record], predictions: list[Record]) -> dict[str, dict[str, Any]] | None:
         """The metrics on the examples read from `data.source` and on those from the `data.incoming` drop
         folder; None unless the examples hold both."""
-        new = [from_drop_folder(example, self.config.data.incoming) for example in examples]
+        new = from_drop_folder(examples, self.config.data.incoming)
         if all(new) or not any(new):
             return None
         found = {}
