@@ -167,12 +167,26 @@ def label_round(project: Path, pool: Path, gold: dict[str, str], k: int, selecti
     return len(rows)
 
 
+def round_batches(project: Path) -> list[Path]:
+    """The labelled batches a run dropped, in round order."""
+    return sorted((project / "data" / "incoming").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def batch_rows(path: Path) -> list[dict]:
+    """A labelled batch's rows as {text, label}, each text as the data set has it (the queue quotes a text
+    that a spreadsheet would run as a formula)."""
+    from pipeline.readers import from_spreadsheet_safe
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{"text": from_spreadsheet_safe(row["text"]), "label": row["label"]} for row in csv.DictReader(f)]
+
+
 def run(project: Path, champion: Path, start: dict, selection: str, seed: int, params: dict, budgets: list[int],
         pool: Path, gold: dict[str, str], tests: dict[str, list[dict]], done: list[dict], save) -> list[dict]:
     """One selection's rounds with one seed in `project`, a copy of the champion project (`start`: its scores)
     retraining with `params`; `done` are the rounds recorded earlier."""
     name = project.name
-    dropped = sorted((project / "data" / "incoming").glob("round-*.csv"))
+    dropped = round_batches(project)
     if done and len(dropped) == len(done):  # the last round was cut short after its batch was dropped: take it back
         dropped.pop().unlink()
         max((project / "data" / "to_label").glob("sentiment-*.csv"), key=lambda p: p.stat().st_mtime).unlink()
@@ -234,12 +248,9 @@ def setfit_scores(rows: list[dict], seed: int, tests: dict[str, list[dict]]) -> 
 
 def setfit_run(random_project: Path, seed: int, tests: dict[str, list[dict]], done: list[dict], save) -> None:
     """The SetFit anchor on the labels of one finished random run, budget by budget (`done`: recorded earlier)."""
-    from pipeline.readers import from_spreadsheet_safe
-
     bought: list[dict] = []
-    for batch in sorted((random_project / "data" / "incoming").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1])):
-        with batch.open(newline="", encoding="utf-8") as f:
-            bought += [{"text": from_spreadsheet_safe(row["text"]), "label": row["label"]} for row in csv.DictReader(f)]
+    for batch in round_batches(random_project):
+        bought += batch_rows(batch)
         if len(bought) > SETFIT_MAX_LABELS:
             break
         if any(record["labels"] == len(bought) for record in done):

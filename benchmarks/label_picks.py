@@ -19,17 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, ROOT
-from label_budget import LABELS, THRESHOLD, new_source
+from label_budget import LABELS, THRESHOLD, batch_rows, new_source, round_batches
 
 NEAR = 0.1  # on the [-1, 1] scale: a score within this of ±THRESHOLD could as well have had the other label
-
-
-def batch_texts(path: Path) -> list[str]:
-    """The texts of a labelled batch (a leading quote is how the queue keeps a spreadsheet from running a text)."""
-    from pipeline.readers import from_spreadsheet_safe
-
-    with path.open(newline="", encoding="utf-8") as f:
-        return [from_spreadsheet_safe(row["text"]) for row in csv.DictReader(f)]
 
 
 def describe(picks: list[int], scores: np.ndarray, labels: list[str], embeddings: np.ndarray) -> dict:
@@ -56,7 +48,8 @@ def main() -> None:
     from pipeline.models import resolve_model
 
     rows = {row["text"]: row for row in new_source()}
-    pool = batch_texts(args.work / "pool.csv")
+    with (args.work / "pool.csv").open(newline="", encoding="utf-8") as f:
+        pool = [row["text"] for row in csv.DictReader(f)]
     position = {text: i for i, text in enumerate(pool)}
     scores = np.array([rows[text]["score"] for text in pool])
     labels = [rows[text]["label"] for text in pool]
@@ -66,8 +59,8 @@ def main() -> None:
     for run in sorted((args.work / "runs").iterdir()):
         picks: list[int] = []
         found["runs"][run.name] = []
-        for batch in sorted((run / "data" / "incoming").glob("round-*.csv"), key=lambda p: int(p.stem.split("-")[1])):
-            picks += [position[text] for text in batch_texts(batch)]
+        for batch in round_batches(run):
+            picks += [position[row["text"]] for row in batch_rows(batch)]
             found["runs"][run.name].append(describe(picks, scores, labels, embeddings))
             print(f"label_picks[{run.name}]: {json.dumps(found['runs'][run.name][-1])}")
     output = RESULTS / "label_picks.json"
