@@ -162,6 +162,27 @@ def test_each_origins_scores_are_reported_when_validation_holds_drop_folder_exam
     assert judge(t, PROMOTION, labelled(100), labelled(100), labelled(100)).by_origin is None  # one origin: nothing to split
 
 
+def test_a_class_never_predicted_is_named_in_the_metrics_and_the_promotion_reason():
+    t = task("sentiment")
+    gold = labelled(300)
+    collapsed = [{"label": "neutral" if g["label"] == "negative" else g["label"]} for g in gold]  # negative never predicted
+    assert t.metrics(gold, collapsed)["never_predicted"] == ["negative"]
+    verdict = judge(t, PROMOTION, gold, collapsed, guesses(gold, 0.7, seed=1))
+    assert verdict.never_predicted == ["negative"] and not verdict.promote
+    assert "the challenger never predicts negative, which validation holds" in verdict.reason
+    assert t.metrics(gold, gold)["never_predicted"] == []
+    no_negatives = [g for g in gold if g["label"] != "negative"]  # a class the examples lack is not reported
+    assert t.metrics(no_negatives, no_negatives)["never_predicted"] == []
+
+
+def test_an_entity_type_never_predicted_is_named_in_the_metrics():
+    t = task("ner")
+    gold = tagged(100)
+    no_locations = [{"tags": ["O" if tag.endswith("-LOC") else tag for tag in g["tags"]]} for g in gold]
+    assert t.metrics(gold, no_locations)["never_predicted"] == ["LOC"]  # ORG and MISC: not in the examples
+    assert t.metrics(gold, gold)["never_predicted"] == []
+
+
 def test_the_bootstrap_is_deterministic_for_a_seed():
     t = task("sentiment")
     gold = labelled(500)

@@ -33,8 +33,21 @@ def test_tiny_model_learns_and_metrics_are_written(workspace, tiny_model):
         assert set(metrics[split]["per_class"]) == {"negative", "neutral", "positive"}
         assert set(metrics[split]["per_class"]["neutral"]) == {"precision", "recall", "f1", "support"}
     assert metrics["val"]["f1_macro"] > 0.9, "the tiny data is easy: the model should learn it"
+    assert metrics["val"]["never_predicted"] == [], "a model that learned predicts every class"
     assert (PATHS.evaluation / "confusion_test.png").exists() and (PATHS.reports / "learning_curves.png").exists()
     assert not PATHS.checkpoints.exists() or not any(PATHS.checkpoints.iterdir()), "checkpoints are removed after success"
+
+
+def test_evaluate_says_when_the_model_never_predicts_a_class(workspace, tiny_model, capsys):
+    import mlflow
+
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__train__learning_rate=1e-12))
+    run_stages("collect", "validate", "split", "augment", "train", "evaluate")  # an untrained head: a collapsed model
+    silent = load_json(PATHS.metrics)["val"]["never_predicted"]
+    assert silent, "a random head predicts fewer classes than the sample holds"
+    assert f"evaluate[sentiment]: val: the model never predicts {', '.join(silent)}, which the val examples hold" in capsys.readouterr().out
+    run = mlflow.get_run(load_json(PATHS.model_dir / "mlflow_run.json")["run_id"])
+    assert run.data.tags["val_never_predicted"] == ", ".join(silent)
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(workspace, tiny_model):

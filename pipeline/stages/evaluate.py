@@ -49,6 +49,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
         for split, values in metrics.items():
             mlflow.log_metrics({f"{split}_{k}": v for k, v in _numbers(values).items()})
         mlflow.log_dict(metrics, "metrics.json")
+        mlflow.set_tags({f"{split}_never_predicted": ", ".join(values["never_predicted"])
+                         for split, values in metrics.items() if values.get("never_predicted")})
         for image in images:
             mlflow.log_artifact(str(image), artifact_path="plots")
         for split, table in tables.items():
@@ -62,6 +64,9 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             print(f"evaluate[{task.pipeline}]: {split} " + ", ".join(
                 f"{origin} ({part['n']} examples) {task.primary_metric}={part[task.primary_metric]:.4f}"
                 for origin, part in values["by_origin"].items()))
+        if values.get("never_predicted"):
+            print(f"evaluate[{task.pipeline}]: {split}: the model never predicts {', '.join(values['never_predicted'])}, "
+                  f"which the {split} examples hold: its F1 there is 0")
     return metrics
 
 

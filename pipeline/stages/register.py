@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Verdict:
     promote: bool
     reason: str
     by_origin: dict | None = None  # each origin's examples (data.source, the drop folder) and both scores on them
+    never_predicted: list[str] = field(default_factory=list)  # classes validation holds that the challenger never predicts
 
     @property
     def delta(self) -> float | None:
@@ -50,7 +51,8 @@ class Verdict:
 def judge(task: Task, promotion: PromotionConfig, val: list[Record], challenger: list[Record], champion: list[Record] | None) -> Verdict:
     """Score both models' predictions on the validation examples, test the gain, decide."""
     metric = task.primary_metric
-    challenger_score = task.metrics(val, challenger)[metric]
+    challenger_metrics = task.metrics(val, challenger)
+    challenger_score = challenger_metrics[metric]
     champion_score = None if champion is None else task.metrics(val, champion)[metric]
     test = None
     if champion is not None and promotion.test == "paired_bootstrap":
@@ -63,7 +65,10 @@ def judge(task: Task, promotion: PromotionConfig, val: list[Record], challenger:
         reason += "; by origin: " + ", ".join(
             f"{origin} ({part['examples']} examples) {part['challenger']:.4f}"
             + ("" if part["champion"] is None else f" vs {part['champion']:.4f}") for origin, part in by_origin.items())
-    return Verdict(challenger_score, champion_score, test, promote, reason, by_origin)
+    silent = challenger_metrics.get("never_predicted", [])
+    if silent:
+        reason += f"; the challenger never predicts {', '.join(silent)}, which validation holds"
+    return Verdict(challenger_score, champion_score, test, promote, reason, by_origin, silent)
 
 
 def origin_scores(task: Task, val: list[Record], challenger: list[Record], champion: list[Record] | None) -> dict | None:
@@ -194,6 +199,7 @@ def decision_record(verdict: Verdict, promotion: PromotionConfig, name: str, met
         "alias": CHAMPION if verdict.promote else CHALLENGER,
         "reason": verdict.reason,
         "by_origin": verdict.by_origin,
+        "never_predicted": verdict.never_predicted,
     }
 
 

@@ -73,6 +73,13 @@ def label_key(label: str) -> str:
     return normalise_text(label).casefold()
 
 
+def never_predicted(labels: list[str], gold: list[str], predicted: list[str]) -> list[str]:
+    """The labels (or entity types) the examples hold but the model never predicts, in declared order:
+    a collapsed class that a macro average over the others can hide."""
+    wanted, made = set(gold), set(predicted)
+    return [label for label in labels if label in wanted and label not in made]
+
+
 def label_lookup(labels: list[str], label_map: dict[str, str]) -> dict[str, str]:
     """Each spelling a source may use (a declared label, a label_map key), by label_key, to the declared label."""
     declared = {label_key(label): label for label in labels}

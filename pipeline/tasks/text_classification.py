@@ -15,7 +15,7 @@ from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
 from pipeline.params import DataConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.base import Counts, Task, cell_problems, cell_text, label_key, label_lookup, normalise_text
+from pipeline.tasks.base import Counts, Task, cell_problems, cell_text, label_key, label_lookup, never_predicted, normalise_text
 
 TOP_CONFUSIONS = 10  # the most frequent mistakes listed in the metrics and on a large confusion plot
 
@@ -230,6 +230,7 @@ class TextClassificationTask(Task):
                 for i, label in enumerate(self.labels)
             },
             "top_confusions": top_confusions(gold, predicted),
+            "never_predicted": never_predicted(self.labels, gold, predicted),
         }
 
     def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:

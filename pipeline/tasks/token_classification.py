@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import IGNORED, batched_by_length
 from pipeline.params import DataConfig, ModelConfig, TaskConfig, at_least, fraction, labels_problems
 from pipeline.records import Record
-from pipeline.tasks.base import Counts, Task, label_key, label_lookup, normalise_text, plain
+from pipeline.tasks.base import Counts, Task, label_key, label_lookup, never_predicted, normalise_text, plain
 from pipeline.techniques.adapters import MERGEABLE
 
 # Words of raw text, split as in CoNLL: abbreviations (U.S.), numbers and words with inner
@@ -399,6 +399,11 @@ class TokenClassificationTask(Task):
                 for kind in self.config.validate.labels
                 if kind in report
             },
+            "never_predicted": never_predicted(
+                self.config.validate.labels,
+                [kind for tags in gold for kind, _, _ in entities(tags)],
+                [kind for tags in predicted for kind, _, _ in entities(tags)],
+            ),
         }
 
     def metric_statistics(self, examples: list[Record], predictions: list[Record]) -> Any:
