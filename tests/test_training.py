@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.paths import PipelinePaths
-from pipeline.records import load_json
+from pipeline.records import load_json, load_records
 from pipeline.stages import run_stage
 from tests.conftest import tiny_params, write_params
 
@@ -58,6 +58,32 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(workspace, tiny_mode
     with safe_open(str(PATHS.model_dir / "model.safetensors"), "pt") as weights:
         assert {str(weights.get_tensor(name).dtype) for name in weights.keys()} == {"torch.float32"}, "autocast keeps fp32 weights"
     assert load_json(PATHS.metrics)["val"]["f1_macro"] > 0.9
+
+
+@pytest.mark.parametrize("examples, epochs, batch_size, min_steps, expected", [
+    (2319, 4, 32, 250, 32),  # 292 steps already
+    (2319, 2, 32, 250, 16),  # 146 steps at 32, 292 at 16
+    (2319, 1, 32, 250, 8),  # 73, 145, 290
+    (263, 4, 32, 250, 8),  # a small sample: halved down to 8 (132 steps) and no further
+    (263, 4, 32, None, 32),  # off
+    (263, 4, 6, 250, 6),  # already below the floor: left as set
+    (263, 4, 24, 250, 12),  # 24 -> 12; 6 would be below the floor
+])
+def test_min_steps_halves_the_batch_until_the_epochs_take_enough_steps(examples, epochs, batch_size, min_steps, expected):
+    from pipeline.params import TrainConfig
+    from pipeline.stages.train import step_batch_size
+
+    settings = TrainConfig(epochs=epochs, batch_size=batch_size, min_steps=min_steps)
+    assert step_batch_size(examples, settings, "sentiment") == expected
+
+
+def test_the_batch_size_min_steps_chose_is_the_one_trained_with_and_recorded(workspace, tiny_model, capsys):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__train__min_steps=40))
+    run_stages("collect", "validate", "split", "augment", "train")
+    rows, summary = len(load_records(PATHS.augmented_train)), load_json(PATHS.train_summary)
+    assert -(-rows // 16) < 40, "the sample in batches of 16 takes fewer than 40 steps"
+    assert (summary["batch_size"], summary["optimizer_steps"]) == (8, -(-rows // 8))
+    assert "fewer than train.min_steps 40: batch size 8" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("precision, flags, expected", [

@@ -19,7 +19,7 @@ from pipeline import distributed, registry, tracking
 from pipeline.errors import ConfigError
 from pipeline.models import check_max_length, keep_layers, mixed_precision, resolve_model, use_all_cores
 from pipeline.monitoring.reference import log_reference_data
-from pipeline.params import Params, TaskConfig, section_hash
+from pipeline.params import Params, TaskConfig, TrainConfig, section_hash
 from pipeline.paths import PipelinePaths, ensure_writable
 from pipeline.plots import learning_curves_png
 from pipeline.readers import from_drop_folder
@@ -28,6 +28,8 @@ from pipeline.tasks import Task
 from pipeline.techniques import adapters
 from pipeline.techniques.distillation import check_vocabularies, distilling
 from pipeline.techniques.layer_decay import with_layer_decay
+
+MIN_BATCH_SIZE = 8  # train.min_steps halves the batch down to this, not to a few examples a step
 
 
 def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
@@ -60,7 +62,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             mlflow.set_tags(tags)
             mlflow.log_params(_flat_params(config))
             mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size,
-                               "started_from": Path(base).name if from_champion else base})
+                               "started_from": Path(base).name if from_champion else base,
+                               "step_batch_size": trainer.args.per_device_train_batch_size * distributed.world_size()})
             for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
@@ -89,6 +92,8 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             "train_samples_per_second": round(result.metrics["train_samples_per_second"], 2),
             "best_val_" + task.primary_metric: trainer.state.best_metric,
             "epochs_run": round(trainer.state.epoch, 2),
+            "optimizer_steps": trainer.state.global_step,
+            "batch_size": trainer.args.per_device_train_batch_size * distributed.world_size(),
             "trainable_parameters": size["trainable_parameters"],
             "trainable_fraction": round(size["trainable_fraction"], 6),
             "processes": distributed.world_size(),
@@ -201,12 +206,14 @@ def build_trainer(
     model, tokenizer = load_base(task, config, base)
     arguments_class, trainer_class = task.trainer_classes()
     bf16 = mixed_precision(settings.precision)
+    train_dataset = task.encode(tokenizer, weighted_by_origin(train_examples, config))
+    batch_size = step_batch_size(len(train_dataset), settings, task.pipeline)
     args = arguments_class(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
-        per_device_train_batch_size=per_worker_batch_size(settings.batch_size),
-        per_device_eval_batch_size=2 * per_worker_batch_size(settings.batch_size),
+        per_device_train_batch_size=per_worker_batch_size(batch_size),
+        per_device_eval_batch_size=2 * per_worker_batch_size(batch_size),
         warmup_steps=settings.warmup,  # a float in [0, 1) is a share of all steps
         weight_decay=settings.weight_decay,
         eval_strategy="epoch",
@@ -229,9 +236,8 @@ def build_trainer(
     callbacks = [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience), *callbacks]
     if settings.max_minutes is not None:
         callbacks.append(TimeBudget(settings.max_minutes))
-    train_dataset = task.encode(tokenizer, weighted_by_origin(train_examples, config))
     if settings.peft is not None:
-        per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
+        per_epoch = math.ceil(len(train_dataset) / batch_size)
         model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs),
                               key=f"{task.pipeline}.train.peft")
         if settings.peft.method == "adalora":
@@ -265,6 +271,25 @@ def weighted_by_origin(examples: list[Record], config: TaskConfig) -> list[Recor
     print(f"train: {len(new)} of {len(examples)} training examples come from {config.data.incoming}; "
           f"each is seen {weight} times an epoch (train.incoming_weight)")
     return examples + new * (weight - 1)
+
+
+def optimizer_steps(examples: int, batch_size: int, epochs: float) -> int:
+    """The optimizer steps of `epochs` passes over `examples` in batches of `batch_size`."""
+    return math.ceil(math.ceil(examples / batch_size) * epochs)
+
+
+def step_batch_size(examples: int, settings: TrainConfig, pipeline: str) -> int:
+    """train.batch_size, halved (down to MIN_BATCH_SIZE) while the epochs would take fewer optimizer steps
+    than train.min_steps; says so when it changes."""
+    batch_size, wanted = settings.batch_size, settings.min_steps
+    while wanted and batch_size // 2 >= MIN_BATCH_SIZE and optimizer_steps(examples, batch_size, settings.epochs) < wanted:
+        batch_size //= 2
+    if batch_size != settings.batch_size and distributed.is_main():
+        print(f"train[{pipeline}]: {examples} training examples over {settings.epochs:g} epochs take "
+              f"{optimizer_steps(examples, settings.batch_size, settings.epochs)} steps at batch_size {settings.batch_size}, "
+              f"fewer than train.min_steps {wanted}: batch size {batch_size} "
+              f"({optimizer_steps(examples, batch_size, settings.epochs)} steps)")
+    return batch_size
 
 
 def per_worker_batch_size(batch_size: int) -> int:
