@@ -77,6 +77,14 @@ def test_min_steps_halves_the_batch_until_the_epochs_take_enough_steps(examples,
     assert step_batch_size(examples, settings, "sentiment") == expected
 
 
+def test_min_steps_keeps_a_batch_that_splits_between_the_ddp_workers(monkeypatch):
+    from pipeline.params import TrainConfig
+    from pipeline.stages.train import step_batch_size
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert step_batch_size(263, TrainConfig(epochs=4, batch_size=40, min_steps=250), "sentiment") == 20  # 10 would not split in 4
+
+
 def test_the_batch_size_min_steps_chose_is_the_one_trained_with_and_recorded(workspace, tiny_model, capsys):
     write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__train__min_steps=40))
     run_stages("collect", "validate", "split", "augment", "train")

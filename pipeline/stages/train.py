@@ -279,10 +279,14 @@ def optimizer_steps(examples: int, batch_size: int, epochs: float) -> int:
 
 
 def step_batch_size(examples: int, settings: TrainConfig, pipeline: str) -> int:
-    """train.batch_size, halved (down to MIN_BATCH_SIZE) while the epochs would take fewer optimizer steps
-    than train.min_steps; says so when it changes."""
+    """train.batch_size, halved (down to MIN_BATCH_SIZE, and while it splits between the DDP workers) while the
+    epochs would take fewer optimizer steps than train.min_steps; says so when it changes."""
     batch_size, wanted = settings.batch_size, settings.min_steps
-    while wanted and batch_size // 2 >= MIN_BATCH_SIZE and optimizer_steps(examples, batch_size, settings.epochs) < wanted:
+
+    def can_halve(size: int) -> bool:
+        return size // 2 >= MIN_BATCH_SIZE and (size // 2) % distributed.world_size() == 0
+
+    while wanted and can_halve(batch_size) and optimizer_steps(examples, batch_size, settings.epochs) < wanted:
         batch_size //= 2
     if batch_size != settings.batch_size and distributed.is_main():
         print(f"train[{pipeline}]: {examples} training examples over {settings.epochs:g} epochs take "
