@@ -249,6 +249,14 @@ def timing(values: list[float], digits: int = 2) -> dict:
             "max": round(max(values), digits), "repeats": [round(v, digits) for v in values]}
 
 
+def split_sizes(pipeline: str) -> dict[str, int]:
+    """Examples in each split of the workspace (cwd) whose data stages have run."""
+    from pipeline.paths import PipelinePaths
+
+    paths = PipelinePaths(pipeline)
+    return {s: sum(1 for _ in open(paths.split(s))) for s in ("train", "val", "test")}
+
+
 def run_facts(params: dict, pipeline: str, overrides: list[str], started: float) -> dict:
     """What every result records besides its scores: time, memory, data sizes and settings."""
     from pipeline.paths import PipelinePaths
@@ -261,7 +269,7 @@ def run_facts(params: dict, pipeline: str, overrides: list[str], started: float)
         "train_seconds": summary["train_seconds"],
         "train_samples_per_second": summary["train_samples_per_second"],
         "epochs_run": summary["epochs_run"],
-        "split_sizes": {s: sum(1 for _ in open(paths.split(s))) for s in ("train", "val", "test")},
+        "split_sizes": split_sizes(pipeline),
         "augmented_train_rows": sum(1 for _ in open(paths.augmented_train)),
         "quarantined_rows": sum(1 for _ in open(paths.quarantine)),
         "pipeline_seconds": round(time.time() - started, 1),

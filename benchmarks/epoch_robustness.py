@@ -28,6 +28,7 @@ from common import (
     run_folder,
     run_in_scratch,
     run_variant,
+    split_sizes,
     spread,
     with_overrides,
 )
@@ -82,6 +83,7 @@ def main() -> None:
 
     for stage in ("collect", "validate", "split", "augment"):
         run_stage(stage, "sentiment", Path("params.yaml"))
+    sizes = split_sizes("sentiment")
     earlier = json.loads(output.read_text()) if output.exists() else {}
     runs = [r for r in earlier.get("runs", []) if r["epochs"] in args.epochs and r["seed"] in args.seeds]  # the same split: kept
     for epochs in args.epochs:
@@ -96,7 +98,7 @@ def main() -> None:
             output.write_text(json.dumps({
                 "data": {"source": "financial_phrasebank/Sentences_AllAgree.txt", "drop_folder_batch": batch,
                          "batch": f"fiqa_semeval, every text, |score| <= {THRESHOLD} neutral"},
-                "split_sizes": {s: sum(1 for _ in open(f"data/split/sentiment/{s}.jsonl")) for s in ("train", "val", "test")},
+                "split_sizes": sizes,
                 "by_epochs": {str(e): summary([r for r in runs if r["epochs"] == e]) for e in args.epochs if any(r["epochs"] == e for r in runs)},
                 "runs": runs,
                 "train_params": params["sentiment"]["train"],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from common import ROOT, benchmark_parser, cpu_facts, pipeline_params, run_in_scratch, run_seeds, spread, write_result
-from sentiment_phrasebank import seed_figures
+from common import ROOT, benchmark_parser, cpu_facts, pipeline_params, write_result
+from sentiment_phrasebank import seeds_result
 
 TARGET = {"test_f1_macro_mean": 0.78}
 
@@ -25,22 +25,16 @@ def main() -> None:
     params = pipeline_params("sentiment", args.set)
     params["sentiment"]["data"]["source"] = str(ROOT / params["sentiment"]["data"]["source"])
     started = time.time()
-    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment"), "bench-sample-")
-    runs = run_seeds(params, "sentiment", args.seeds, jobs=1)
-    seeds = [{**seed_figures(run, cpu_facts()["cpu_threads"]),
-              "never_predicted": {split: run["metrics"][split]["never_predicted"] for split in ("val", "test")}} for run in runs]
     result = {
         "data": params["sentiment"]["data"]["source"].removeprefix(str(ROOT) + "/"),
-        "split_sizes": {s: sum(1 for _ in open(f"data/split/sentiment/{s}.jsonl")) for s in ("train", "val", "test")},
-        **{key: spread([s[key] for s in seeds]) for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")},
-        "target_met": spread([s["test_f1_macro"] for s in seeds])["mean"] >= TARGET["test_f1_macro_mean"],
+        **seeds_result(params, args.seeds, 1, "bench-sample-"),
         "target": TARGET,
-        "seeds": seeds,
         "train_params": params["sentiment"]["train"],
         "overrides": args.set,
         **cpu_facts(),
         "seconds": round(time.time() - started, 1),
     }
+    result["target_met"] = result["test_f1_macro"]["mean"] >= TARGET["test_f1_macro_mean"]
     write_result("sample_run", args.set, result)
 
 

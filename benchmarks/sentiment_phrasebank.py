@@ -18,7 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, benchmark_parser, cpu_facts, pipeline_params, run_in_scratch, run_seeds, spread, write_result
+from common import (
+    SHARED_DATA,
+    benchmark_parser,
+    cpu_facts,
+    pipeline_params,
+    run_in_scratch,
+    run_seeds,
+    split_sizes,
+    spread,
+    write_result,
+)
 
 DATA = SHARED_DATA / "financial_phrasebank"
 TARGET = {"test_f1_macro": 0.84, "test_accuracy": 0.86, "train_cpu_minutes": 15}
@@ -37,6 +47,21 @@ def seed_figures(run: dict, cores: int) -> dict:
         "train_cpu_minutes": round(summary["train_seconds"] * cores / 60, 1),
         "epochs_run": summary["epochs_run"],
         "peak_rss_mb": run["peak_rss_mb"],
+        "never_predicted": {split: run["metrics"][split]["never_predicted"] for split in ("val", "test")},
+    }
+
+
+def seeds_result(params: dict, seeds: list[int], jobs: int, prefix: str) -> dict:
+    """The data stages once in a new scratch workspace (then the cwd), train and evaluate once per seed:
+    the split sizes, each figure's spread over the seeds, and each seed's figures."""
+    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment"), prefix)
+    cores_per_seed = max(1, cpu_facts()["cpu_threads"] // jobs)
+    figures = [seed_figures(run, cores_per_seed) for run in run_seeds(params, "sentiment", seeds, jobs)]
+    return {
+        "split_sizes": split_sizes("sentiment"),
+        "train_rows": sum(1 for _ in open("data/augmented/sentiment.jsonl")),
+        **{key: spread([f[key] for f in figures]) for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")},
+        "seeds": figures,
     }
 
 
@@ -77,15 +102,9 @@ def main() -> None:
     params = pipeline_params("sentiment", args.set)
     params["sentiment"]["data"].update(source=str(source), format="phrasebank")
     started = time.time()
-    run_in_scratch(params, "sentiment", ("collect", "validate", "split", "augment"), "bench-fpb-")
-    cores_per_seed = max(1, cpu_facts()["cpu_threads"] // args.jobs)
-    seeds = [seed_figures(run, cores_per_seed) for run in run_seeds(params, "sentiment", args.seeds, args.jobs)]
     result = {
         "data": f"financial_phrasebank/{args.file}",
-        "split_sizes": {s: sum(1 for _ in open(f"data/split/sentiment/{s}.jsonl")) for s in ("train", "val", "test")},
-        "train_rows": sum(1 for _ in open("data/augmented/sentiment.jsonl")),
-        **{key: spread([s[key] for s in seeds]) for key in ("test_f1_macro", "test_accuracy", "val_f1_macro", "train_cpu_minutes")},
-        "seeds": seeds,
+        **seeds_result(params, args.seeds, args.jobs, "bench-fpb-"),
         "seeds_combined": combined_seeds(args.seeds) if len(args.seeds) > 1 else None,
         "train_params": params["sentiment"]["train"],
         "augment_params": params["sentiment"]["augment"],

@@ -51,6 +51,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     last_checkpoint = last_complete_checkpoint(checkpoints)
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
+    batch_size = trainer.args.per_device_train_batch_size * distributed.world_size()  # train.min_steps may have halved it
 
     tags = tracking.lineage_tags(task.pipeline, config, paths)
     run_id_file = checkpoints / tracking.RUN_FILE
@@ -63,7 +64,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             mlflow.log_params(_flat_params(config))
             mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size,
                                "started_from": Path(base).name if from_champion else base,
-                               "step_batch_size": trainer.args.per_device_train_batch_size * distributed.world_size()})
+                               "step_batch_size": batch_size})
             for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
@@ -93,7 +94,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             "best_val_" + task.primary_metric: trainer.state.best_metric,
             "epochs_run": round(trainer.state.epoch, 2),
             "optimizer_steps": trainer.state.global_step,
-            "batch_size": trainer.args.per_device_train_batch_size * distributed.world_size(),
+            "batch_size": batch_size,
             "trainable_parameters": size["trainable_parameters"],
             "trainable_fraction": round(size["trainable_fraction"], 6),
             "processes": distributed.world_size(),
