@@ -33,12 +33,16 @@ import re
 import socket
 import time
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from typing import Annotated, Any, AsyncIterator, Callable, Iterable, Iterator, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import tracking
 from pipeline.errors import ModelError, ServiceError
@@ -104,21 +108,51 @@ def response_model(task_class: type[Task]) -> type[PredictResponse]:
     return create_model(name, __base__=PredictResponse, predictions=(list[task_class.prediction_schema], ...))
 
 
-def as_sent(text: Any, check: ValidatorFunctionWrapHandler) -> Any:
-    """Check a text with its surrounding whitespace trimmed, but keep it as sent: entity offsets index it."""
-    check(text)
+# Python's whitespace (str.isspace) as a character class, spelled out so that every regex engine reading the
+# spec (ECMA's, Python's, Rust's) agrees with the server: a text must hold one character outside it.
+NON_SPACE = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def has_non_space(text: str) -> str:
+    """Refuse a text of whitespace only, with a message a person can read (a failed pattern would print the class)."""
+    if text.isspace():
+        raise PydanticCustomError("blank_text", "String should hold a character other than whitespace")
     return text
 
 
 def request_model(task: Task, settings: ServingConfig) -> type[BaseModel]:
     """A pipeline's predict body, with this deployment's limits and its task type's own fields (a classifier's
-    top_k), so they are enforced and shown in /docs."""
-    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=settings.max_text_chars),
-                     WrapValidator(as_sent)]
-    fields: dict[str, Any] = {"texts": (list[text], Field(min_length=1, max_length=settings.max_texts_per_request,
-                                                          examples=[[task.example_text]])), **task.request_fields()}
+    top_k), so they are enforced and shown in /docs. A text is kept as sent: entity offsets index it."""
+    text = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_text_chars), AfterValidator(has_non_space),
+                     Field(json_schema_extra={"pattern": NON_SPACE})]
+    texts = Field(min_length=1, max_length=settings.max_texts_per_request, examples=[[task.example_text]],
+                  description=f"1 to {settings.max_texts_per_request} texts, each of 1 to {settings.max_text_chars} "
+                              "characters, one of them not whitespace")
+    fields: dict[str, Any] = {"texts": (list[text], texts), **task.request_fields()}
     name = "".join(part.capitalize() for part in re.split("[-_]", task.pipeline))  # the schema's name in /docs
     return create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class Problem(BaseModel):
+    """The body of every refusal but a 422's: one line that says what is wrong and what to do."""
+
+    detail: str
+
+
+def problems(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses with a Problem body, by status (s400=...): what each status means on a route."""
+    return {int(status[1:]): {"model": Problem, "description": text} for status, text in descriptions.items()}
+
+
+BODY_LIMIT = "(serving.max_texts_per_request texts of serving.max_text_chars characters)"
+ANY_ROUTE = problems(s400="the Content-Length header is not a number",
+                     s413=f"the body is larger than the largest valid request {BODY_LIMIT}")
+PREDICT = problems(s400="the Content-Length header is not a number, or the body is not UTF-8 text",
+                   s411="the request has no Content-Length header (a chunked body)",
+                   s415="the body is not declared JSON (content-type: application/json)",
+                   s503="the pipeline has no model yet: it is served once one is registered")
+RELOAD = problems(s503="checking the registry failed: the version served is kept")
+UNPARSED = "There was an error parsing the body"  # FastAPI's 400 for a JSON body that is not UTF-8 text
 
 
 class PipelineHealth(BaseModel):
@@ -354,7 +388,7 @@ def add_predict_route(app: FastAPI, path: str, service: Service, body: type[Base
     """POST `path`: the service's predictions for a request of model `body`, in its task type's response."""
     response = response_model(type(service.task))
 
-    @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True,
+    @app.post(path, dependencies=[Depends(json_only)], response_model_exclude_none=True, responses=PREDICT,
               summary=f"Predict with {service.task.pipeline} ({service.uri})")
     async def predict(request: body, answer: Response) -> response:
         """Predictions for each text, in the order of `texts`, and the version that made them in the header
@@ -371,7 +405,7 @@ def add_pipeline_routes(app: FastAPI, name: str, service: Service, body: type[Ba
     """POST /{name}/predict, POST /{name}/reload and GET /{name}/version: one pipeline's own routes."""
     add_predict_route(app, f"/{name}/predict", service, body)
 
-    @app.post(f"/{name}/reload", summary=f"Check {service.uri} now")
+    @app.post(f"/{name}/reload", responses=RELOAD, summary=f"Check {service.uri} now")
     async def reload() -> Reload:
         """Check this pipeline's registry alias now and swap in a new version if it moved."""
         return await reload_checked(service)
@@ -415,10 +449,19 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
     app = FastAPI(
         title="finetune-pipeline serving",
         summary=f"Predicts with {', '.join(s.uri for s in services.values())}, batching concurrent requests.",
+        version=package_version("finetune-pipeline"),
+        responses=ANY_ROUTE,
         lifespan=lambda app: running(services.values()),
     )
     body_limit = max_body_bytes(settings)
     predicting = {"/predict": default, **{f"/{name}/predict": name for name in services}}  # the pipeline of each predict route
+
+    @app.exception_handler(StarletteHTTPException)
+    async def explain_unparsed_bodies(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's 400 for a body it cannot decode, in one line that says what to send instead."""
+        if exc.status_code == 400 and exc.detail == UNPARSED:
+            exc = HTTPException(400, "the body is not UTF-8 text: send the JSON encoded in UTF-8")
+        return await http_exception_handler(request, exc)
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
@@ -463,7 +506,10 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
             return JSONResponse(readiness.model_dump(), status_code=503)
         return readiness
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    refusals_in_json = {status: {"description": response["description"], "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}} for status, response in ANY_ROUTE.items()}
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=refusals_in_json)  # a `model` would list them as text
     async def prometheus_metrics() -> PlainTextResponse:
         """The metrics in Prometheus' text format (see pipeline/serving/metrics.py); gathered off the event loop,
         as the open alerts are read from the prediction store."""
@@ -474,7 +520,7 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
         """The model versions being served and where they came from."""
         return Versions(**version_of(services[default]).model_dump(), pipelines={n: version_of(s) for n, s in services.items()})
 
-    @app.post("/reload")
+    @app.post("/reload", responses=RELOAD)
     async def reload() -> Reloads:
         """Check every pipeline's registry alias now and swap in the new versions of those that moved."""
         results = await asyncio.gather(*(reload_checked(service) for service in services.values()))

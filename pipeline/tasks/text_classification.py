@@ -7,9 +7,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from pipeline.augmentation import BACK_TRANSLATION, METHODS, augment_words
 from pipeline.models import batched_by_length
@@ -37,6 +38,14 @@ class Label(LabelScore):
 
     top_k: list[LabelScore] | None = Field(
         None, description="with top_k in the request: the k most probable labels, most probable first")
+
+
+def json_integer(value: Any) -> Any:
+    """JSON Schema's integer, as the serving spec publishes it: 2 or 2.0, not `true` or "2" (which pydantic's lax
+    mode would read as 1 and 2)."""
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
 
 
 @dataclass
@@ -178,7 +187,7 @@ class TextClassificationTask(Task):
 
     def request_fields(self) -> dict[str, tuple[Any, Any]]:
         """top_k: also answer the k most probable labels, up to the number of labels."""
-        return {"top_k": (int | None, Field(None, ge=1, le=len(self.labels),
+        return {"top_k": (Annotated[int | None, BeforeValidator(json_integer)], Field(None, ge=1, le=len(self.labels),
                                             description=f"also answer the k most probable labels (1..{len(self.labels)})"))}
 
     def observation(self, prediction: Record) -> Record:
