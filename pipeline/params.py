@@ -209,7 +209,8 @@ class TrainConfig:
     learning_rate: float = positive(5e-5)  # peak, with linear decay; with layer_decay below 1, the head's
     batch_size: int = at_least(1, 32)  # examples per step (split between the processes)
     # A small data set or few epochs give few optimizer steps, too few for a new head to learn a minority class:
-    # while the epochs would take fewer steps than this, batch_size is halved (down to 8). null: off.
+    # while the epochs would take fewer steps than this, batch_size is halved (down to 8), then the epochs are
+    # raised to take enough (early stopping still keeps the best epoch). null: off.
     min_steps: int | None = at_least(1, None)
     max_length: int = at_least(8, 128)  # tokens per text; longer ones are truncated (NER: split into windows)
     warmup: float = fraction(0.1, high_open=True)  # a share of all steps

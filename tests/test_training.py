@@ -61,37 +61,42 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(workspace, tiny_mode
 
 
 @pytest.mark.parametrize("examples, epochs, batch_size, min_steps, expected", [
-    (2319, 4, 32, 250, 32),  # 292 steps already
-    (2319, 2, 32, 250, 16),  # 146 steps at 32, 292 at 16
-    (2319, 1, 32, 250, 8),  # 73, 145, 290
-    (263, 4, 32, 250, 8),  # a small sample: halved down to 8 (132 steps) and no further
-    (263, 4, 32, None, 32),  # off
-    (263, 4, 6, 250, 6),  # already below the floor: left as set
-    (263, 4, 24, 250, 12),  # 24 -> 12; 6 would be below the floor
+    (2319, 4, 32, 250, (32, 4)),  # 292 steps already
+    (2319, 2, 32, 250, (16, 2)),  # 146 steps at 32, 292 at 16
+    (2319, 1, 32, 250, (8, 1)),  # 73, 145, 290
+    (263, 4, 32, 250, (8, 8)),  # a small sample: halved down to 8 (132 steps), then 8 epochs (264)
+    (263, 4, 32, None, (32, 4)),  # off
+    (263, 4, 6, 250, (6, 6)),  # already below the floor: left as set, 6 epochs of 44 steps
+    (263, 4, 24, 250, (12, 12)),  # 24 -> 12 (6 would be below the floor), 12 epochs of 22 steps
+    (263, 0.5, 32, 250, (8, 8)),  # a fraction of an epoch is raised to whole ones
 ])
-def test_min_steps_halves_the_batch_until_the_epochs_take_enough_steps(examples, epochs, batch_size, min_steps, expected):
+def test_min_steps_halves_the_batch_then_raises_the_epochs_until_they_take_enough_steps(
+        examples, epochs, batch_size, min_steps, expected):
     from pipeline.params import TrainConfig
-    from pipeline.stages.train import step_batch_size
+    from pipeline.stages.train import step_plan
 
     settings = TrainConfig(epochs=epochs, batch_size=batch_size, min_steps=min_steps)
-    assert step_batch_size(examples, settings, "sentiment") == expected
+    assert step_plan(examples, settings, "sentiment") == expected
 
 
 def test_min_steps_keeps_a_batch_that_splits_between_the_ddp_workers(monkeypatch):
     from pipeline.params import TrainConfig
-    from pipeline.stages.train import step_batch_size
+    from pipeline.stages.train import step_plan
 
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert step_batch_size(263, TrainConfig(epochs=4, batch_size=40, min_steps=250), "sentiment") == 20  # 10 would not split in 4
+    assert step_plan(263, TrainConfig(epochs=4, batch_size=40, min_steps=250), "sentiment") == (20, 18)  # 10 would not split in 4
 
 
-def test_the_batch_size_min_steps_chose_is_the_one_trained_with_and_recorded(workspace, tiny_model, capsys):
-    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__train__min_steps=40))
+def test_the_batch_size_and_epochs_min_steps_chose_are_the_ones_trained_with_and_recorded(workspace, tiny_model, capsys):
+    write_params(workspace, tiny_params(tiny_model, sentiment__train__epochs=1, sentiment__train__min_steps=100))
     run_stages("collect", "validate", "split", "augment", "train")
     rows, summary = len(load_records(PATHS.augmented_train)), load_json(PATHS.train_summary)
-    assert -(-rows // 16) < 40, "the sample in batches of 16 takes fewer than 40 steps"
-    assert (summary["batch_size"], summary["optimizer_steps"]) == (8, -(-rows // 8))
-    assert "fewer than train.min_steps 40: batch size 8" in capsys.readouterr().out
+    per_epoch = -(-rows // 8)
+    epochs = -(-100 // per_epoch)
+    assert epochs > 1, "the sample in batches of 8 takes fewer than 100 steps an epoch"
+    assert summary["batch_size"] == 8
+    assert summary["optimizer_steps"] == per_epoch * summary["epochs_run"] <= per_epoch * epochs  # early stopping may end it sooner
+    assert f"fewer than train.min_steps 100: batch size 8, {epochs} epochs ({per_epoch * epochs} steps)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("precision, flags, expected", [

@@ -52,6 +52,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
     trainer, tokenizer = build_trainer(task, config, train_examples, val_examples, checkpoints, base)
     size = adapters.trainable_parameters(trainer.model)
     batch_size = trainer.args.per_device_train_batch_size * distributed.world_size()  # train.min_steps may have halved it
+    epochs = trainer.args.num_train_epochs  # ... and raised these
 
     tags = tracking.lineage_tags(task.pipeline, config, paths)
     run_id_file = checkpoints / tracking.RUN_FILE
@@ -64,7 +65,7 @@ def run(task: Task, params: Params, paths: PipelinePaths) -> dict:
             mlflow.log_params(_flat_params(config))
             mlflow.log_params({"train_rows": len(train_examples), "val_rows": len(val_examples), **size,
                                "started_from": Path(base).name if from_champion else base,
-                               "step_batch_size": batch_size})
+                               "step_batch_size": batch_size, "step_epochs": epochs})
             for report in (paths.provenance, paths.validation_report, paths.pretrain_report):
                 if report.exists():
                     mlflow.log_artifact(str(report), artifact_path="data")
@@ -208,10 +209,10 @@ def build_trainer(
     arguments_class, trainer_class = task.trainer_classes()
     bf16 = mixed_precision(settings.precision)
     train_dataset = task.encode(tokenizer, weighted_by_origin(train_examples, config))
-    batch_size = step_batch_size(len(train_dataset), settings, task.pipeline)
+    batch_size, epochs = step_plan(len(train_dataset), settings, task.pipeline)
     args = arguments_class(
         output_dir=str(output_dir),
-        num_train_epochs=settings.epochs,
+        num_train_epochs=epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=per_worker_batch_size(batch_size),
         per_device_eval_batch_size=2 * per_worker_batch_size(batch_size),
@@ -239,7 +240,7 @@ def build_trainer(
         callbacks.append(TimeBudget(settings.max_minutes))
     if settings.peft is not None:
         per_epoch = math.ceil(len(train_dataset) / batch_size)
-        model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(settings.epochs),
+        model = adapters.wrap(model, settings.peft, task.peft_task_type(model), per_epoch, per_epoch * math.ceil(epochs),
                               key=f"{task.pipeline}.train.peft")
         if settings.peft.method == "adalora":
             callbacks.append(AdaLoraBudget(model))
@@ -279,22 +280,26 @@ def optimizer_steps(examples: int, batch_size: int, epochs: float) -> int:
     return math.ceil(math.ceil(examples / batch_size) * epochs)
 
 
-def step_batch_size(examples: int, settings: TrainConfig, pipeline: str) -> int:
-    """train.batch_size, halved (down to MIN_BATCH_SIZE, and while it splits between the DDP workers) while the
-    epochs would take fewer optimizer steps than train.min_steps; says so when it changes."""
-    batch_size, wanted = settings.batch_size, settings.min_steps
+def step_plan(examples: int, settings: TrainConfig, pipeline: str) -> tuple[int, float]:
+    """(batch size, epochs) to train with. While the epochs would take fewer optimizer steps than train.min_steps,
+    train.batch_size is halved (down to MIN_BATCH_SIZE, and while it splits between the DDP workers), then the
+    epochs are raised to the whole number that takes enough (early stopping still keeps the best epoch on
+    validation); says so when either changes."""
+    batch_size, epochs, wanted = settings.batch_size, settings.epochs, settings.min_steps
 
     def can_halve(size: int) -> bool:
         return size // 2 >= MIN_BATCH_SIZE and (size // 2) % distributed.world_size() == 0
 
-    while wanted and can_halve(batch_size) and optimizer_steps(examples, batch_size, settings.epochs) < wanted:
+    while wanted and can_halve(batch_size) and optimizer_steps(examples, batch_size, epochs) < wanted:
         batch_size //= 2
-    if batch_size != settings.batch_size and distributed.is_main():
+    if wanted and optimizer_steps(examples, batch_size, epochs) < wanted:
+        epochs = math.ceil(wanted / math.ceil(examples / batch_size))
+    if (batch_size, epochs) != (settings.batch_size, settings.epochs) and distributed.is_main():
         print(f"train[{pipeline}]: {examples} training examples over {settings.epochs:g} epochs take "
               f"{optimizer_steps(examples, settings.batch_size, settings.epochs)} steps at batch_size {settings.batch_size}, "
-              f"fewer than train.min_steps {wanted}: batch size {batch_size} "
-              f"({optimizer_steps(examples, batch_size, settings.epochs)} steps)")
-    return batch_size
+              f"fewer than train.min_steps {wanted}: batch size {batch_size}, {epochs:g} epochs "
+              f"({optimizer_steps(examples, batch_size, epochs)} steps)")
+    return batch_size, epochs
 
 
 def per_worker_batch_size(batch_size: int) -> int:
