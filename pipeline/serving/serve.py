@@ -147,6 +147,11 @@ def problems(**descriptions: str) -> dict[int | str, dict[str, Any]]:
 BODY_LIMIT = "(serving.max_texts_per_request texts of serving.max_text_chars characters)"
 ANY_ROUTE = problems(s400="the Content-Length header is not a number",
                      s413=f"the body is larger than the largest valid request {BODY_LIMIT}")
+# A route answering text: FastAPI files a `model` under the route's media type, so ANY_ROUTE's refusals are
+# spelled out as the JSON they are (the Problem schema is in the spec through the other routes' `model`).
+TEXT_ROUTE = {status: {"description": response["description"],
+                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+              for status, response in ANY_ROUTE.items()}
 PREDICT = problems(s400="the Content-Length header is not a number, or the body is not UTF-8 text",
                    s411="the request has no Content-Length header (a chunked body)",
                    s415="the body is not declared JSON (content-type: application/json)",
@@ -506,10 +511,7 @@ def create_app(services: dict[str, Service], default: str) -> FastAPI:
             return JSONResponse(readiness.model_dump(), status_code=503)
         return readiness
 
-    refusals_in_json = {status: {"description": response["description"], "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}} for status, response in ANY_ROUTE.items()}
-
-    @app.get("/metrics", response_class=PlainTextResponse, responses=refusals_in_json)  # a `model` would list them as text
+    @app.get("/metrics", response_class=PlainTextResponse, responses=TEXT_ROUTE)
     async def prometheus_metrics() -> PlainTextResponse:
         """The metrics in Prometheus' text format (see pipeline/serving/metrics.py); gathered off the event loop,
         as the open alerts are read from the prediction store."""
